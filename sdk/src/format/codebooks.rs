@@ -1,0 +1,290 @@
+//! The codebooks file: the centroids of every residual level, so that a device can give a new item a
+//! CID (embed, then quantise) exactly as the trainer did.
+
+use std::path::Path;
+
+use half::f16;
+
+use super::bytes::FileBytes;
+use super::container::{cast_records, Container, ContainerWriter, Tag};
+use crate::cid::{Cid, MAX_LEVELS};
+use crate::error::{Error, FormatError, Result};
+
+pub const MAGIC: &[u8; 8] = b"NAVIGCB\0";
+pub const VERSION: u32 = 1;
+/// Conventional file name inside a bundle or a prepared data folder.
+pub const FILE_NAME: &str = "codebooks.nvcb";
+
+const META: Tag = Tag::new(b"META");
+const CENT: Tag = Tag::new(b"CENT");
+const INFO: Tag = Tag::new(b"INFO");
+
+/// Element type of the stored centroids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    F16,
+}
+
+impl Dtype {
+    fn code(self) -> u32 {
+        match self {
+            Dtype::F32 => 0,
+            Dtype::F16 => 1,
+        }
+    }
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+        }
+    }
+}
+
+/// Residual codebooks, used in place from a memory map.
+#[derive(Clone, Debug)]
+pub struct Codebooks {
+    bytes: FileBytes,
+    dtype: Dtype,
+    dim: usize,
+    sizes: Vec<usize>,
+    /// Byte range of the centroid section.
+    cent: std::ops::Range<usize>,
+    /// CRC-32 of the centroid section: a catalog records it to prove it was made with these codebooks.
+    cent_crc: u32,
+    info: serde_json::Value,
+}
+
+impl Codebooks {
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = FileBytes::map(path)?;
+        Self::from_file_bytes(bytes).map_err(|e| Error::format(path, e))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::from_file_bytes(FileBytes::copy(bytes))
+    }
+
+    fn from_file_bytes(bytes: FileBytes) -> Result<Self, FormatError> {
+        let all = bytes.as_slice();
+        let c = Container::parse(all, MAGIC, &[VERSION])?;
+        let meta: &[u32] = cast_records("META", c.section(META)?)?;
+        if meta.len() < 4 {
+            return Err(FormatError::Invalid("META section too short".into()));
+        }
+        let (levels, dim, dtype) = (meta[0] as usize, meta[1] as usize, meta[2]);
+        let dtype = match dtype {
+            0 => Dtype::F32,
+            1 => Dtype::F16,
+            d => return Err(FormatError::Invalid(format!("unknown centroid dtype {d}"))),
+        };
+        if levels == 0 || levels > MAX_LEVELS {
+            return Err(FormatError::Invalid(format!("{levels} levels (1..={MAX_LEVELS} allowed)")));
+        }
+        if dim == 0 || dim > 1 << 16 {
+            return Err(FormatError::Invalid(format!("dimension {dim} out of range")));
+        }
+        if meta.len() != 4 + levels {
+            return Err(FormatError::Invalid(format!("META has {} words, expected {}", meta.len(), 4 + levels)));
+        }
+        let sizes: Vec<usize> = meta[4..].iter().map(|&k| k as usize).collect();
+        if let Some(k) = sizes.iter().find(|&&k| k == 0 || k > u16::MAX as usize + 1) {
+            return Err(FormatError::Invalid(format!("codebook size {k} out of range 1..=65536")));
+        }
+        let cent = c.section(CENT)?;
+        let expected = sizes.iter().sum::<usize>() * dim * dtype.size();
+        if cent.len() != expected {
+            return Err(FormatError::Invalid(format!("CENT has {} bytes, expected {expected}", cent.len())));
+        }
+        // Alignment is guaranteed by the container; this also proves it for the typed views below.
+        match dtype {
+            Dtype::F32 => drop(cast_records::<f32>("CENT", cent)?),
+            Dtype::F16 => drop(cast_records::<f16>("CENT", cent)?),
+        }
+        if cent.chunks_exact(dtype.size()).any(|v| !value_is_finite(dtype, v)) {
+            return Err(FormatError::Invalid("CENT holds a non-finite value".into()));
+        }
+        let info = match c.optional_section(INFO) {
+            Some(b) => serde_json::from_slice(b).map_err(|e| FormatError::Invalid(format!("INFO is not JSON: {e}")))?,
+            None => serde_json::Value::Null,
+        };
+        let start = cent.as_ptr() as usize - all.as_ptr() as usize;
+        let cent_crc = c.sections().iter().find(|s| s.tag == CENT).map(|s| s.crc32).unwrap_or(0);
+        Ok(Codebooks { dtype, dim, sizes, cent: start..start + cent.len(), cent_crc, info, bytes })
+    }
+
+    pub fn levels(&self) -> usize {
+        self.sizes.len()
+    }
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    /// Codebook size (K) of every level.
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+    pub fn centroid_crc(&self) -> u32 {
+        self.cent_crc
+    }
+    pub fn info(&self) -> &serde_json::Value {
+        &self.info
+    }
+
+    fn level_offset(&self, level: usize) -> usize {
+        self.sizes[..level].iter().sum::<usize>() * self.dim
+    }
+
+    /// Copies centroid `k` of `level` into `out` as f32. Panics only on out-of-range arguments.
+    pub fn centroid_into(&self, level: usize, k: usize, out: &mut [f32]) {
+        assert!(level < self.levels() && k < self.sizes[level] && out.len() == self.dim, "centroid index out of range");
+        let start = self.level_offset(level) + k * self.dim;
+        let raw = &self.bytes.as_slice()[self.cent.clone()];
+        match self.dtype {
+            Dtype::F32 => out.copy_from_slice(&bytemuck::cast_slice::<u8, f32>(raw)[start..start + self.dim]),
+            Dtype::F16 => {
+                for (o, v) in out.iter_mut().zip(&bytemuck::cast_slice::<u8, f16>(raw)[start..start + self.dim]) {
+                    *o = v.to_f32();
+                }
+            }
+        }
+    }
+
+    /// All centroids of one level as f32, row-major K x dim.
+    pub fn level_f32(&self, level: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.sizes[level] * self.dim];
+        for (k, row) in out.chunks_exact_mut(self.dim).enumerate() {
+            self.centroid_into(level, k, row);
+        }
+        out
+    }
+
+    /// Residual quantisation: at each level the nearest centroid of the remaining residual.
+    /// Returns the CID and the squared reconstruction error.
+    pub fn quantize(&self, x: &[f32]) -> Result<(Cid, f32)> {
+        let codes = self.quantize_ranked(x, 1)?;
+        let mut residual = x.to_vec();
+        let mut c = vec![0f32; self.dim];
+        for (l, &code) in codes.iter().enumerate() {
+            self.centroid_into(l, code as usize, &mut c);
+            residual.iter_mut().zip(&c).for_each(|(r, c)| *r -= c);
+        }
+        let err = residual.iter().map(|r| r * r).sum();
+        Ok((Cid::new(&codes).expect("levels checked at open"), err))
+    }
+
+    /// Like [`Self::quantize`] but also ranks the last level: returns the greedy codes of the first
+    /// levels followed by the `last_candidates` nearest last-level codes (nearest first).
+    pub fn quantize_ranked(&self, x: &[f32], last_candidates: usize) -> Result<Vec<u16>> {
+        if x.len() != self.dim {
+            return Err(Error::InvalidArgument(format!("vector has {} values, codebooks expect {}", x.len(), self.dim)));
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument("vector holds a non-finite value".into()));
+        }
+        let mut residual = x.to_vec();
+        let mut codes = Vec::with_capacity(self.levels() + last_candidates);
+        let mut c = vec![0f32; self.dim];
+        for l in 0..self.levels() {
+            let mut dists: Vec<(f32, usize)> = (0..self.sizes[l])
+                .map(|k| {
+                    self.centroid_into(l, k, &mut c);
+                    (residual.iter().zip(&c).map(|(r, c)| (r - c) * (r - c)).sum::<f32>(), k)
+                })
+                .collect();
+            if l + 1 == self.levels() {
+                dists.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                codes.extend(dists.iter().take(last_candidates.max(1)).map(|&(_, k)| k as u16));
+            } else {
+                let best = dists.iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))).expect("K >= 1").1;
+                codes.push(best as u16);
+                self.centroid_into(l, best, &mut c);
+                residual.iter_mut().zip(&c).for_each(|(r, c)| *r -= c);
+            }
+        }
+        Ok(codes)
+    }
+}
+
+fn value_is_finite(dtype: Dtype, v: &[u8]) -> bool {
+    match dtype {
+        Dtype::F32 => f32::from_le_bytes(v.try_into().expect("4 bytes")).is_finite(),
+        Dtype::F16 => f16::from_le_bytes(v.try_into().expect("2 bytes")).is_finite(),
+    }
+}
+
+/// Serialises codebooks. `levels[l]` is K_l x dim, row-major.
+pub fn write_codebooks(levels: &[Vec<f32>], dim: usize, dtype: Dtype, info: &serde_json::Value) -> Result<Vec<u8>> {
+    if levels.is_empty() || levels.len() > MAX_LEVELS || dim == 0 {
+        return Err(Error::InvalidArgument(format!("{} levels of dimension {dim}", levels.len())));
+    }
+    let mut meta = vec![levels.len() as u32, dim as u32, dtype.code(), 0];
+    let mut cent = Vec::new();
+    for (l, level) in levels.iter().enumerate() {
+        if level.is_empty() || level.len() % dim != 0 || level.len() / dim > u16::MAX as usize + 1 {
+            return Err(Error::InvalidArgument(format!("level {l} has {} values for dimension {dim}", level.len())));
+        }
+        if level.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidArgument(format!("level {l} holds a non-finite value")));
+        }
+        meta.push((level.len() / dim) as u32);
+        for &v in level {
+            match dtype {
+                Dtype::F32 => cent.extend_from_slice(&v.to_le_bytes()),
+                Dtype::F16 => cent.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+            }
+        }
+    }
+    let mut w = ContainerWriter::new(MAGIC, VERSION);
+    w.section(META, bytemuck::cast_slice(&meta).to_vec());
+    w.section(CENT, cent);
+    w.section(INFO, serde_json::to_vec(info).expect("JSON value serialises"));
+    Ok(w.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(dtype: Dtype) -> Vec<u8> {
+        let l0 = vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
+        let l1 = vec![0.1, 0.0, 0.0, 0.1];
+        write_codebooks(&[l0, l1], 2, dtype, &serde_json::json!({"embedder": "test"})).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_quantize() {
+        for dtype in [Dtype::F32, Dtype::F16] {
+            let cb = Codebooks::from_bytes(&sample(dtype)).unwrap();
+            assert_eq!(cb.sizes(), &[3, 2]);
+            assert_eq!(cb.dim(), 2);
+            let (cid, err) = cb.quantize(&[0.05, 1.1]).unwrap();
+            assert_eq!(cid.codes(), &[1, 1]);
+            assert!(err < 0.01, "{err}");
+            assert_eq!(cb.quantize_ranked(&[-0.9, 0.0], 2).unwrap(), vec![2, 0, 1]);
+            assert!(cb.quantize(&[1.0]).is_err());
+            assert!(cb.quantize(&[f32::NAN, 0.0]).is_err());
+        }
+    }
+
+    #[test]
+    fn damaged_files_are_errors() {
+        let bytes = sample(Dtype::F32);
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(Codebooks::from_bytes(&b).is_err(), "flipped byte {i}");
+        }
+        for n in 0..bytes.len() {
+            assert!(Codebooks::from_bytes(&bytes[..n]).is_err(), "truncated to {n}");
+        }
+    }
+}

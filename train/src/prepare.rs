@@ -1,0 +1,201 @@
+//! `navigen-train prepare`: data -> item text -> embeddings -> residual k-means CIDs -> TIDs ->
+//! codebooks + catalog + leave-one-out splits + prepare.json.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::data::{self, sequences, Source};
+use crate::embed::Embedder;
+use crate::rq;
+use crate::tid::{OfflineTid, TidSource};
+use navigen::format::{catalog, codebooks, write_atomic, Dtype, ItemEntry};
+use navigen::Cid;
+
+pub const REPORT_FILE: &str = "prepare.json";
+
+#[derive(Clone, Debug)]
+pub struct PrepareOptions {
+    pub source: Source,
+    pub out: PathBuf,
+    pub levels: usize,
+    /// Codebook size per level; `None` picks one from the catalog size.
+    pub codebook_size: Option<usize>,
+    pub iterations: usize,
+    pub seed: u64,
+    pub max_history: usize,
+    pub dtype: Dtype,
+    pub batch: usize,
+    pub device: Device,
+}
+
+impl PrepareOptions {
+    pub fn new(source: Source, out: impl Into<PathBuf>) -> Self {
+        PrepareOptions {
+            source,
+            out: out.into(),
+            levels: 3,
+            codebook_size: None,
+            iterations: 20,
+            seed: 42,
+            max_history: sequences::DEFAULT_MAX_HISTORY,
+            dtype: Dtype::F32,
+            batch: 64,
+            device: Device::Cpu,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PrepareReport {
+    pub dataset: String,
+    pub items: usize,
+    pub users: usize,
+    /// Interactions in the kept sequences (after collapsing repeats).
+    pub interactions: usize,
+    pub levels: usize,
+    pub codebook_size: usize,
+    pub codebook_sizes: Vec<usize>,
+    pub collisions_before: usize,
+    pub collisions_after: usize,
+    pub collision_rate_before: f64,
+    pub reassigned: usize,
+    pub utilisation: Vec<f64>,
+    pub recon_mse: Vec<f64>,
+    pub seconds: HashMap<String, f64>,
+    pub embedder: String,
+    pub embeddings_from_cache: bool,
+    pub tid_source: String,
+    pub max_history: usize,
+    pub seed: u64,
+    pub ingest: data::IngestReport,
+    pub sequences: sequences::SequenceStats,
+    pub train_examples: usize,
+}
+
+pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
+    let t_all = Instant::now();
+    let mut seconds = HashMap::new();
+    let mut lap = |name: &str, t: Instant| {
+        seconds.insert(name.to_string(), t.elapsed().as_secs_f64());
+    };
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+
+    let t = Instant::now();
+    eprintln!("navigen: reading {:?}", opts.source);
+    let ds = opts.source.load()?;
+    ds.report.print();
+    anyhow::ensure!(!ds.items.is_empty(), "the dataset has no items");
+    let ids: Vec<String> = ds.items.iter().map(|i| i.id.clone()).collect();
+    let index: HashMap<&str, u32> = ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
+    let (seqs, seq_stats) = sequences::build(&ds.interactions, &index);
+    anyhow::ensure!(!seqs.is_empty(), "no user has {} or more interactions", sequences::MIN_SEQUENCE);
+    let mut popularity = vec![0u32; ids.len()];
+    let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
+    for s in &seqs {
+        // Popularity counts everything before the test target (what a deployed model could have seen).
+        for &i in &s.items[..s.items.len() - 1] {
+            popularity[i as usize] += 1;
+        }
+        let (tr, va, te) = sequences::split(s, &ids, opts.max_history);
+        train.push(tr);
+        valid.push(va);
+        test.push(te);
+    }
+    lap("ingest", t);
+
+    let t = Instant::now();
+    let texts: Vec<String> = ds.items.iter().map(data::item_text).collect();
+    let embedder = Embedder::minilm(&opts.device)?;
+    let (vectors, from_cache) = embedder.embed_cached(&texts, opts.batch)?;
+    let dim = embedder.dim();
+    lap("embed", t);
+
+    let t = Instant::now();
+    let k = opts.codebook_size.unwrap_or_else(|| rq::auto_codebook_size(ids.len()));
+    let sizes = vec![k; opts.levels];
+    let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
+    let rq = rq::train(&flat, dim, &rq::RqConfig { sizes: sizes.clone(), iterations: opts.iterations, seed: opts.seed })?;
+    lap("rq", t);
+
+    let t = Instant::now();
+    let tid_source = OfflineTid;
+    let tids: Vec<Vec<String>> = ds.items.iter().map(|it| tid_source.tid(it)).collect();
+    lap("tid", t);
+
+    let t = Instant::now();
+    let info = serde_json::json!({
+        "embedder": crate::embed::EMBEDDER_NAME,
+        "embedder_sha256": embedder.model_key,
+        "max_tokens": crate::embed::MAX_TOKENS,
+        "dataset": ds.name,
+        "seed": opts.seed,
+        "iterations": opts.iterations,
+        "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION")),
+    });
+    let cb_bytes = codebooks::write_codebooks(&rq.codebooks, dim, opts.dtype, &info)?;
+    // Read back through the device's own reader: proves the file and gives the CRC the catalog records.
+    let cb = navigen::Codebooks::from_bytes(&cb_bytes)?;
+    write_atomic(&opts.out.join(codebooks::FILE_NAME), &cb_bytes)?;
+    let entries: Vec<ItemEntry> = ds
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| ItemEntry {
+            id: it.id.clone(),
+            title: it.title.clone(),
+            text: texts[i].clone(),
+            tid: tids[i].clone(),
+            cid: Cid::new(&rq.codes[i]).expect("levels checked"),
+            popularity: popularity[i],
+        })
+        .collect();
+    let mut cat_info = info.clone();
+    cat_info["tid_source"] = tid_source.name().into();
+    let cat_bytes = catalog::write_catalog(&entries, &sizes, cb.centroid_crc(), &cat_info)?;
+    navigen::Catalog::from_bytes(&cat_bytes)?;
+    write_atomic(&opts.out.join(catalog::FILE_NAME), &cat_bytes)?;
+    sequences::write_jsonl(&opts.out.join(sequences::TRAIN_FILE), &train)?;
+    sequences::write_jsonl(&opts.out.join(sequences::VALID_FILE), &valid)?;
+    sequences::write_jsonl(&opts.out.join(sequences::TEST_FILE), &test)?;
+    lap("write", t);
+    seconds.insert("total".into(), t_all.elapsed().as_secs_f64());
+
+    let report = PrepareReport {
+        dataset: ds.name.clone(),
+        items: ids.len(),
+        users: seqs.len(),
+        interactions: seqs.iter().map(|s| s.items.len()).sum(),
+        levels: opts.levels,
+        codebook_size: k,
+        codebook_sizes: sizes,
+        collisions_before: rq.stats.collisions_before,
+        collisions_after: rq.stats.collisions_after,
+        collision_rate_before: rq.stats.collisions_before as f64 / ids.len() as f64,
+        reassigned: rq.stats.reassigned,
+        utilisation: rq.stats.utilisation.clone(),
+        recon_mse: rq.stats.recon_mse.clone(),
+        seconds,
+        embedder: crate::embed::EMBEDDER_NAME.into(),
+        embeddings_from_cache: from_cache,
+        tid_source: tid_source.name().into(),
+        max_history: opts.max_history,
+        seed: opts.seed,
+        ingest: ds.report.clone(),
+        sequences: seq_stats,
+        train_examples: train.iter().map(|t| t.items.len().saturating_sub(1)).sum(),
+    };
+    let json = serde_json::to_vec_pretty(&report)?;
+    write_atomic(&opts.out.join(REPORT_FILE), &json)?;
+    Ok(report)
+}
+
+/// Reads `prepare.json` from a prepared folder.
+pub fn read_report(dir: &Path) -> Result<serde_json::Value> {
+    let p = dir.join(REPORT_FILE);
+    Ok(serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)?)
+}

@@ -1,0 +1,202 @@
+//! Residual k-means (RQ): level l clusters what the levels before it left over. Then collision
+//! resolution so that every CID names exactly one item.
+//!
+//! Collision resolution: items that share all codes share the first L-1 codes too, so we only re-assign
+//! the last level, within each group of items with the same prefix: pairs (item, last-level code) are
+//! taken in order of distance between the item's residual and the code's centroid, an item takes the
+//! first code not yet used by its group. An item whose nearest code was free keeps it, so only items
+//! that actually collided move, each to the nearest free code. Unlike LC-Rec's Sinkhorn-balanced
+//! re-assignment this guarantees zero collisions in one pass (whenever a group is not larger than the
+//! last codebook, which is checked) and leaves every non-colliding CID untouched; the price is a slightly
+//! larger reconstruction error for the moved items, which `prepare.json` reports.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::kmeans::{kmeans, sq_dist, KMeansConfig};
+
+#[derive(Clone, Debug)]
+pub struct RqConfig {
+    /// Codebook size of each level; the number of entries is the number of levels.
+    pub sizes: Vec<usize>,
+    pub iterations: usize,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RqStats {
+    /// Items whose CID equalled that of an earlier item before resolution.
+    pub collisions_before: usize,
+    pub collisions_after: usize,
+    /// Items whose last code was changed to resolve a collision.
+    pub reassigned: usize,
+    /// Fraction of each level's codes used by at least one item.
+    pub utilisation: Vec<f64>,
+    /// Mean squared reconstruction error (|x - x_hat|^2 averaged over items) after each level.
+    pub recon_mse: Vec<f64>,
+    pub iterations_run: Vec<usize>,
+    pub empty_reseeded: Vec<usize>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RqResult {
+    /// Per level: K_l x dim centroids.
+    pub codebooks: Vec<Vec<f32>>,
+    /// Per item: one code per level.
+    pub codes: Vec<Vec<u16>>,
+    pub stats: RqStats,
+}
+
+/// Picks a codebook size for a catalog: about 2*sqrt(n), rounded up to a power of two, in 16..=256.
+pub fn auto_codebook_size(items: usize) -> usize {
+    let k = (2.0 * (items as f64).sqrt()).ceil() as usize;
+    k.next_power_of_two().clamp(16, 256)
+}
+
+fn count_collisions(codes: &[Vec<u16>]) -> usize {
+    let mut seen = std::collections::HashSet::with_capacity(codes.len());
+    codes.iter().filter(|c| !seen.insert(c.as_slice())).count()
+}
+
+pub fn train(data: &[f32], dim: usize, cfg: &RqConfig) -> Result<RqResult> {
+    let n = data.len() / dim;
+    let levels = cfg.sizes.len();
+    anyhow::ensure!((1..=navigen::cid::MAX_LEVELS).contains(&levels), "1..={} levels", navigen::cid::MAX_LEVELS);
+    anyhow::ensure!(cfg.sizes.iter().all(|&k| (1..=65536).contains(&k)), "codebook sizes must be in 1..=65536");
+    let mut residual = data.to_vec();
+    let mut codebooks = Vec::with_capacity(levels);
+    let mut codes = vec![Vec::with_capacity(levels); n];
+    let mut stats = RqStats {
+        collisions_before: 0,
+        collisions_after: 0,
+        reassigned: 0,
+        utilisation: Vec::new(),
+        recon_mse: Vec::new(),
+        iterations_run: Vec::new(),
+        empty_reseeded: Vec::new(),
+    };
+    // Residual entering the last level, kept for collision resolution.
+    let mut last_input = Vec::new();
+    for (l, &k) in cfg.sizes.iter().enumerate() {
+        if l + 1 == levels {
+            last_input = residual.clone();
+        }
+        let km = kmeans(&residual, dim, &KMeansConfig { k, iterations: cfg.iterations, seed: cfg.seed.wrapping_add(l as u64), ..Default::default() })?;
+        residual.par_chunks_exact_mut(dim).zip(km.assignments.par_iter()).for_each(|(r, &a)| {
+            let c = &km.centroids[a as usize * dim..(a as usize + 1) * dim];
+            r.iter_mut().zip(c).for_each(|(r, c)| *r -= c);
+        });
+        for (item, &a) in codes.iter_mut().zip(&km.assignments) {
+            item.push(a as u16);
+        }
+        stats.iterations_run.push(km.iterations_run);
+        stats.empty_reseeded.push(km.empty_reseeded);
+        codebooks.push(km.centroids);
+    }
+    stats.collisions_before = count_collisions(&codes);
+    if stats.collisions_before > 0 {
+        stats.reassigned = resolve_collisions(&mut codes, &last_input, dim, &codebooks[levels - 1], cfg.sizes[levels - 1])?;
+    }
+    stats.collisions_after = count_collisions(&codes);
+    // Statistics on the final codes.
+    let mut recon = vec![0f32; n * dim];
+    for l in 0..levels {
+        let k = cfg.sizes[l];
+        let mut used = vec![false; k];
+        for (i, c) in codes.iter().enumerate() {
+            used[c[l] as usize] = true;
+            let cent = &codebooks[l][c[l] as usize * dim..(c[l] as usize + 1) * dim];
+            recon[i * dim..(i + 1) * dim].iter_mut().zip(cent).for_each(|(r, c)| *r += c);
+        }
+        stats.utilisation.push(used.iter().filter(|&&u| u).count() as f64 / k as f64);
+        let err: f64 = data.par_chunks_exact(dim).zip(recon.par_chunks_exact(dim)).map(|(x, r)| sq_dist(x, r) as f64).sum();
+        stats.recon_mse.push(err / n as f64);
+    }
+    Ok(RqResult { codebooks, codes, stats })
+}
+
+/// Gives every item of a colliding prefix group a distinct last code (see the module comment).
+fn resolve_collisions(codes: &mut [Vec<u16>], last_input: &[f32], dim: usize, last_book: &[f32], k: usize) -> Result<usize> {
+    let levels = codes[0].len();
+    let mut groups: HashMap<Vec<u16>, Vec<usize>> = HashMap::new();
+    for (i, c) in codes.iter().enumerate() {
+        groups.entry(c[..levels - 1].to_vec()).or_default().push(i);
+    }
+    let mut groups: Vec<(Vec<u16>, Vec<usize>)> = groups.into_iter().collect();
+    groups.sort();
+    let mut moved = 0;
+    for (prefix, members) in groups {
+        let mut lasts: Vec<u16> = members.iter().map(|&i| codes[i][levels - 1]).collect();
+        lasts.sort_unstable();
+        if lasts.windows(2).all(|w| w[0] != w[1]) {
+            continue;
+        }
+        if members.len() > k {
+            bail!(
+                "{} items share the CID prefix {prefix:?} but the last codebook has only {k} codes: \
+                 raise the codebook size or add a level",
+                members.len()
+            );
+        }
+        let mut pairs: Vec<(f32, usize, u16)> = Vec::with_capacity(members.len() * k);
+        for &i in &members {
+            let x = &last_input[i * dim..(i + 1) * dim];
+            for c in 0..k {
+                pairs.push((sq_dist(x, &last_book[c * dim..(c + 1) * dim]), i, c as u16));
+            }
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let mut taken = vec![false; k];
+        let mut done: HashMap<usize, u16> = HashMap::new();
+        for (_, i, c) in pairs {
+            if done.len() == members.len() {
+                break;
+            }
+            if taken[c as usize] || done.contains_key(&i) {
+                continue;
+            }
+            taken[c as usize] = true;
+            done.insert(i, c);
+        }
+        for (i, c) in done {
+            if codes[i][levels - 1] != c {
+                codes[i][levels - 1] = c;
+                moved += 1;
+            }
+        }
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn resolves_duplicates_and_error_falls() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let dim = 8;
+        let mut data: Vec<f32> = (0..200 * dim).map(|_| rng.gen::<f32>() - 0.5).collect();
+        // Ten exact duplicates must still get ten distinct CIDs.
+        let dup: Vec<f32> = data[..dim].to_vec();
+        for _ in 0..10 {
+            data.extend_from_slice(&dup);
+        }
+        let r = train(&data, dim, &RqConfig { sizes: vec![8, 8, 16], iterations: 10, seed: 1 }).unwrap();
+        assert!(r.stats.collisions_before >= 10);
+        assert_eq!(r.stats.collisions_after, 0);
+        assert!(r.stats.recon_mse.windows(2).all(|w| w[1] < w[0]), "{:?}", r.stats.recon_mse);
+        assert_eq!(auto_codebook_size(1682), 128);
+        assert_eq!(auto_codebook_size(10), 16);
+    }
+
+    #[test]
+    fn too_many_duplicates_is_an_error() {
+        let data = vec![0.5f32; 4 * 20];
+        assert!(train(&data, 4, &RqConfig { sizes: vec![2, 2], iterations: 3, seed: 0 }).is_err());
+    }
+}
