@@ -33,13 +33,32 @@ pub struct KMeans {
     pub empty_reseeded: usize,
 }
 
-/// Squared Euclidean distance, written with independent accumulators so it vectorises.
+/// Squared Euclidean distance, written with independent accumulators so it vectorises; on x86-64
+/// with AVX2+FMA (checked at run time) a wider build of the same loop is used.
 pub fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features this function was compiled for (checked above).
+            return unsafe { sq_dist_avx2(a, b) };
+        }
+    }
+    sq_dist_portable(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sq_dist_avx2(a: &[f32], b: &[f32]) -> f32 {
+    sq_dist_portable(a, b)
+}
+
+#[inline(always)]
+fn sq_dist_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..16 {
             let d = x[i] - y[i];
             acc[i] += d * d;
         }
@@ -54,37 +73,45 @@ pub fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
 /// Nearest centroid of every row: (index, squared distance). Uses a matrix product per block.
 pub fn assign(data: &[f32], dim: usize, centroids: &[f32], block: usize) -> Result<(Vec<u32>, Vec<f32>)> {
     let n = data.len() / dim;
+    let x = Tensor::from_slice(data, (n, dim), &Device::Cpu)?;
+    let x_norm: Vec<f32> = data.par_chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    assign_prepared(&x, &x_norm, dim, centroids, block)
+}
+
+/// [`assign`] with the rows already in a tensor and their squared norms computed (done once per k-means).
+fn assign_prepared(x: &Tensor, x_norm: &[f32], dim: usize, centroids: &[f32], block: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+    let n = x_norm.len();
     let k = centroids.len() / dim;
-    let c = Tensor::from_slice(centroids, (k, dim), &Device::Cpu)?;
-    let ct = c.t()?.contiguous()?;
+    let ct = Tensor::from_slice(centroids, (k, dim), &Device::Cpu)?.t()?.contiguous()?;
     let c_norm: Vec<f32> = centroids.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
-    let mut idx = Vec::with_capacity(n);
-    let mut dist = Vec::with_capacity(n);
-    for start in (0..n).step_by(block.max(1)) {
-        let rows = (n - start).min(block.max(1));
-        let x = Tensor::from_slice(&data[start * dim..(start + rows) * dim], (rows, dim), &Device::Cpu)?;
-        let dots: Vec<f32> = x.matmul(&ct)?.flatten_all()?.to_vec1()?;
-        let part: Vec<(u32, f32)> = dots
-            .par_chunks_exact(k)
+    let mut idx = vec![0u32; n];
+    let mut dist = vec![0f32; n];
+    let block = block.max(1);
+    for start in (0..n).step_by(block) {
+        let rows = (n - start).min(block);
+        let xb = if rows == n { x.clone() } else { x.narrow(0, start, rows)? };
+        let dots = xb.matmul(&ct)?;
+        let dots = dots.flatten_all()?;
+        let dots = dots.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*dots.0 else { anyhow::bail!("k-means runs on the CPU") };
+        let dots = &cpu.as_slice::<f32>()?[dots.1.start_offset()..];
+        idx[start..start + rows]
+            .par_iter_mut()
+            .zip(dist[start..start + rows].par_iter_mut())
+            .zip(dots.par_chunks_exact(k))
             .enumerate()
-            .map(|(r, row)| {
-                let x = &data[(start + r) * dim..(start + r + 1) * dim];
-                let xn: f32 = x.iter().map(|v| v * v).sum();
+            .for_each(|(r, ((best_out, dist_out), row))| {
                 let (mut best, mut bd) = (0usize, f32::INFINITY);
-                for (j, &d) in row.iter().enumerate() {
-                    let v = c_norm[j] - 2.0 * d;
+                for (j, (&d, &cn)) in row.iter().zip(&c_norm).enumerate() {
+                    let v = cn - 2.0 * d;
                     if v < bd {
                         bd = v;
                         best = j;
                     }
                 }
-                (best as u32, (xn + bd).max(0.0))
-            })
-            .collect();
-        for (i, d) in part {
-            idx.push(i);
-            dist.push(d);
-        }
+                *best_out = best as u32;
+                *dist_out = (x_norm[start + r] + bd).max(0.0);
+            });
     }
     Ok((idx, dist))
 }
@@ -120,6 +147,74 @@ fn seed_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> V
     centroids
 }
 
+/// Most entries of the n x k score matrix kept between iterations (256 MiB of f32).
+const MAX_SCORE_ENTRIES: usize = 1 << 26;
+
+/// The distance step, exact but incremental: the n x k matrix of `|c_j|^2 - 2 x_i.c_j` is kept, and after
+/// an update only the columns of centroids that moved are recomputed (one smaller matrix product).
+/// Late Lloyd iterations move few points, so they cost a fraction of a full pass.
+struct Scores<'a> {
+    x: &'a Tensor,
+    x_norm: &'a [f32],
+    k: usize,
+    dim: usize,
+    /// `None` when n x k is too large to keep: then every pass recomputes in blocks.
+    s: Option<Vec<f32>>,
+    block: usize,
+}
+
+impl<'a> Scores<'a> {
+    fn new(x: &'a Tensor, x_norm: &'a [f32], k: usize, dim: usize, block: usize) -> Self {
+        let keep = x_norm.len().saturating_mul(k) <= MAX_SCORE_ENTRIES;
+        Scores { x, x_norm, k, dim, s: keep.then(|| vec![0f32; x_norm.len() * k]), block }
+    }
+
+    /// Recomputes the given columns (all when `cols` is `None`), then assigns every row.
+    fn assign(&mut self, centroids: &[f32], cols: Option<&[usize]>) -> Result<(Vec<u32>, Vec<f32>)> {
+        let (k, dim) = (self.k, self.dim);
+        let Some(s) = self.s.as_mut() else {
+            return assign_prepared(self.x, self.x_norm, dim, centroids, self.block);
+        };
+        let all: Vec<usize>;
+        let cols = match cols {
+            Some(c) => c,
+            None => {
+                all = (0..k).collect();
+                &all
+            }
+        };
+        if !cols.is_empty() {
+            let m = cols.len();
+            let sub: Vec<f32> = cols.iter().flat_map(|&j| centroids[j * dim..(j + 1) * dim].iter().copied()).collect();
+            let cn: Vec<f32> = sub.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+            let ct = Tensor::from_vec(sub, (m, dim), &Device::Cpu)?.t()?.contiguous()?;
+            let dots = self.x.matmul(&ct)?;
+            let guard = dots.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*guard.0 else { anyhow::bail!("k-means runs on the CPU") };
+            let dots = &cpu.as_slice::<f32>()?[guard.1.start_offset()..];
+            s.par_chunks_exact_mut(k).zip(dots.par_chunks_exact(m)).for_each(|(row, d)| {
+                for (t, &j) in cols.iter().enumerate() {
+                    row[j] = cn[t] - 2.0 * d[t];
+                }
+            });
+        }
+        let x_norm = self.x_norm;
+        Ok(s.par_chunks_exact(k)
+            .enumerate()
+            .map(|(i, row)| {
+                let (mut best, mut bd) = (0usize, f32::INFINITY);
+                for (j, &v) in row.iter().enumerate() {
+                    if v < bd {
+                        bd = v;
+                        best = j;
+                    }
+                }
+                (best as u32, (x_norm[i] + bd).max(0.0))
+            })
+            .unzip())
+    }
+}
+
 /// Runs k-means. With fewer distinct rows than `k`, some centroids duplicate rows (still valid codes).
 pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
     let n = data.len() / dim;
@@ -128,47 +223,62 @@ pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
     let k = cfg.k;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut centroids = seed_plus_plus(data, dim, k, &mut rng);
-    let (mut assignments, mut sq_errors) = assign(data, dim, &centroids, cfg.block)?;
+    let x = Tensor::from_slice(data, (n, dim), &Device::Cpu)?;
+    let x_norm: Vec<f32> = data.par_chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let mut scores = Scores::new(&x, &x_norm, k, dim, cfg.block);
+    let (mut assignments, mut sq_errors) = scores.assign(&centroids, None)?;
+    // Cluster sums in f64, updated by the rows that move.
+    let mut sums = vec![0f64; k * dim];
+    let mut counts = vec![0usize; k];
+    for (i, &a) in assignments.iter().enumerate() {
+        counts[a as usize] += 1;
+        sums[a as usize * dim..(a as usize + 1) * dim].iter_mut().zip(&data[i * dim..(i + 1) * dim]).for_each(|(s, &v)| *s += v as f64);
+    }
+    let mut dirty = vec![true; k];
     let mut iterations_run = 0;
     let mut empty_reseeded = 0;
     for _ in 0..cfg.iterations {
         iterations_run += 1;
-        // Update step: mean of the members of each cluster.
-        let mut sums = vec![0f64; k * dim];
-        let mut counts = vec![0usize; k];
-        for (i, &a) in assignments.iter().enumerate() {
-            counts[a as usize] += 1;
-            let s = &mut sums[a as usize * dim..(a as usize + 1) * dim];
-            for (s, &v) in s.iter_mut().zip(&data[i * dim..(i + 1) * dim]) {
-                *s += v as f64;
+        // Update step: each changed cluster moves to the mean of its members.
+        for j in (0..k).filter(|&j| dirty[j] && counts[j] > 0) {
+            for (c, s) in centroids[j * dim..(j + 1) * dim].iter_mut().zip(&sums[j * dim..(j + 1) * dim]) {
+                *c = (*s / counts[j] as f64) as f32;
             }
         }
         // Empty clusters take the rows farthest from their centroids (each row used once).
         let empties: Vec<usize> = (0..k).filter(|&j| counts[j] == 0).collect();
-        let mut far: Vec<usize> = Vec::new();
         if !empties.is_empty() {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| sq_errors[b].total_cmp(&sq_errors[a]).then(a.cmp(&b)));
-            far = order.into_iter().filter(|&i| counts[assignments[i] as usize] > 1).take(empties.len()).collect();
-        }
-        for j in 0..k {
-            if counts[j] > 0 {
-                for (c, s) in centroids[j * dim..(j + 1) * dim].iter_mut().zip(&sums[j * dim..(j + 1) * dim]) {
-                    *c = (*s / counts[j] as f64) as f32;
-                }
-            }
-        }
-        for (e, &j) in empties.iter().enumerate() {
-            if let Some(&i) = far.get(e) {
+            let far = order.into_iter().filter(|&i| counts[assignments[i] as usize] > 1).take(empties.len());
+            for (&j, i) in empties.iter().zip(far) {
                 centroids[j * dim..(j + 1) * dim].copy_from_slice(&data[i * dim..(i + 1) * dim]);
+                dirty[j] = true;
                 empty_reseeded += 1;
             }
         }
-        let (a, d) = assign(data, dim, &centroids, cfg.block)?;
-        let changed = a != assignments;
+        let cols: Vec<usize> = (0..k).filter(|&j| dirty[j]).collect();
+        if cols.is_empty() {
+            break;
+        }
+        let (a, d) = scores.assign(&centroids, Some(&cols))?;
+        dirty.iter_mut().for_each(|x| *x = false);
+        let mut moved = 0;
+        for (i, (&new, &old)) in a.iter().zip(&assignments).enumerate() {
+            if new != old {
+                moved += 1;
+                let row = &data[i * dim..(i + 1) * dim];
+                counts[old as usize] -= 1;
+                counts[new as usize] += 1;
+                sums[old as usize * dim..(old as usize + 1) * dim].iter_mut().zip(row).for_each(|(s, &v)| *s -= v as f64);
+                sums[new as usize * dim..(new as usize + 1) * dim].iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+                dirty[old as usize] = true;
+                dirty[new as usize] = true;
+            }
+        }
         assignments = a;
         sq_errors = d;
-        if !changed && empties.is_empty() {
+        if moved == 0 && empties.is_empty() {
             break;
         }
     }
