@@ -32,6 +32,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     Mismatch(String),
+    /// llama.cpp refused something (model load, context creation, decode).
+    #[error("llama.cpp: {0}")]
+    Llama(String),
 }
 
 impl Error {

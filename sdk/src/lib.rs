@@ -4,10 +4,14 @@
 #[cfg(target_endian = "big")]
 compile_error!("navigen files are little-endian and used in place; big-endian targets are not supported");
 
+pub mod bundle;
 pub mod cid;
 pub mod embedding;
 pub mod error;
 pub mod format;
+pub mod llm;
+pub mod prompt;
+pub mod trie;
 
 pub use cid::Cid;
 pub use error::{Error, FormatError, Result};

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use navigen::format::Dtype;
-use navigen_train::{assets, bench, data::Source, device, inspect, prepare};
+use navigen_train::model::gguf::ExportDtype;
+use navigen_train::model::preset::Preset;
+use navigen_train::{assets, bench, data::Source, device, export, inspect, prepare, sft};
 
 #[derive(Parser)]
 #[command(name = "navigen-train", version, about = "Builds the model, codebooks and catalog that the navigen SDK runs")]
@@ -51,6 +53,66 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, default_value_t = 5)]
         items: usize,
+    },
+    /// Supervised fine-tuning, stage 1 (new rows and head) or stage 2 (everything, with reasoning).
+    Sft {
+        /// A folder written by `prepare`.
+        #[arg(long)]
+        data: PathBuf,
+        /// The run folder (created by stage 1).
+        #[arg(long)]
+        run: PathBuf,
+        /// tiny | smollm2-135m | hf:PATH | gguf:PATH (needed to create the run)
+        #[arg(long)]
+        preset: Option<Preset>,
+        #[arg(long, default_value_t = 1)]
+        stage: u8,
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long, default_value_t = 1.0)]
+        epochs: f64,
+        /// Stop after this many optimiser steps (overrides --epochs).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Packed rows per micro-batch.
+        #[arg(long)]
+        batch_rows: Option<usize>,
+        #[arg(long)]
+        max_len: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        grad_accum: usize,
+        #[arg(long, default_value_t = 0.03)]
+        warmup: f64,
+        #[arg(long, default_value_t = 50)]
+        eval_every: usize,
+        #[arg(long, default_value_t = 50)]
+        save_every: usize,
+        /// History windows sampled per user for the sequence tasks.
+        #[arg(long)]
+        windows_per_user: Option<usize>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// f32 (default on CPU) or bf16 (default on CUDA).
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Start the stage afresh instead of resuming from its newest checkpoint.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Write the bundle the device opens: model.gguf, catalog, codebooks, bundle.json.
+    Export {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// f32 | f16 | q8_0
+        #[arg(long, default_value = "f16")]
+        dtype: ExportDtype,
+        /// Prompts on which llama.cpp's greedy tokens are compared with candle's (0: skip).
+        #[arg(long, default_value_t = 4)]
+        verify: usize,
     },
     /// Benchmarks against reference implementations.
     Bench {
@@ -114,6 +176,49 @@ fn run(cli: Cli) -> Result<()> {
                 r.seconds.get("total").copied().unwrap_or_default()
             );
             println!("wrote {}", o.out.display());
+        }
+        Cmd::Sft { data, run, preset, stage, lr, epochs, max_steps, batch_rows, max_len, grad_accum, warmup, eval_every, save_every, windows_per_user, seed, device, dtype, restart } => {
+            let existing = sft::RunInfo::read(&run).ok().map(|i| i.preset);
+            let mut o = sft::SftOptions::new(&data, &run, preset.clone().or(existing), stage);
+            o.preset = preset;
+            o.device = device::parse(&device)?;
+            o.dtype = match dtype.as_deref() {
+                Some("f32") => candle_core::DType::F32,
+                Some("bf16") => candle_core::DType::BF16,
+                Some(d) => anyhow::bail!("--dtype {d}: use f32 or bf16"),
+                None if o.device.is_cuda() => candle_core::DType::BF16,
+                None => candle_core::DType::F32,
+            };
+            if let Some(v) = lr { o.lr = v; }
+            if let Some(v) = batch_rows { o.batch_rows = v; }
+            if let Some(v) = max_len { o.max_len = v; }
+            if let Some(v) = windows_per_user { o.windows_per_user = v; }
+            o.epochs = epochs;
+            o.max_steps = max_steps;
+            o.grad_accum = grad_accum;
+            o.warmup_frac = warmup;
+            o.eval_every = eval_every;
+            o.save_every = save_every;
+            o.seed = seed;
+            if restart { o.resume = sft::Resume::Never; }
+            let s = sft::run_stage(&o)?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        Cmd::Export { run, out, dtype, verify } => {
+            let r = export::export(&export::ExportOptions { run, out, dtype, verify_prompts: verify, verify_tokens: 32 })?;
+            for c in &r.checks {
+                println!("verify {:<8} prompt {:>4} tokens: tokenisation {}, greedy {} ({} of {} tokens agree)", c.task, c.prompt_tokens,
+                    if c.same_tokenization { "identical" } else { "DIFFERS" }, if c.identical { "identical" } else { "DIFFERS" }, c.common_prefix, c.candle.len());
+            }
+            println!("wrote {} ({} bytes model, {}, stage {})", r.bundle.display(), r.model_bytes, r.dtype, r.stage);
+            if !r.checks.is_empty() && !r.all_identical() {
+                // f32/f16 must match exactly; q8_0 also quantises activations inside llama.cpp, so it may drift.
+                if dtype == ExportDtype::Q8_0 {
+                    eprintln!("navigen-train: warning: q8_0 export drifts from candle's greedy tokens (activation quantisation)");
+                } else {
+                    anyhow::bail!("llama.cpp does not reproduce candle's greedy tokens on the exported model");
+                }
+            }
         }
         Cmd::Inspect { file, items } => print!("{}", inspect::inspect(&file, items)?),
         Cmd::Bench { what: BenchCmd::Rq { dataset, k, levels, iterations, seed, repeats } } => {

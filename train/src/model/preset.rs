@@ -1,0 +1,208 @@
+//! Base models: the `tiny` preset (Qwen3-shaped, random init, BPE trained on the catalog text), SmolLM2-135M
+//! from its GGUF asset, any llama/qwen3 GGUF, or a Hugging Face folder. Each comes with its tokenizer, to
+//! which navigen's tokens are added (vocabulary expansion).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use super::config::{Arch, ModelConfig};
+use super::gguf;
+use super::weights::{Weights, EMBED, HEAD};
+use crate::tokenizer::{self as tk, TOKEN_NORMAL};
+use navigen::Catalog;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Preset {
+    Tiny,
+    Smollm2_135m,
+    Hf(PathBuf),
+    Gguf(PathBuf),
+}
+
+impl std::str::FromStr for Preset {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "tiny" => Preset::Tiny,
+            "smollm2-135m" => Preset::Smollm2_135m,
+            _ => match s.split_once(':') {
+                Some(("hf", p)) => Preset::Hf(PathBuf::from(p)),
+                Some(("gguf", p)) => Preset::Gguf(PathBuf::from(p)),
+                _ => bail!("unknown preset {s:?}: tiny, smollm2-135m, hf:PATH or gguf:PATH"),
+            },
+        })
+    }
+}
+
+/// A base model with its tokenizer, after vocabulary expansion.
+pub struct Base {
+    pub weights: Weights,
+    pub tokenizer: Tokenizer,
+    /// llama.cpp pre-tokenizer name for export.
+    pub gguf_pre: String,
+    /// GGUF token types of the original vocabulary (kept on export).
+    pub original_types: Option<Vec<i32>>,
+    /// Rows from here on are navigen's new tokens.
+    pub first_new_row: usize,
+    pub name: String,
+}
+
+/// Vocabulary size of the tiny preset's BPE (before navigen's tokens).
+pub const TINY_BPE_VOCAB: usize = 2048;
+
+/// Text the tiny tokenizer is trained on: every prompt and answer shape, without CID tokens (those are
+/// atomic added tokens and must not shape the merges).
+pub fn tiny_corpus(cat: &Catalog) -> Vec<String> {
+    use navigen::prompt::{self, Mode};
+    let strip = |s: &str| -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(p) = rest.find("<|cid_begin|>") {
+            out.push_str(&rest[..p]);
+            match rest[p..].find("<|cid_end|>") {
+                Some(e) => rest = &rest[p + e + "<|cid_end|>".len()..],
+                None => {
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    let mut texts = Vec::new();
+    let any = cat.item(0).map(|i| i.cid);
+    for it in cat.items() {
+        texts.push(it.text.to_string());
+        texts.push(prompt::answer_json_tid(&it.tid_vec()));
+    }
+    if let Some(c) = any {
+        for mode in [Mode::Direct, Mode::Think] {
+            texts.push(strip(&prompt::prompt_cid2cid(&[c], mode)));
+            texts.push(strip(&prompt::prompt_cid2ins(&[c], mode)));
+            texts.push(strip(&prompt::prompt_cid2tid(&c, mode)));
+            texts.push(strip(&prompt::prompt_tid2cid(&["term"], mode)));
+        }
+    }
+    // Reasoning and instruction text of the offline teacher, on a sample of items.
+    use crate::tasks::{InstructionTeacher, ItemView, OfflineTeacher};
+    let views: Vec<ItemView> = cat.items().take(400).map(ItemView::from).collect();
+    for w in views.windows(4) {
+        let s = OfflineTeacher.supervise(&w[..3], &w[3]);
+        texts.push(format!("<think>\n{}\n</think>\n\n{}", s.reasoning, prompt::answer_json_ins(&s.target_tid, &s.instruction)));
+    }
+    texts
+}
+
+/// Every CID token of the catalog (sorted by level then code) and the markers.
+pub fn cid_tokens(cat: &Catalog) -> Vec<String> {
+    let mut toks = vec![navigen::cid::CID_BEGIN.to_string(), navigen::cid::CID_END.to_string()];
+    for (l, &k) in cat.sizes().iter().enumerate() {
+        for c in 0..k {
+            toks.push(navigen::cid::code_token(l, c as u16));
+        }
+    }
+    toks
+}
+
+fn raw_base(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed: u64) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+    match preset {
+        Preset::Tiny => {
+            let tok = tk::train_bpe(&tiny_corpus(cat), TINY_BPE_VOCAB)?;
+            let config = ModelConfig::tiny(tok.get_vocab_size(true));
+            let w = Weights::random(&config, device, dtype, seed)?;
+            Ok((w, tok, tk::SMOLLM_PRE.to_string(), None, "navigen-tiny".into()))
+        }
+        Preset::Smollm2_135m => {
+            let dir = crate::assets::SMOLLM2.ensure()?;
+            let p = dir.join(crate::assets::SMOLLM2.members[0].1);
+            from_gguf(&p, device, dtype, "navigen-smollm2-135m")
+        }
+        Preset::Gguf(p) => from_gguf(p, device, dtype, &format!("navigen-{}", p.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())),
+        Preset::Hf(dir) => from_hf(dir, device, dtype),
+    }
+}
+
+fn from_gguf(p: &Path, device: &Device, dtype: DType, name: &str) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+    let imp = gguf::import(p)?;
+    let (tok, pre) = tk::from_gguf(&imp.metadata)?;
+    let types = imp.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()).map(|v| v.iter().map(|x| x.to_i32().unwrap_or(TOKEN_NORMAL)).collect());
+    let w = Weights::from_map(imp.config, imp.tensors, device, dtype)?;
+    Ok((w, tok, pre, types, name.to_string()))
+}
+
+fn from_hf(dir: &Path, device: &Device, dtype: DType) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+    let config = ModelConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json", dir.display()))?)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{} has no .safetensors files", dir.display());
+    }
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{}/tokenizer.json: {e}", dir.display()))?;
+    // llama.cpp's name for the pre-tokenizer of each family's tokenizer.
+    let pre = match config.arch {
+        Arch::Qwen3 => "qwen2",
+        Arch::Llama => "smollm",
+    };
+    // Checkpoints may have more embedding rows than tokens (padding); the tokenizer decides.
+    let w = Weights::from_safetensors(config, &files, device, dtype)?;
+    let name = format!("navigen-{}", dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default());
+    Ok((w, tok, pre.into(), None, name))
+}
+
+/// Loads the base model and expands its vocabulary with navigen's tokens.
+///
+/// New rows are initialised from what they stand for: the row of `<s_x_N>` is the mean of the embedding
+/// rows of the title tokens of every item whose level-x code is N (those items are neighbours in the
+/// embedding space, so this starts the token near their shared meaning); markers and reasoning tokens
+/// start at the mean of all rows. The output head (when untied) is initialised the same way from its
+/// own rows.
+pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed: u64) -> Result<Base> {
+    let (mut weights, mut tokenizer, gguf_pre, original_types, name) = raw_base(preset, cat, device, dtype, seed)?;
+    let base_tok_vocab = tokenizer.get_vocab_size(true);
+    if weights.config.vocab_size < base_tok_vocab {
+        bail!("the model has {} embedding rows but its tokenizer {} tokens", weights.config.vocab_size, base_tok_vocab);
+    }
+    // Keep the tokenizer and the matrix the same size: drop padding rows past the tokenizer.
+    if weights.config.vocab_size > base_tok_vocab {
+        bail!("the model has {} embedding rows for {} tokens; padded vocabularies are not supported yet", weights.config.vocab_size, base_tok_vocab);
+    }
+    let first_new = tk::add_navigen_tokens(&mut tokenizer, &cid_tokens(cat))? as usize;
+    let total = tokenizer.get_vocab_size(true);
+    let merged = weights.merged()?;
+    let embed: Vec<Vec<f32>> = merged[EMBED].to_dtype(DType::F32)?.to_vec2()?;
+    let head: Option<Vec<Vec<f32>>> = merged.get(HEAD).map(|h| h.to_dtype(DType::F32)?.to_vec2()).transpose()?;
+    let mean = |rows: &[Vec<f32>], ids: &[u32]| -> Vec<f32> {
+        let h = rows[0].len();
+        let mut m = vec![0f32; h];
+        let ids: Vec<u32> = if ids.is_empty() { (0..rows.len() as u32).collect() } else { ids.to_vec() };
+        for &i in &ids {
+            m.iter_mut().zip(&rows[i as usize]).for_each(|(a, b)| *a += b);
+        }
+        m.iter_mut().for_each(|a| *a /= ids.len() as f32);
+        m
+    };
+    // Title tokens of the items behind each code.
+    let mut by_code: std::collections::HashMap<String, Vec<u32>> = std::collections::HashMap::new();
+    for it in cat.items() {
+        let ids: Vec<u32> = tk::encode(&tokenizer, it.title)?.into_iter().filter(|&i| (i as usize) < first_new).collect();
+        for (l, &c) in it.cid.codes().iter().enumerate() {
+            by_code.entry(navigen::cid::code_token(l, c)).or_default().extend(&ids);
+        }
+    }
+    let mut new_embed = Vec::with_capacity(total - first_new);
+    let mut new_head = Vec::with_capacity(total - first_new);
+    for id in first_new..total {
+        let t = tokenizer.id_to_token(id as u32).unwrap_or_default();
+        let ids = by_code.get(&t).cloned().unwrap_or_default();
+        new_embed.push(mean(&embed, &ids));
+        if let Some(h) = &head {
+            new_head.push(mean(h, &ids));
+        }
+    }
+    weights.grow_vocab(total, &new_embed, head.as_ref().map(|_| new_head.as_slice()))?;
+    Ok(Base { weights, tokenizer, gguf_pre, original_types, first_new_row: first_new, name })
+}

@@ -1,0 +1,215 @@
+//! The decoder (Qwen3 and Llama families) built only from candle operations that have a backward pass:
+//! RMS-norm from sqr/mean/sqrt, RoPE via rotate-half, attention as matmul + additive mask + softmax.
+//! (candle-transformers' fused kernels have no backward, so they cannot train.)
+//!
+//! Two entry points: [`hidden_states`] for training (packed rows, block-diagonal mask, per-example
+//! positions) and [`forward_cached`] for sampling (KV cache, one new token at a time).
+
+use anyhow::Result;
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+
+use super::config::ModelConfig;
+use super::weights::{layer, Weights, FINAL_NORM};
+
+/// Cosine and sine tables of rotary position embeddings (NEOX / Hugging Face layout: halves).
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(c: &ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
+        let half = c.head_dim / 2;
+        let inv: Vec<f32> = (0..half).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / c.head_dim as f32)).collect();
+        let n = c.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * c.head_dim);
+        let mut sin = Vec::with_capacity(n * c.head_dim);
+        for p in 0..n {
+            for _half in 0..2 {
+                for &f in &inv {
+                    let a = p as f32 * f;
+                    cos.push(a.cos());
+                    sin.push(a.sin());
+                }
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (n, c.head_dim), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (n, c.head_dim), device)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// x: (B, H, T, D); positions: (B, T) u32.
+    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, _, t, d) = x.dims4()?;
+        let flat = positions.flatten_all()?;
+        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d))?;
+        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d))?;
+        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+    }
+}
+
+/// RMS norm over the last dimension, computed in f32.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(DType::F32)?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = xf.broadcast_mul(&(ms + eps)?.sqrt()?.recip()?)?;
+    Ok(normed.to_dtype(dtype)?.broadcast_mul(w)?)
+}
+
+/// x (..., in) times w^T with w (out, in).
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inner = *dims.last().expect("rank >= 1");
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    *out.last_mut().expect("rank >= 1") = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}
+
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?.broadcast_as((b, h, rep, t, d))?.reshape((b, h * rep, t, d))?)
+}
+
+/// Additive attention mask for packed rows: a token attends to earlier tokens of its own segment.
+/// `segments` is (B, T); returns (B, 1, T, T) in `dtype`.
+pub fn packed_mask(segments: &[Vec<u32>], device: &Device, dtype: DType) -> Result<Tensor> {
+    let b = segments.len();
+    let t = segments.first().map(|s| s.len()).unwrap_or(0);
+    let mut m = vec![0f32; b * t * t];
+    for (bi, seg) in segments.iter().enumerate() {
+        for i in 0..t {
+            for j in 0..t {
+                if j > i || seg[j] != seg[i] {
+                    m[(bi * t + i) * t + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(m, (b, 1, t, t), device)?.to_dtype(dtype)?)
+}
+
+struct AttnOut {
+    out: Tensor,
+    k: Tensor,
+    v: Tensor,
+}
+
+fn attention(w: &Weights, rope: &Rope, i: usize, x: &Tensor, positions: &Tensor, mask: Option<&Tensor>, past: Option<&(Tensor, Tensor)>) -> Result<AttnOut> {
+    let c = &w.config;
+    let (b, t, _) = x.dims3()?;
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+    let mut q = heads(linear(x, w.get(&layer(i, "self_attn.q_proj.weight"))?)?, nh)?;
+    let mut k = heads(linear(x, w.get(&layer(i, "self_attn.k_proj.weight"))?)?, nkv)?;
+    let v = heads(linear(x, w.get(&layer(i, "self_attn.v_proj.weight"))?)?, nkv)?;
+    if c.arch.qk_norm() {
+        q = rms_norm(&q, w.get(&layer(i, "self_attn.q_norm.weight"))?, c.rms_norm_eps)?;
+        k = rms_norm(&k, w.get(&layer(i, "self_attn.k_norm.weight"))?, c.rms_norm_eps)?;
+    }
+    let q = rope.apply(&q, positions)?;
+    let k = rope.apply(&k, positions)?;
+    let (k_all, v_all) = match past {
+        Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+        None => (k.clone(), v.clone()),
+    };
+    let rep = nh / nkv;
+    let kr = repeat_kv(k_all.clone(), rep)?;
+    let vr = repeat_kv(v_all.clone(), rep)?;
+    let mut scores = (q.matmul(&kr.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    // Softmax in f32, from differentiable primitives.
+    let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?;
+    let ctx = probs.matmul(&vr)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+    Ok(AttnOut { out: linear(&ctx, w.get(&layer(i, "self_attn.o_proj.weight"))?)?, k: k_all, v: v_all })
+}
+
+fn mlp(w: &Weights, i: usize, x: &Tensor) -> Result<Tensor> {
+    let gate = linear(x, w.get(&layer(i, "mlp.gate_proj.weight"))?)?.silu()?;
+    let up = linear(x, w.get(&layer(i, "mlp.up_proj.weight"))?)?;
+    linear(&(gate * up)?, w.get(&layer(i, "mlp.down_proj.weight"))?)
+}
+
+/// Final-normed hidden states (B, T, H) of packed rows. `mask` from [`packed_mask`].
+pub fn hidden_states(w: &Weights, rope: &Rope, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let c = &w.config;
+    let mut x = w.embedding()?.embedding(ids)?;
+    for i in 0..c.num_hidden_layers {
+        let h = rms_norm(&x, w.get(&layer(i, "input_layernorm.weight"))?, c.rms_norm_eps)?;
+        x = (x + attention(w, rope, i, &h, positions, Some(mask), None)?.out)?;
+        let h = rms_norm(&x, w.get(&layer(i, "post_attention_layernorm.weight"))?, c.rms_norm_eps)?;
+        x = (x + mlp(w, i, &h)?)?;
+    }
+    rms_norm(&x, w.get(FINAL_NORM)?, c.rms_norm_eps)
+}
+
+/// Per-layer keys and values of the tokens seen so far (one sequence).
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    pub len: usize,
+}
+
+/// Feeds `tokens` after what the cache holds; returns the logits (vocab,) of the last token, in f32.
+pub fn forward_cached(w: &Weights, rope: &Rope, head: &Tensor, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+    let c = &w.config;
+    anyhow::ensure!(!tokens.is_empty(), "no tokens to feed");
+    anyhow::ensure!(cache.len + tokens.len() <= c.max_position_embeddings, "sequence longer than max_position_embeddings");
+    if cache.layers.len() != c.num_hidden_layers {
+        cache.layers = vec![None; c.num_hidden_layers];
+    }
+    let dev = &w.device;
+    let n = tokens.len();
+    let ids = Tensor::from_slice(tokens, (1, n), dev)?;
+    let pos: Vec<u32> = (cache.len..cache.len + n).map(|p| p as u32).collect();
+    let positions = Tensor::from_vec(pos, (1, n), dev)?;
+    // Causal within the new tokens; everything cached is visible.
+    let mask = if n > 1 {
+        let past = cache.len;
+        let total = past + n;
+        let m: Vec<f32> = (0..n).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        Some(Tensor::from_vec(m, (1, 1, n, total), dev)?.to_dtype(w.dtype)?)
+    } else {
+        None
+    };
+    let mut x = w.embedding()?.embedding(&ids)?;
+    for i in 0..c.num_hidden_layers {
+        let h = rms_norm(&x, w.get(&layer(i, "input_layernorm.weight"))?, c.rms_norm_eps)?;
+        let a = attention(w, rope, i, &h, &positions, mask.as_ref(), cache.layers[i].as_ref())?;
+        cache.layers[i] = Some((a.k, a.v));
+        x = (x + a.out)?;
+        let h = rms_norm(&x, w.get(&layer(i, "post_attention_layernorm.weight"))?, c.rms_norm_eps)?;
+        x = (x + mlp(w, i, &h)?)?;
+    }
+    cache.len += n;
+    let last = rms_norm(&x.i((0, n - 1))?.unsqueeze(0)?, w.get(FINAL_NORM)?, c.rms_norm_eps)?;
+    Ok(last.matmul(&head.t()?)?.squeeze(0)?.to_dtype(DType::F32)?)
+}
+
+/// Greedy decoding with the KV cache: up to `max_new` tokens, stopping after any of `stop`.
+pub fn greedy(w: &Weights, rope: &Rope, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+    let head = w.head()?;
+    let mut cache = KvCache::default();
+    let mut logits = forward_cached(w, rope, &head, prompt, &mut cache)?;
+    let mut out = Vec::new();
+    for _ in 0..max_new {
+        let next = logits.argmax(0)?.to_scalar::<u32>()?;
+        out.push(next);
+        if stop.contains(&next) {
+            break;
+        }
+        logits = forward_cached(w, rope, &head, &[next], &mut cache)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,406 @@
+//! Supervised fine-tuning. Stage 1 (cold start): the backbone is frozen, only the new token rows and the
+//! output head train, on cid2tid, tid2cid and cid2cid. Stage 2: everything trains, adding reasoning and
+//! cid2ins. AdamW with warmup + cosine, gradient clipping and accumulation, validation loss with the best
+//! checkpoint kept, and resumable checkpoints written atomically.
+//!
+//! Run folder: `run.json` (what the run is), `tokenizer.json`, `config.json`, `base.safetensors` (the base
+//! model after vocabulary expansion), `stage1.safetensors`, `stage2.safetensors` (best validation loss of
+//! each stage), `checkpoints/` (resume points of the stage in progress), `metrics.jsonl`, `loss.png`.
+
+pub mod batch;
+pub mod checkpoint;
+pub mod metrics;
+pub mod optim;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::data::sequences::{self, Example, TrainSequence};
+use crate::model::{self, preset, ModelConfig, Rope, Trainable, Weights};
+use crate::tasks::{self, InstructionTeacher, MixOptions, OfflineTeacher};
+use navigen::format::{catalog, write_atomic};
+use navigen::Catalog;
+
+pub const RUN_FILE: &str = "run.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const CONFIG_FILE: &str = "config.json";
+pub const BASE_WEIGHTS: &str = "base.safetensors";
+
+pub fn stage_weights(stage: u8) -> String {
+    format!("stage{stage}.safetensors")
+}
+
+/// What a run is; written when the run is created.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub preset: preset::Preset,
+    pub name: String,
+    pub data: PathBuf,
+    pub gguf_pre: String,
+    pub original_types: Option<Vec<i32>>,
+    pub first_new_row: usize,
+    pub stages_done: Vec<u8>,
+    pub teacher: String,
+}
+
+impl RunInfo {
+    pub fn read(run: &Path) -> Result<Self> {
+        let p = run.join(RUN_FILE);
+        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {} (is this a run folder?)", p.display()))?).with_context(|| format!("parsing {}", p.display()))
+    }
+    fn write(&self, run: &Path) -> Result<()> {
+        write_atomic(&run.join(RUN_FILE), &serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SftOptions {
+    pub data: PathBuf,
+    pub run: PathBuf,
+    /// Needed when the run is created (stage 1); later stages read it from the run.
+    pub preset: Option<preset::Preset>,
+    pub stage: u8,
+    pub lr: f64,
+    pub epochs: f64,
+    pub max_steps: Option<usize>,
+    pub batch_rows: usize,
+    pub max_len: usize,
+    pub grad_accum: usize,
+    pub warmup_frac: f64,
+    pub clip: f64,
+    pub weight_decay: f64,
+    pub eval_every: usize,
+    pub save_every: usize,
+    pub log_every: usize,
+    pub windows_per_user: usize,
+    pub val_users: usize,
+    pub seed: u64,
+    pub device: Device,
+    pub dtype: DType,
+    /// Resume from the newest checkpoint of this stage if there is one (or from a named one).
+    pub resume: Resume,
+    /// How many checkpoints to keep.
+    pub keep_checkpoints: usize,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resume {
+    Latest,
+    Step(usize),
+    Never,
+}
+
+impl SftOptions {
+    /// Defaults for a preset (the tiny one trains from scratch and takes a larger learning rate).
+    pub fn new(data: impl Into<PathBuf>, run: impl Into<PathBuf>, preset: Option<preset::Preset>, stage: u8) -> Self {
+        let tiny = matches!(preset, Some(preset::Preset::Tiny) | None);
+        SftOptions {
+            data: data.into(),
+            run: run.into(),
+            preset,
+            stage,
+            lr: if tiny { 3e-3 } else { 5e-4 },
+            epochs: 1.0,
+            max_steps: None,
+            batch_rows: if tiny { 8 } else { 2 },
+            max_len: if tiny { 512 } else { 1024 },
+            grad_accum: 1,
+            warmup_frac: 0.03,
+            clip: 1.0,
+            weight_decay: 0.01,
+            eval_every: 50,
+            save_every: 50,
+            log_every: 1,
+            windows_per_user: if stage == 1 { 4 } else { 2 },
+            val_users: 64,
+            seed: 42,
+            device: Device::Cpu,
+            dtype: DType::F32,
+            resume: Resume::Latest,
+            keep_checkpoints: 2,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SftSummary {
+    pub stage: u8,
+    pub steps: usize,
+    pub resumed_from: Option<usize>,
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub best_val_loss: Option<f64>,
+    pub examples: usize,
+    pub rows: usize,
+    pub skipped_too_long: usize,
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+}
+
+/// The model the run holds after its latest finished stage (or the base model).
+pub fn load_run_model(run: &Path, device: &Device, dtype: DType) -> Result<(Weights, Tokenizer, RunInfo, u8)> {
+    let info = RunInfo::read(run)?;
+    let config: ModelConfig = serde_json::from_slice(&std::fs::read(run.join(CONFIG_FILE))?)?;
+    let tok = Tokenizer::from_file(run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{}: {e}", run.join(TOKENIZER_FILE).display()))?;
+    let stage = info.stages_done.iter().copied().max().unwrap_or(0);
+    let file = if stage == 0 { BASE_WEIGHTS.to_string() } else { stage_weights(stage) };
+    let w = Weights::from_safetensors(config, &[run.join(&file)], device, dtype)?;
+    Ok((w, tok, info, stage))
+}
+
+fn create_run(opts: &SftOptions, cat: &Catalog) -> Result<()> {
+    let preset = opts.preset.clone().context("a new run needs --preset")?;
+    eprintln!("navigen: creating run {} from preset {:?}", opts.run.display(), preset);
+    let base = preset::load(&preset, cat, &Device::Cpu, DType::F32, opts.seed)?;
+    std::fs::create_dir_all(&opts.run)?;
+    base.tokenizer.save(opts.run.join(TOKENIZER_FILE), false).map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
+    write_atomic(&opts.run.join(CONFIG_FILE), &serde_json::to_vec_pretty(&base.weights.config)?)?;
+    let tmp = opts.run.join(".base.part.safetensors");
+    base.weights.save(&tmp)?;
+    std::fs::rename(&tmp, opts.run.join(BASE_WEIGHTS))?;
+    RunInfo {
+        preset,
+        name: base.name,
+        data: std::fs::canonicalize(&opts.data)?,
+        gguf_pre: base.gguf_pre,
+        original_types: base.original_types,
+        first_new_row: base.first_new_row,
+        stages_done: vec![],
+        teacher: OfflineTeacher.name().to_string(),
+    }
+    .write(&opts.run)
+}
+
+/// Shuffled order of rows for an epoch (a pure function of seed and epoch, so resuming needs no RNG
+/// state beyond the step).
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1))));
+    order
+}
+
+fn mean_loss(w: &Weights, rope: &Rope, rows: &[batch::Row], opts: &SftOptions, pad: u32) -> Result<f64> {
+    let mut total = 0f64;
+    let mut n = 0usize;
+    for chunk in rows.chunks(opts.batch_rows.max(1)) {
+        let b = batch::make_batch(chunk, pad, &opts.device, opts.dtype)?;
+        let l = model::loss(w, rope, &b)?.to_scalar::<f32>()? as f64;
+        total += l * b.loss_tokens as f64;
+        n += b.loss_tokens;
+    }
+    Ok(total / n.max(1) as f64)
+}
+
+/// Runs one SFT stage.
+pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
+    let t0 = Instant::now();
+    if !(1..=2).contains(&opts.stage) {
+        bail!("--stage must be 1 or 2");
+    }
+    let cat = Catalog::open(&opts.data.join(catalog::FILE_NAME))?;
+    if !opts.run.join(RUN_FILE).exists() {
+        if opts.stage != 1 {
+            bail!("{} is not a run yet: start with --stage 1", opts.run.display());
+        }
+        create_run(opts, &cat)?;
+    }
+    let mut info = RunInfo::read(&opts.run)?;
+    if opts.stage == 2 && !info.stages_done.contains(&1) {
+        bail!("stage 2 starts from stage 1's model: run --stage 1 first");
+    }
+    // Start from the previous stage's model.
+    let config: ModelConfig = serde_json::from_slice(&std::fs::read(opts.run.join(CONFIG_FILE))?)?;
+    let start_file = if opts.stage == 1 { BASE_WEIGHTS.to_string() } else { stage_weights(opts.stage - 1) };
+    let mut w = Weights::from_safetensors(config, &[opts.run.join(&start_file)], &opts.device, opts.dtype)?;
+    let tok = Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pad = tok.token_to_id(crate::tokenizer::END_OF_TEXT).or_else(|| tok.token_to_id(navigen::prompt::IM_END)).unwrap_or(0);
+
+    // Data.
+    let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
+    let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
+    let teacher = OfflineTeacher;
+    let mix = MixOptions { stage: opts.stage, max_history: sequences::DEFAULT_MAX_HISTORY, windows_per_user: opts.windows_per_user, seed: opts.seed };
+    let examples = tasks::training_examples(&cat, &train, &mix, &teacher);
+    let (tokenized, too_long) = batch::tokenize_all(&tok, &examples, opts.max_len)?;
+    let rows = batch::pack(&tokenized, opts.max_len);
+    let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, &teacher, opts.val_users);
+    let (val_tok, _) = batch::tokenize_all(&tok, &val_ex, opts.max_len)?;
+    let val_rows = batch::pack(&val_tok, opts.max_len);
+    if rows.is_empty() {
+        bail!("no training rows (examples longer than --max-len {}?)", opts.max_len);
+    }
+    let per_step = opts.batch_rows.max(1) * opts.grad_accum.max(1);
+    let steps_per_epoch = rows.len().div_ceil(per_step);
+    let total = opts.max_steps.unwrap_or(((opts.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
+    let warmup = ((opts.warmup_frac * total as f64).ceil() as usize).max(1);
+
+    w.set_trainable(if opts.stage == 1 { Trainable::NewRowsAndHead { first_new_row: info.first_new_row } } else { Trainable::All })?;
+    let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
+    let mut opt = optim::AdamW::new(optim::AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() });
+    let ckpt_dir = opts.run.join("checkpoints");
+    let mut step = 0usize;
+    let mut best_val: Option<f64> = None;
+    let mut resumed_from = None;
+    let wanted = match opts.resume {
+        Resume::Never => None,
+        Resume::Latest => checkpoint::latest(&ckpt_dir)?,
+        Resume::Step(s) => Some(s),
+    };
+    if let Some(s) = wanted {
+        let st = checkpoint::load(&ckpt_dir, s, &mut w, &mut opt, &opts.device, opts.dtype)?;
+        if st.stage == opts.stage {
+            step = st.step;
+            best_val = st.best_val_loss;
+            resumed_from = Some(step);
+            metrics::truncate_after(&opts.run, opts.stage, step)?;
+            eprintln!("navigen: resumed stage {} at step {step}", opts.stage);
+        } else {
+            // A checkpoint of another stage: start this stage afresh.
+            w = Weights::from_safetensors(w.config.clone(), &[opts.run.join(&start_file)], &opts.device, opts.dtype)?;
+            w.set_trainable(if opts.stage == 1 { Trainable::NewRowsAndHead { first_new_row: info.first_new_row } } else { Trainable::All })?;
+            opt = optim::AdamW::new(optim::AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() });
+        }
+    }
+    if resumed_from.is_none() {
+        // A fresh start of this stage replaces its earlier records.
+        metrics::truncate_after(&opts.run, opts.stage, 0)?;
+    }
+    let total_params = w.config.param_count();
+    let trainable_params = w.trainable_params();
+    eprintln!(
+        "navigen: stage {} on {}: {} examples in {} rows ({} too long), {} steps, {} of {} parameters train",
+        opts.stage,
+        opts.data.display(),
+        tokenized.len(),
+        rows.len(),
+        too_long,
+        total,
+        trainable_params,
+        total_params
+    );
+
+    let bar = crate::progress::bar(total as u64, &format!("stage {}", opts.stage));
+    bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}").expect("valid template").progress_chars("=> "));
+    if !opts.progress {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_position(step as u64);
+    let mut first_loss = None;
+    let mut last_loss = f64::NAN;
+    let mut tokens_done = 0usize;
+    let t_train = Instant::now();
+    let trainable_names: Vec<String> = w.trainable().keys().cloned().collect();
+    let mut order: (usize, Vec<usize>) = (0, epoch_order(rows.len(), opts.seed, 0));
+    while step < total {
+        let ts = Instant::now();
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut loss_sum = 0f64;
+        let mut step_tokens = 0usize;
+        for micro in 0..opts.grad_accum.max(1) {
+            let start = (step * opts.grad_accum.max(1) + micro) * opts.batch_rows.max(1);
+            let picked: Vec<batch::Row> = (start..start + opts.batch_rows.max(1))
+                .map(|g| {
+                    let epoch = g / rows.len();
+                    if order.0 != epoch {
+                        order = (epoch, epoch_order(rows.len(), opts.seed, epoch));
+                    }
+                    rows[order.1[g % rows.len()]].clone()
+                })
+                .collect();
+            let b = batch::make_batch(&picked, pad, &opts.device, opts.dtype)?;
+            step_tokens += b.tokens;
+            let loss = model::loss(&w, &rope, &b)?;
+            let scaled = (&loss / opts.grad_accum.max(1) as f64)?;
+            let g = scaled.backward()?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            for name in &trainable_names {
+                let var = &w.trainable()[name];
+                if let Some(gt) = g.get(var.as_tensor()) {
+                    let gt = gt.to_dtype(DType::F32)?;
+                    let acc = match grads.remove(name) {
+                        Some(a) => (a + gt)?,
+                        None => gt,
+                    };
+                    grads.insert(name.clone(), acc);
+                }
+            }
+        }
+        let norm = optim::clip(&mut grads, opts.clip)?;
+        let lr = optim::lr_at(step, total, warmup, opts.lr, 0.1);
+        opt.update(w.trainable(), &grads, lr)?;
+        step += 1;
+        let loss = loss_sum / opts.grad_accum.max(1) as f64;
+        if !loss.is_finite() {
+            bail!("loss became {loss} at step {step}: lower --lr");
+        }
+        first_loss.get_or_insert(loss);
+        last_loss = loss;
+        tokens_done += step_tokens;
+        let tps = step_tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
+        if step % opts.log_every.max(1) == 0 || step == total {
+            metrics::append(&opts.run, &metrics::Record { stage: opts.stage, step, loss: Some(loss), lr: Some(lr), grad_norm: Some(norm), tokens_per_s: Some(tps), elapsed_s: Some(t0.elapsed().as_secs_f64()), ..Default::default() })?;
+        }
+        bar.set_message(format!("stage {} loss {loss:.4} {tps:.0} tok/s", opts.stage));
+        bar.set_position(step as u64);
+        let eval_now = !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total);
+        if eval_now {
+            let v = mean_loss(&w, &rope, &val_rows, opts, pad)?;
+            metrics::append(&opts.run, &metrics::Record { stage: opts.stage, step, val_loss: Some(v), ..Default::default() })?;
+            if best_val.is_none_or(|b| v < b) {
+                best_val = Some(v);
+                save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
+            }
+        }
+        if step % opts.save_every.max(1) == 0 || step == total {
+            checkpoint::save(&ckpt_dir, &checkpoint::State { stage: opts.stage, step, best_val_loss: best_val, seed: opts.seed, total_steps: total }, &w, &opt, opts.keep_checkpoints)?;
+            let _ = metrics::plot(&opts.run);
+        }
+    }
+    bar.finish_and_clear();
+    if val_rows.is_empty() || !opts.run.join(stage_weights(opts.stage)).exists() {
+        save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
+    }
+    if !info.stages_done.contains(&opts.stage) {
+        info.stages_done.push(opts.stage);
+        info.stages_done.sort_unstable();
+    }
+    info.write(&opts.run)?;
+    metrics::plot(&opts.run)?;
+    let secs = t_train.elapsed().as_secs_f64();
+    Ok(SftSummary {
+        stage: opts.stage,
+        steps: step,
+        resumed_from,
+        first_loss: first_loss.unwrap_or(f64::NAN),
+        last_loss,
+        best_val_loss: best_val,
+        examples: tokenized.len(),
+        rows: rows.len(),
+        skipped_too_long: too_long,
+        trainable_params,
+        total_params,
+        tokens_per_s: tokens_done as f64 / secs.max(1e-9),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn save_weights(w: &Weights, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("part.safetensors");
+    w.save(&tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
