@@ -26,7 +26,7 @@ fn data() -> &'static PathBuf {
 fn tiny_opts(run: &Path, stage: u8, steps: usize) -> SftOptions {
     let mut o = SftOptions::new(data(), run, Some(Preset::Tiny), stage);
     o.max_steps = Some(steps);
-    o.max_len = 384;
+    o.max_len = if stage == 1 { 256 } else { 384 };
     o.batch_rows = 8;
     o.eval_every = steps;
     o.save_every = steps;

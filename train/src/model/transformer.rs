@@ -39,17 +39,22 @@ impl Rope {
         })
     }
 
-    /// x: (B, H, T, D); positions: (B, T) u32.
-    fn apply(&self, x: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, _, t, d) = x.dims4()?;
+    /// The tables at the given positions, (B, T) u32 -> two (B, 1, T, D); gathered once per forward.
+    pub fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let d = self.cos.dim(1)?;
         let flat = positions.flatten_all()?;
-        let cos = self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d))?;
-        let sin = self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d))?;
-        let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-        let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
-        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-        Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+        Ok((self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d))?, self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d))?))
     }
+}
+
+/// Rotates x: (B, H, T, D) by gathered tables from [`Rope::at`].
+fn apply_rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 /// RMS norm over the last dimension, computed in f32.
@@ -104,7 +109,7 @@ struct AttnOut {
     v: Tensor,
 }
 
-fn attention(w: &Weights, rope: &Rope, i: usize, x: &Tensor, positions: &Tensor, mask: Option<&Tensor>, past: Option<&(Tensor, Tensor)>) -> Result<AttnOut> {
+fn attention(w: &Weights, rope: &(Tensor, Tensor), i: usize, x: &Tensor, mask: Option<&Tensor>, past: Option<&(Tensor, Tensor)>) -> Result<AttnOut> {
     let c = &w.config;
     let (b, t, _) = x.dims3()?;
     let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -116,8 +121,8 @@ fn attention(w: &Weights, rope: &Rope, i: usize, x: &Tensor, positions: &Tensor,
         q = rms_norm(&q, w.get(&layer(i, "self_attn.q_norm.weight"))?, c.rms_norm_eps)?;
         k = rms_norm(&k, w.get(&layer(i, "self_attn.k_norm.weight"))?, c.rms_norm_eps)?;
     }
-    let q = rope.apply(&q, positions)?;
-    let k = rope.apply(&k, positions)?;
+    let q = apply_rope(&q, rope)?;
+    let k = apply_rope(&k, rope)?;
     let (k_all, v_all) = match past {
         Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
         None => (k.clone(), v.clone()),
@@ -141,13 +146,24 @@ fn mlp(w: &Weights, i: usize, x: &Tensor) -> Result<Tensor> {
     linear(&(gate * up)?, w.get(&layer(i, "mlp.down_proj.weight"))?)
 }
 
+/// Rows of the embedding matrix for (B, T) token ids: (B, T, H).
+fn embed(w: &Weights, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let e = w.embedding()?;
+    Ok(e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, e.dim(1)?))?)
+}
+
 /// Final-normed hidden states (B, T, H) of packed rows. `mask` from [`packed_mask`].
 pub fn hidden_states(w: &Weights, rope: &Rope, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let c = &w.config;
-    let mut x = w.embedding()?.embedding(ids)?;
+    let mut x = embed(w, ids)?;
+    let tables = rope.at(positions)?;
+    // Expanded once to all heads: each layer's add is then a plain contiguous add.
+    let (b, _, t, _) = mask.dims4()?;
+    let mask = mask.broadcast_as((b, c.num_attention_heads, t, t))?.contiguous()?;
     for i in 0..c.num_hidden_layers {
         let h = rms_norm(&x, w.get(&layer(i, "input_layernorm.weight"))?, c.rms_norm_eps)?;
-        x = (x + attention(w, rope, i, &h, positions, Some(mask), None)?.out)?;
+        x = (x + attention(w, &tables, i, &h, Some(&mask), None)?.out)?;
         let h = rms_norm(&x, w.get(&layer(i, "post_attention_layernorm.weight"))?, c.rms_norm_eps)?;
         x = (x + mlp(w, i, &h)?)?;
     }
@@ -183,10 +199,11 @@ pub fn forward_cached(w: &Weights, rope: &Rope, head: &Tensor, tokens: &[u32], c
     } else {
         None
     };
-    let mut x = w.embedding()?.embedding(&ids)?;
+    let mut x = embed(w, &ids)?;
+    let tables = rope.at(&positions)?;
     for i in 0..c.num_hidden_layers {
         let h = rms_norm(&x, w.get(&layer(i, "input_layernorm.weight"))?, c.rms_norm_eps)?;
-        let a = attention(w, rope, i, &h, &positions, mask.as_ref(), cache.layers[i].as_ref())?;
+        let a = attention(w, &tables, i, &h, mask.as_ref(), cache.layers[i].as_ref())?;
         cache.layers[i] = Some((a.k, a.v));
         x = (x + a.out)?;
         let h = rms_norm(&x, w.get(&layer(i, "post_attention_layernorm.weight"))?, c.rms_norm_eps)?;

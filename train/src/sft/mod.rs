@@ -113,7 +113,12 @@ impl SftOptions {
             epochs: 1.0,
             max_steps: None,
             batch_rows: if tiny { 8 } else { 2 },
-            max_len: if tiny { 512 } else { 1024 },
+            // Stage 2 answers carry reasoning and instructions: longer rows.
+            max_len: match (tiny, stage) {
+                (true, 1) => 256,
+                (true, _) => 384,
+                _ => 1024,
+            },
             grad_accum: 1,
             warmup_frac: 0.03,
             clip: 1.0,
@@ -207,6 +212,7 @@ fn mean_loss(w: &Weights, rope: &Rope, rows: &[batch::Row], opts: &SftOptions, p
 /// Runs one SFT stage.
 pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let t0 = Instant::now();
+    crate::tune_allocator();
     if !(1..=2).contains(&opts.stage) {
         bail!("--stage must be 1 or 2");
     }
