@@ -81,3 +81,91 @@ pub fn bench_rq(o: &RqBenchOptions) -> Result<Value> {
         "error_ratio_ours_over_faiss": ours_last / faiss_last,
     }))
 }
+
+/// Options of `bench train`.
+pub struct TrainBenchOptions {
+    pub shape: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+}
+
+/// The model shapes benchmarked: the tiny preset (vocabulary as on ml-100k) and SmolLM2-135M with
+/// navigen's tokens added.
+pub fn bench_shape(name: &str) -> Result<crate::model::ModelConfig> {
+    use crate::model::{Arch, ModelConfig};
+    Ok(match name {
+        "tiny" => ModelConfig::tiny(2436),
+        "smollm2" => ModelConfig {
+            arch: Arch::Llama,
+            vocab_size: 49152 + 388,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            rope_theta: 100_000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+        },
+        other => anyhow::bail!("unknown shape {other:?} (tiny or smollm2)"),
+    })
+}
+
+/// Forward + backward tokens/s of our candle model against the PyTorch reference on the same shape,
+/// batch, sequence length and thread count.
+pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
+    use crate::model::{self, Rope, Trainable, Weights};
+    use crate::sft::batch::{make_batch, Row};
+    crate::tune_allocator();
+    let config = bench_shape(&o.shape)?;
+    let dev = candle_core::Device::Cpu;
+    let mut w = Weights::random(&config, &dev, candle_core::DType::F32, 0)?;
+    w.set_trainable(Trainable::All)?;
+    let rope = Rope::new(&config, &dev, candle_core::DType::F32)?;
+    // One example per row, causal, loss on every fourth position (as the reference does).
+    let rows: Vec<Row> = (0..o.batch)
+        .map(|r| Row {
+            ids: (0..o.seq).map(|i| ((r * 7919 + i * 104729) % config.vocab_size) as u32).collect(),
+            positions: (0..o.seq as u32).collect(),
+            segments: vec![0; o.seq],
+            targets: (0..o.seq).map(|i| ((r * o.seq + i) % 4 == 0).then_some(((i * 31) % config.vocab_size) as u32)).collect(),
+        })
+        .collect();
+    let b = make_batch(&rows, 0, &dev, candle_core::DType::F32)?;
+    let mut times = Vec::new();
+    for step in 0..=o.steps {
+        let t = Instant::now();
+        let loss = model::loss(&w, &rope, &b)?;
+        let _grads = loss.backward()?;
+        if step > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let ours = times[times.len() / 2];
+    let threads = rayon::current_num_threads();
+    let cfg_path = std::env::temp_dir().join(format!("navigen-bench-{}.json", std::process::id()));
+    std::fs::write(&cfg_path, serde_json::to_vec(&config)?)?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_train.py");
+    let out = Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg(&script)
+        .args([cfg_path.display().to_string(), o.batch.to_string(), o.seq.to_string(), o.steps.to_string(), threads.to_string()])
+        .output()
+        .context("running python3 for torch")?;
+    let _ = std::fs::remove_file(&cfg_path);
+    if !out.status.success() {
+        anyhow::bail!("torch run failed (install the CPU wheel: `pip install torch --index-url https://download.pytorch.org/whl/cpu`): {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let torch: Value = serde_json::from_slice(&out.stdout)?;
+    let torch_tps = torch["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+    let ours_tps = (o.batch * o.seq) as f64 / ours;
+    Ok(json!({
+        "shape": o.shape, "params": config.param_count(), "batch": o.batch, "seq": o.seq, "steps": o.steps, "threads": threads,
+        "ours": {"seconds_per_step": ours, "tokens_per_s": ours_tps},
+        "torch": torch,
+        "ratio_ours_over_torch": ours_tps / torch_tps,
+    }))
+}

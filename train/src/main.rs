@@ -138,6 +138,18 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
+    /// Forward+backward tokens/s of the trainer against PyTorch on the same shapes.
+    Train {
+        /// tiny or smollm2
+        #[arg(long, default_value = "tiny")]
+        shape: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+    },
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -223,6 +235,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Inspect { file, items } => print!("{}", inspect::inspect(&file, items)?),
         Cmd::Bench { what: BenchCmd::Rq { dataset, k, levels, iterations, seed, repeats } } => {
             let r = bench::bench_rq(&bench::RqBenchOptions { dataset, k, levels, iterations, seed, repeats })?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Cmd::Bench { what: BenchCmd::Train { shape, batch, seq, steps } } => {
+            let r = bench::bench_train(&bench::TrainBenchOptions { shape, batch, seq, steps })?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
     }
