@@ -35,6 +35,23 @@ pub struct Manifest {
     pub info: serde_json::Value,
 }
 
+/// Lower-case hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let p = dir.join(MANIFEST);

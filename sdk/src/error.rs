@@ -32,6 +32,11 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     Mismatch(String),
+    /// The call was cancelled (by `Engine::cancel` or a streaming callback returning false).
+    #[error("cancelled")]
+    Cancelled,
+    #[error("not supported: {0}")]
+    NotSupported(String),
     /// llama.cpp refused something (model load, context creation, decode).
     #[error("llama.cpp: {0}")]
     Llama(String),

@@ -7,8 +7,10 @@ compile_error!("navigen files are little-endian and used in place; big-endian ta
 pub mod bundle;
 pub mod cid;
 pub mod embedding;
+pub mod engine;
 pub mod error;
 pub mod format;
+pub mod history;
 pub mod llm;
 pub mod prompt;
 pub mod trie;

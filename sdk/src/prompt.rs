@@ -11,6 +11,8 @@ use crate::cid::Cid;
 /// Version of the prompt and answer formats in this module. Bump it whenever a template changes: a
 /// bundle records the version it was trained with and the runtime refuses a mismatch.
 pub const PROMPT_VERSION: u32 = 1;
+/// Most history items a prompt carries (the trainer's `max_history` default).
+pub const MAX_HISTORY: usize = 20;
 
 pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
@@ -192,9 +194,9 @@ pub fn zero_shot_prompt(history: &[(String, Vec<String>)]) -> String {
         lines.push_str(&format!("{}. {} ({})\n", i + 1, title, tid.join(", ")));
     }
     let user = format!(
-        "A person engaged with these items, oldest first:\n{lines}Predict what they will want next and write a \
-         creation instruction for an image or video generator that shows it.\nAnswer with JSON only: {}",
-        answer_format(Task::Cid2Ins)
+        "A person engaged with these items, oldest first:\n{lines}\nGuess what they will want next. Answer with one JSON \
+         object with two fields: \"target_tid\", a list of up to 10 short terms describing that next item, and \
+         \"target_ins\", one or two sentences telling an image or video generator what to create for it."
     );
     chat_prompt("You are a helpful assistant that answers with one JSON object.", &user)
 }

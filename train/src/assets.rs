@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 /// Where a package comes from.
 #[derive(Clone, Copy, Debug)]
@@ -271,19 +270,9 @@ impl Asset {
     }
 }
 
-/// Lower-case hex sha256 of a file.
+/// Lower-case hex sha256 of a file (the runtime's own function, so bundles are checked the same way).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
+    Ok(navigen::bundle::sha256_file(path)?)
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -158,3 +158,32 @@ fn verify(dir: &Path, w: &Weights, tok: &tokenizers::Tokenizer, cat: &Catalog, i
     }
     Ok(checks)
 }
+
+/// Writes a zero-shot bundle: an instruct GGUF without CID tokens (SmolLM2-135M-Instruct by default) with a
+/// prepared catalog, for the zero-shot mode and the prompting baseline.
+pub fn zero_shot_bundle(model: Option<&Path>, data: &Path, out: &Path) -> Result<PathBuf> {
+    let model = match model {
+        Some(m) => m.to_path_buf(),
+        None => crate::assets::SMOLLM2.ensure()?.join(crate::assets::SMOLLM2.members[0].1),
+    };
+    std::fs::create_dir_all(out)?;
+    let dest = out.join(MODEL_FILE);
+    let _ = std::fs::remove_file(&dest);
+    // A hard link saves 100 MB where the file system allows it.
+    if std::fs::hard_link(&model, &dest).is_err() {
+        std::fs::copy(&model, &dest).with_context(|| format!("copying {}", model.display()))?;
+    }
+    copy_atomic(&data.join(catalog::FILE_NAME), &out.join(catalog::FILE_NAME))?;
+    copy_atomic(&data.join(codebooks::FILE_NAME), &out.join(codebooks::FILE_NAME))?;
+    Manifest {
+        bundle_version: BUNDLE_VERSION,
+        prompt_version: prompt::PROMPT_VERSION,
+        kind: "zero-shot".into(),
+        model: entry(out, MODEL_FILE)?,
+        catalog: Some(entry(out, catalog::FILE_NAME)?),
+        codebooks: Some(entry(out, codebooks::FILE_NAME)?),
+        info: serde_json::json!({"name": model.file_stem().map(|s| s.to_string_lossy().into_owned()), "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION"))}),
+    }
+    .write(out)?;
+    Ok(out.to_path_buf())
+}

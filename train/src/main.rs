@@ -114,6 +114,16 @@ enum Cmd {
         #[arg(long, default_value_t = 4)]
         verify: usize,
     },
+    /// Write a zero-shot bundle (an instruct GGUF without CID tokens, SmolLM2 by default) for a dataset.
+    BundleZeroShot {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// A GGUF instruct model (default: SmolLM2-135M-Instruct from the assets).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Benchmarks against reference implementations.
     Bench {
         #[command(subcommand)]
@@ -231,6 +241,10 @@ fn run(cli: Cli) -> Result<()> {
                     anyhow::bail!("llama.cpp does not reproduce candle's greedy tokens on the exported model");
                 }
             }
+        }
+        Cmd::BundleZeroShot { data, out, model } => {
+            let b = export::zero_shot_bundle(model.as_deref(), &data, &out)?;
+            println!("wrote {}", b.display());
         }
         Cmd::Inspect { file, items } => print!("{}", inspect::inspect(&file, items)?),
         Cmd::Bench { what: BenchCmd::Rq { dataset, k, levels, iterations, seed, repeats } } => {

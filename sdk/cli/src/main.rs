@@ -1,0 +1,249 @@
+//! `navigen`: the SDK on the desktop. Predict the next items, stream a creation instruction, keep a local
+//! history, and run the end-to-end demo on a held-out user.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use navigen::engine::{Engine, EngineParams, InstructionOptions};
+use navigen::history::{Event, EventKind, History, HistoryParams};
+
+#[derive(Parser)]
+#[command(name = "navigen", version, about = "On-device next-item prediction and creation instructions")]
+struct Cli {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// CPU threads (0: all available cores).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: u32,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Predict the next items after a history (item ids, oldest first) or a stored profile.
+    Predict {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        #[arg(long, default_value_t = 20)]
+        beams: usize,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// Write a creation instruction, streamed to the terminal.
+    Instruct {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 256)]
+        max_think: u32,
+        #[command(flatten)]
+        who: Who,
+    },
+    /// The local history store.
+    History {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        op: HistoryOp,
+    },
+    /// The end-to-end demo on a held-out user of a prepared dataset.
+    Demo {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// A zero-shot bundle (SmolLM2-Instruct) to compare with.
+        #[arg(long)]
+        zero_shot: Option<PathBuf>,
+        /// The prepared data folder (for the held-out test split).
+        #[arg(long)]
+        data: PathBuf,
+        /// Which test user (default: the first).
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct Who {
+    /// Item ids, oldest first.
+    #[arg(long, value_delimiter = ',')]
+    items: Vec<String>,
+    /// Or a profile of a history folder.
+    #[arg(long, requires = "history")]
+    profile: Option<String>,
+    #[arg(long)]
+    history: Option<PathBuf>,
+}
+
+impl Who {
+    fn items(&self) -> Result<Vec<String>> {
+        match (&self.profile, &self.history) {
+            (Some(p), Some(dir)) => Ok(History::open(dir, HistoryParams::default())?.item_ids(p)?),
+            _ if !self.items.is_empty() => Ok(self.items.clone()),
+            _ => anyhow::bail!("give --items ID,ID,... or --profile NAME --history DIR"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum HistoryOp {
+    /// Append an event.
+    Add {
+        profile: String,
+        item: String,
+        #[arg(long, default_value = "view")]
+        kind: String,
+        /// Milliseconds since the epoch (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+    },
+    List { profile: String },
+    Forget { profile: String },
+    /// Export as JSON (with a bundle, flags items that are not in its catalog).
+    Export {
+        profile: String,
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+}
+
+fn open(bundle: &PathBuf, threads: u32) -> Result<Engine> {
+    Engine::open(bundle, EngineParams { threads, ..Default::default() }).with_context(|| format!("opening bundle {}", bundle.display()))
+}
+
+fn stream_instruction(e: &Engine, items: &[&str], opts: &InstructionOptions, echo: bool) -> Result<navigen::engine::Instruction> {
+    let mut out = std::io::stdout();
+    let ins = e.generate_instruction(items, opts, &mut |piece| {
+        if echo {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+        true
+    })?;
+    if echo {
+        println!();
+    }
+    Ok(ins)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Predict { bundle, k, beams, who } => {
+            let e = open(&bundle, cli.threads)?;
+            let items = who.items()?;
+            let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+            let preds = e.predict_next(&refs, k, beams)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&preds)?);
+            } else {
+                for (i, p) in preds.iter().enumerate() {
+                    println!("{:>2}. {:<50} {:>8.3}  {} ({})", i + 1, p.title, p.score, p.id, p.cid);
+                }
+            }
+        }
+        Cmd::Instruct { bundle, temperature, max_think, who } => {
+            let e = open(&bundle, cli.threads)?;
+            let items = who.items()?;
+            let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+            let opts = InstructionOptions { temperature, max_think_tokens: max_think, ..Default::default() };
+            let ins = stream_instruction(&e, &refs, &opts, !cli.json)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&ins)?);
+            } else {
+                println!("\ntarget terms: {}\ninstruction: {}", ins.target_tid.join(", "), ins.target_ins);
+            }
+        }
+        Cmd::History { dir, op } => {
+            let h = History::open(&dir, HistoryParams::default())?;
+            match op {
+                HistoryOp::Add { profile, item, kind, timestamp } => {
+                    let kind: EventKind = serde_json::from_value(serde_json::Value::String(kind.clone())).with_context(|| format!("unknown kind {kind:?} (view, click, purchase, play, rate, like, other)"))?;
+                    let ts = timestamp.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
+                    h.append(&profile, &Event { item_id: item, kind, timestamp_ms: ts })?;
+                }
+                HistoryOp::List { profile } => {
+                    let evs = h.list(&profile)?;
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&evs)?);
+                    } else {
+                        for e in evs {
+                            println!("{}\t{:?}\t{}", e.timestamp_ms, e.kind, e.item_id);
+                        }
+                    }
+                }
+                HistoryOp::Forget { profile } => h.forget(&profile)?,
+                HistoryOp::Export { profile, bundle } => {
+                    let e = bundle.map(|b| open(&b, cli.threads)).transpose()?;
+                    println!("{}", h.export_json(&profile, e.as_ref().map(|e| e.catalog()))?);
+                }
+            }
+        }
+        Cmd::Demo { bundle, zero_shot, data, user } => demo(&bundle, zero_shot.as_ref(), &data, user.as_deref(), cli.threads, cli.json)?,
+    }
+    Ok(())
+}
+
+fn demo(bundle: &PathBuf, zero_shot: Option<&PathBuf>, data: &PathBuf, user: Option<&str>, threads: u32, json: bool) -> Result<()> {
+    let test = std::fs::read_to_string(data.join("test.jsonl")).with_context(|| format!("reading {}/test.jsonl", data.display()))?;
+    let rows: Vec<serde_json::Value> = test.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let row = match user {
+        Some(u) => rows.iter().find(|r| r["user"] == u).with_context(|| format!("user {u} is not in the test split"))?,
+        None => rows.first().context("empty test split")?,
+    };
+    let history: Vec<String> = row["history"].as_array().context("history")?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let target = row["target"].as_str().unwrap_or_default().to_string();
+    let e = open(bundle, threads)?;
+    let cat = e.catalog();
+    let title = |id: &str| cat.find_id(id).and_then(|i| cat.item(i)).map(|it| it.title.to_string()).unwrap_or_else(|| id.to_string());
+    let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+    if !json {
+        println!("== held-out user {} ({} items in the history)", row["user"].as_str().unwrap_or("?"), history.len());
+        println!("last five:");
+        for id in history.iter().rev().take(5).rev() {
+            println!("  - {}", title(id));
+        }
+        println!("actually next (held out): {}", title(&target));
+    }
+    let preds = e.predict_next(&refs, 5, 20)?;
+    if !json {
+        println!("\n== predicted next (top 5, constrained beam search over the catalog's CIDs)");
+        for (i, p) in preds.iter().enumerate() {
+            println!("  {}. {}{}", i + 1, p.title, if p.id == target { "   <- the held-out item" } else { "" });
+        }
+        println!("\n== creation instruction (fine-tuned, streamed)");
+    }
+    let ins = stream_instruction(&e, &refs, &InstructionOptions::default(), !json)?;
+    let zs = match zero_shot {
+        Some(z) => {
+            let ze = open(z, threads)?;
+            if !json {
+                println!("\n== creation instruction (zero-shot {} from titles and terms, streamed)", ze.manifest().info["name"].as_str().unwrap_or("model"));
+            }
+            Some(stream_instruction(&ze, &refs, &InstructionOptions { max_answer_tokens: 160, ..Default::default() }, !json)?)
+        }
+        None => None,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"user": row["user"], "history": history, "target": target, "predictions": preds, "instruction": ins, "zero_shot": zs}))?);
+    } else {
+        println!("\n== summary\nfine-tuned: {}\nzero-shot:  {}", ins.target_ins, zs.map(|z| z.target_ins).unwrap_or_else(|| "(no zero-shot bundle given)".into()));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("navigen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The engine: a bundle opened on llama.cpp, with next-item prediction (beam search constrained to the
+//! catalog's CIDs) and instruction generation (bounded reasoning, then a JSON grammar), streaming and
+//! cancellation.
+//!
+//! Threading: an `Engine` is `Send + Sync`. Every call creates its own llama.cpp context, so calls from
+//! several threads are safe; they share the cores, so for speed run one call at a time per engine.
+//! [`Engine::cancel`] may be called from any thread: every call in flight stops at its next decode step
+//! (prompts are decoded in chunks so that this is quick) and returns [`Error::Cancelled`].
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::Manifest;
+use crate::cid::{code_token, Cid, CID_BEGIN, CID_END};
+use crate::error::{Error, Result};
+use crate::format::{Catalog, Codebooks};
+use crate::llm;
+use crate::prompt::{self, Mode};
+use crate::trie::CidTrie;
+
+/// Parameters of [`Engine::open`] (see [`EngineParams::default`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineParams {
+    /// CPU threads; 0 = the cores available to the process.
+    pub threads: u32,
+    /// Layers offloaded to a GPU backend (Metal/Vulkan builds); 0 on CPU.
+    pub gpu_layers: u32,
+    /// Context size for one call (prompt + generated tokens); 0 = 4096 or the model's maximum.
+    pub context_size: u32,
+    /// Seed of sampling (only used when a temperature is set).
+    pub seed: u32,
+    /// Let llama.cpp offload large batches to a GPU even for layers kept on the CPU. Off unless a real
+    /// GPU is present (a CPU Vulkan device such as lavapipe makes it very slow).
+    pub op_offload: bool,
+    /// Check the sha256 of every bundle file against the manifest at open (slower open).
+    pub verify_checksums: bool,
+}
+
+impl Default for EngineParams {
+    fn default() -> Self {
+        EngineParams { threads: 0, gpu_layers: 0, context_size: 0, seed: 0, op_offload: false, verify_checksums: false }
+    }
+}
+
+/// One predicted item.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub title: String,
+    pub cid: String,
+    /// Log-probability of the CID under the model.
+    pub score: f32,
+}
+
+/// Options of [`Engine::generate_instruction`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstructionOptions {
+    /// Most reasoning tokens before the answer is forced.
+    pub max_think_tokens: u32,
+    /// Most tokens of the JSON answer.
+    pub max_answer_tokens: u32,
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+}
+
+impl Default for InstructionOptions {
+    fn default() -> Self {
+        InstructionOptions { max_think_tokens: 256, max_answer_tokens: 192, temperature: 0.0, top_p: 0.95 }
+    }
+}
+
+/// Timings of a call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub prompt_tokens: u32,
+    pub prompt_ms: f64,
+    pub generated_tokens: u32,
+    pub generate_ms: f64,
+}
+
+/// A generated instruction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Instruction {
+    pub target_tid: Vec<String>,
+    pub target_ins: String,
+    pub reasoning: Option<String>,
+    /// Whether the answer parsed as the expected JSON object.
+    pub parsed: bool,
+    /// Everything the model wrote.
+    pub raw: String,
+    pub timings: Timings,
+}
+
+/// Token ids of the CID vocabulary.
+struct CidTokens {
+    begin: i32,
+    /// [level][code] -> token
+    codes: Vec<Vec<i32>>,
+}
+
+/// What kind of model the bundle holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Fine-tuned: CID tokens in the vocabulary; prediction and instruction.
+    Finetuned,
+    /// An instruct model without CID tokens: instructions from titles and terms only.
+    ZeroShot,
+}
+
+pub struct Engine {
+    model: LlamaModel,
+    catalog: Catalog,
+    codebooks: Option<Codebooks>,
+    trie: CidTrie,
+    cid_tokens: Option<CidTokens>,
+    kind: Kind,
+    params: EngineParams,
+    dir: PathBuf,
+    manifest: Manifest,
+    /// llama.cpp context creation touches the model: serialise it.
+    ctx_lock: Mutex<()>,
+    cancel_epoch: AtomicU64,
+}
+
+fn llama_err(e: impl std::fmt::Display) -> Error {
+    Error::Llama(e.to_string())
+}
+
+impl Engine {
+    /// Opens a bundle folder (see `bundle.json`).
+    pub fn open(dir: &Path, params: EngineParams) -> Result<Self> {
+        let manifest = Manifest::read(dir)?;
+        let kind = match manifest.kind.as_str() {
+            "finetuned" => Kind::Finetuned,
+            "zero-shot" => Kind::ZeroShot,
+            k => return Err(Error::Mismatch(format!("unknown bundle kind {k:?}"))),
+        };
+        for e in std::iter::once(&manifest.model).chain(manifest.catalog.iter()).chain(manifest.codebooks.iter()) {
+            let p = Manifest::path(dir, e);
+            let len = std::fs::metadata(&p).map_err(|err| Error::io(&p, err))?.len();
+            if len != e.bytes {
+                return Err(Error::Mismatch(format!("{}: {len} bytes, the manifest says {} (incomplete copy?)", p.display(), e.bytes)));
+            }
+            if params.verify_checksums {
+                let got = crate::bundle::sha256_file(&p)?;
+                if got != e.sha256 {
+                    return Err(Error::Mismatch(format!("{}: sha256 {got} differs from the manifest's {}", p.display(), e.sha256)));
+                }
+            }
+        }
+        let cat_entry = manifest.catalog.as_ref().ok_or_else(|| Error::Mismatch("the bundle has no catalog".into()))?;
+        let catalog = Catalog::open(&Manifest::path(dir, cat_entry))?;
+        let codebooks = manifest.codebooks.as_ref().map(|e| Codebooks::open(&Manifest::path(dir, e))).transpose()?;
+        if let Some(cb) = &codebooks {
+            if cb.centroid_crc() != catalog.codebooks_crc() || cb.sizes() != catalog.sizes().as_slice() {
+                return Err(Error::Mismatch("the catalog was not made with these codebooks".into()));
+            }
+        }
+        llm::backend()?;
+        let model = llm::load_model(&Manifest::path(dir, &manifest.model), params.gpu_layers)?;
+        let cid_tokens = match kind {
+            Kind::Finetuned => Some(Self::map_cid_tokens(&model, &catalog)?),
+            Kind::ZeroShot => None,
+        };
+        let trie = CidTrie::from_catalog(&catalog);
+        Ok(Engine { model, catalog, codebooks, trie, cid_tokens, kind, params, dir: dir.to_path_buf(), manifest, ctx_lock: Mutex::new(()), cancel_epoch: AtomicU64::new(0) })
+    }
+
+    /// Every CID token of the catalog must be one token of the model's vocabulary.
+    fn map_cid_tokens(model: &LlamaModel, cat: &Catalog) -> Result<CidTokens> {
+        let one = |text: &str| -> Result<i32> {
+            match llm::tokenize(model, text).as_slice() {
+                [t] => Ok(*t),
+                other => Err(Error::Mismatch(format!(
+                    "the model's vocabulary lacks the CID token {text} (it splits into {} tokens): was it trained with this catalog?",
+                    other.len()
+                ))),
+            }
+        };
+        let codes = cat.sizes().iter().enumerate().map(|(l, &k)| (0..k).map(|c| one(&code_token(l, c as u16))).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        one(CID_END)?;
+        Ok(CidTokens { begin: one(CID_BEGIN)?, codes })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+    pub fn codebooks(&self) -> Option<&Codebooks> {
+        self.codebooks.as_ref()
+    }
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn model(&self) -> &LlamaModel {
+        &self.model
+    }
+
+    /// Stops every call in flight at its next decode step.
+    pub fn cancel(&self) {
+        self.cancel_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn threads(&self) -> i32 {
+        if self.params.threads == 0 {
+            llm::default_threads()
+        } else {
+            self.params.threads as i32
+        }
+    }
+
+    fn context(&self, n_ctx: u32, n_seq: u32) -> Result<LlamaContext<'_>> {
+        let max = if self.params.context_size == 0 { 4096.max(n_ctx) } else { self.params.context_size };
+        if n_ctx > max {
+            return Err(Error::InvalidArgument(format!("the call needs {n_ctx} tokens of context, the engine allows {max}")));
+        }
+        let p = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx.max(64))
+            .with_n_ubatch(512.min(n_ctx.max(64)))
+            .with_n_seq_max(n_seq)
+            .with_kv_unified(true)
+            .with_n_threads(self.threads())
+            .with_n_threads_batch(self.threads())
+            .with_op_offload(self.params.op_offload);
+        let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.model.new_context(llm::backend()?, p).map_err(llama_err)
+    }
+
+    /// History ids -> CIDs of the items in the catalog (unknown ids are skipped, most recent kept).
+    fn history_cids(&self, history: &[&str]) -> Vec<Cid> {
+        let known: Vec<Cid> = history.iter().filter_map(|id| self.catalog.find_id(id)).filter_map(|i| self.catalog.item(i)).map(|it| it.cid).collect();
+        let n = known.len();
+        known[n.saturating_sub(crate::prompt::MAX_HISTORY)..].to_vec()
+    }
+
+    /// Decodes `tokens` at positions from `start` on sequence 0 in chunks, checking for cancellation
+    /// between chunks; logits only for the last token.
+    fn feed(&self, ctx: &mut LlamaContext<'_>, tokens: &[i32], start: i32, epoch: u64) -> Result<()> {
+        const CHUNK: usize = 64;
+        let mut batch = LlamaBatch::new(CHUNK, 1);
+        for (c, chunk) in tokens.chunks(CHUNK).enumerate() {
+            self.check(epoch)?;
+            batch.clear();
+            for (i, &t) in chunk.iter().enumerate() {
+                let pos = start + (c * CHUNK + i) as i32;
+                let last = c * CHUNK + i + 1 == tokens.len();
+                batch.add(LlamaToken(t), pos, &[0], last).map_err(llama_err)?;
+            }
+            ctx.decode(&mut batch).map_err(llama_err)?;
+        }
+        Ok(())
+    }
+
+    fn check(&self, epoch: u64) -> Result<()> {
+        if self.cancel_epoch.load(Ordering::SeqCst) != epoch {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Predicts the next `k` distinct items after `history` (item ids, oldest first) with beam search of
+    /// width `max(k, beams)`, every step restricted to codes that continue an existing CID.
+    pub fn predict_next(&self, history: &[&str], k: usize, beams: usize) -> Result<Vec<Prediction>> {
+        let toks = self.cid_tokens.as_ref().ok_or_else(|| Error::NotSupported("next-item prediction needs a fine-tuned bundle (CID tokens)".into()))?;
+        if k == 0 || k > 256 {
+            return Err(Error::InvalidArgument(format!("k = {k} (1..=256)")));
+        }
+        let width = beams.max(k).min(256);
+        let epoch = self.cancel_epoch.load(Ordering::SeqCst);
+        let h = self.history_cids(history);
+        if h.is_empty() {
+            return Err(Error::InvalidArgument("no item of the history is in the catalog".into()));
+        }
+        // Prompt and answer prefix tokenised apart, exactly as in training.
+        let mut tokens = llm::tokenize(&self.model, &prompt::prompt_cid2cid(&h, Mode::Direct));
+        tokens.extend(llm::tokenize(&self.model, prompt::CID_ANSWER_PREFIX));
+        tokens.push(toks.begin);
+        let levels = self.trie.levels();
+        let n_ctx = (tokens.len() + width * levels + 16) as u32;
+        let mut ctx = self.context(n_ctx, width as u32 + 1)?;
+        self.feed(&mut ctx, &tokens, 0, epoch)?;
+        let base = tokens.len() as i32;
+        // Level 0 from the prompt's logits.
+        let first = log_softmax(last_logits(&ctx, tokens.len()));
+        let mut beams_now: Vec<(Vec<u16>, f32)> = self.trie.allowed(&[]).iter().map(|&c| (vec![c], first[toks.codes[0][c as usize] as usize])).collect();
+        top(&mut beams_now, width);
+        let mut batch = LlamaBatch::new(width * levels, width as i32 + 1);
+        for level in 1..levels {
+            self.check(epoch)?;
+            batch.clear();
+            let mut last_index = Vec::with_capacity(beams_now.len());
+            for (j, (codes, _)) in beams_now.iter().enumerate() {
+                let seq = j as i32 + 1;
+                ctx.clear_kv_cache_seq(Some(seq as u32), None, None).map_err(llama_err)?;
+                ctx.copy_kv_cache_seq(0, seq, None, None).map_err(llama_err)?;
+                for (l, &c) in codes.iter().enumerate() {
+                    let last = l + 1 == codes.len();
+                    batch.add(LlamaToken(toks.codes[l][c as usize]), base + l as i32, &[seq], last).map_err(llama_err)?;
+                    if last {
+                        last_index.push(batch.n_tokens() - 1);
+                    }
+                }
+            }
+            ctx.decode(&mut batch).map_err(llama_err)?;
+            let mut next: Vec<(Vec<u16>, f32)> = Vec::new();
+            for (j, (codes, score)) in beams_now.iter().enumerate() {
+                let lp = log_softmax(ctx.get_logits_ith(last_index[j]));
+                for &c in self.trie.allowed(codes) {
+                    let mut n = codes.clone();
+                    n.push(c);
+                    next.push((n, score + lp[toks.codes[level][c as usize] as usize]));
+                }
+            }
+            top(&mut next, width);
+            beams_now = next;
+        }
+        Ok(beams_now
+            .into_iter()
+            .take(k)
+            .filter_map(|(codes, score)| {
+                let item = self.catalog.item(self.trie.item(&codes)?)?;
+                Some(Prediction { id: item.id.to_string(), title: item.title.to_string(), cid: item.cid.to_text(), score })
+            })
+            .collect())
+    }
+}
+
+/// The logits of the last token of a prompt fed by [`Engine::feed`] (the last batch's last entry).
+fn last_logits<'a>(ctx: &'a LlamaContext<'_>, n: usize) -> &'a [f32] {
+    ctx.get_logits_ith(last_logits_index(n))
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    logits.iter().map(|&x| x - lse).collect()
+}
+
+/// Keeps the `n` best (highest score; ties by codes for determinism).
+fn top(v: &mut Vec<(Vec<u16>, f32)>, n: usize) {
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v.truncate(n);
+}
+
+/// Reassembles UTF-8 across token pieces: emits the longest valid prefix, keeps an incomplete tail.
+#[derive(Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_some() => {
+                // Invalid bytes (not merely incomplete): replace them rather than stall forever.
+                let s = String::from_utf8_lossy(&self.pending).into_owned();
+                self.pending.clear();
+                return s;
+            }
+            Err(e) => e.valid_up_to(),
+        };
+        let out = String::from_utf8(self.pending[..valid].to_vec()).unwrap_or_default();
+        self.pending.drain(..valid);
+        out
+    }
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}
+
+/// Grammar of the cid2ins answer, from the shared JSON schema; `prefix` is literal text before it.
+pub fn answer_grammar(prefix: &str) -> Result<String> {
+    let g = llama_cpp_2::json_schema_to_grammar(prompt::INS_ANSWER_SCHEMA).map_err(llama_err)?;
+    let renamed = g.lines().map(|l| if let Some(rest) = l.strip_prefix("root ::=") { format!("answer ::={rest}") } else { l.to_string() }).collect::<Vec<_>>().join("\n");
+    let lit = serde_json::to_string(prefix).expect("string");
+    Ok(format!("root ::= {lit} answer\n{renamed}\n"))
+}
+
+impl Engine {
+    fn sampler(&self, opts: &InstructionOptions, grammar: Option<&str>) -> Result<LlamaSampler> {
+        let mut chain = Vec::new();
+        if let Some(g) = grammar {
+            chain.push(LlamaSampler::grammar(&self.model, g, "root").map_err(llama_err)?);
+        }
+        if opts.temperature > 0.0 {
+            chain.push(LlamaSampler::top_p(opts.top_p.clamp(0.0, 1.0), 1));
+            chain.push(LlamaSampler::temp(opts.temperature));
+            chain.push(LlamaSampler::dist(self.params.seed));
+        } else {
+            chain.push(LlamaSampler::greedy());
+        }
+        Ok(LlamaSampler::chain_simple(chain))
+    }
+
+    fn piece(&self, t: i32) -> Vec<u8> {
+        self.model.vocab().token_to_piece(LlamaToken(t), true, None)
+    }
+
+    /// Writes a creation instruction for what `history` (item ids, oldest first) points to. Fine-tuned
+    /// bundles think first (at most `max_think_tokens`), then answer under the JSON grammar; zero-shot
+    /// bundles answer from the history's titles and terms. `on_piece` receives the text as it is made
+    /// (whole UTF-8 characters) and stops generation by returning `false`.
+    pub fn generate_instruction(&self, history: &[&str], opts: &InstructionOptions, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<Instruction> {
+        let epoch = self.cancel_epoch.load(Ordering::SeqCst);
+        let (prompt_text, think) = match self.kind {
+            Kind::Finetuned => {
+                let h = self.history_cids(history);
+                if h.is_empty() {
+                    return Err(Error::InvalidArgument("no item of the history is in the catalog".into()));
+                }
+                (prompt::prompt_cid2ins(&h, Mode::Think), true)
+            }
+            Kind::ZeroShot => {
+                let items: Vec<(String, Vec<String>)> = history
+                    .iter()
+                    .filter_map(|id| self.catalog.find_id(id).and_then(|i| self.catalog.item(i)))
+                    .map(|it| (it.title.to_string(), it.tid_vec()))
+                    .collect();
+                if items.is_empty() {
+                    return Err(Error::InvalidArgument("no item of the history is in the catalog".into()));
+                }
+                let n = items.len();
+                (prompt::zero_shot_prompt(&items[n.saturating_sub(prompt::MAX_HISTORY)..]), false)
+            }
+        };
+        let mut tokens = llm::tokenize(&self.model, &prompt_text);
+        let think_start = if think { llm::tokenize(&self.model, prompt::THINK_START) } else { Vec::new() };
+        tokens.extend(&think_start);
+        let n_ctx = tokens.len() as u32 + opts.max_think_tokens + opts.max_answer_tokens + 16;
+        let mut ctx = self.context(n_ctx, 1)?;
+        let t0 = Instant::now();
+        self.feed(&mut ctx, &tokens, 0, epoch)?;
+        let mut timings = Timings { prompt_tokens: tokens.len() as u32, prompt_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
+        let t1 = Instant::now();
+        let mut pos = tokens.len() as i32;
+        let mut last = last_logits_index(tokens.len());
+        let mut raw = String::from_utf8_lossy(&think_start.iter().flat_map(|&t| self.piece(t)).collect::<Vec<u8>>()).into_owned();
+        let mut stream = Utf8Stream::default();
+        let mut batch = LlamaBatch::new(8, 1);
+        if !raw.is_empty() && !on_piece(&raw) {
+            return Err(Error::Cancelled);
+        }
+        // Feeds one token and makes its logits the next to sample from.
+        let mut step = |ctx: &mut LlamaContext<'_>, t: i32, pos: &mut i32, last: &mut i32| -> Result<()> {
+            batch.clear();
+            batch.add(LlamaToken(t), *pos, &[0], true).map_err(llama_err)?;
+            ctx.decode(&mut batch).map_err(llama_err)?;
+            *pos += 1;
+            *last = 0;
+            Ok(())
+        };
+        let mut emit = |raw: &mut String, stream: &mut Utf8Stream, bytes: &[u8]| -> bool {
+            let s = stream.push(bytes);
+            raw.push_str(&s);
+            s.is_empty() || on_piece(&s)
+        };
+        // Phase one: reasoning, bounded; the end marker is forced when the bound is reached.
+        if think {
+            let think_end = llm::tokenize(&self.model, prompt::THINK_END);
+            let mut sampler = self.sampler(opts, None)?;
+            let mut closed = false;
+            for _ in 0..opts.max_think_tokens {
+                self.check(epoch)?;
+                let t = sampler.sample(&ctx, last).0;
+                timings.generated_tokens += 1;
+                if self.model.vocab().is_eog(LlamaToken(t)) {
+                    break;
+                }
+                if !emit(&mut raw, &mut stream, &self.piece(t)) {
+                    return Err(Error::Cancelled);
+                }
+                step(&mut ctx, t, &mut pos, &mut last)?;
+                if think_end == [t] {
+                    closed = true;
+                    break;
+                }
+            }
+            if !closed {
+                for t in llm::tokenize(&self.model, "\n").into_iter().chain(think_end) {
+                    if !emit(&mut raw, &mut stream, &self.piece(t)) {
+                        return Err(Error::Cancelled);
+                    }
+                    step(&mut ctx, t, &mut pos, &mut last)?;
+                }
+            }
+        }
+        // Phase two: the JSON answer under the grammar (`sample` accepts the token itself: never
+        // call `accept` again, llama.cpp aborts on it).
+        let grammar = answer_grammar(if think { "\n\n" } else { "" })?;
+        let mut sampler = self.sampler(opts, Some(&grammar))?;
+        for _ in 0..opts.max_answer_tokens {
+            self.check(epoch)?;
+            let t = sampler.sample(&ctx, last).0;
+            timings.generated_tokens += 1;
+            if self.model.vocab().is_eog(LlamaToken(t)) {
+                break;
+            }
+            if !emit(&mut raw, &mut stream, &self.piece(t)) {
+                return Err(Error::Cancelled);
+            }
+            step(&mut ctx, t, &mut pos, &mut last)?;
+        }
+        let tail = stream.finish();
+        if !tail.is_empty() {
+            raw.push_str(&tail);
+            on_piece(&tail);
+        }
+        timings.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let (reasoning, answer) = prompt::parse_answer(&raw);
+        let parsed = answer.as_ref().is_some_and(|a| a.target_ins.is_some() && a.target_tid.is_some());
+        let a = answer.unwrap_or_default();
+        Ok(Instruction { target_tid: a.target_tid.unwrap_or_default(), target_ins: a.target_ins.unwrap_or_default(), reasoning, parsed, raw, timings })
+    }
+}
+
+fn last_logits_index(n: usize) -> i32 {
+    ((n - 1) % 64) as i32
+}
