@@ -218,19 +218,21 @@ pub extern "C" fn navigen_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-/// A static name for a status ("NAVIGEN_OK", ...).
+/// A static name for a status value ("NAVIGEN_OK", ...; "NAVIGEN_UNKNOWN_STATUS" for other values).
+/// Takes an int so that any value, even one outside the enum, is safe to pass.
 #[no_mangle]
-pub extern "C" fn navigen_status_string(status: navigen_status) -> *const c_char {
+pub extern "C" fn navigen_status_string(status: i32) -> *const c_char {
     let s: &'static str = match status {
-        NAVIGEN_OK => "NAVIGEN_OK\0",
-        NAVIGEN_ERR_INVALID_ARGUMENT => "NAVIGEN_ERR_INVALID_ARGUMENT\0",
-        NAVIGEN_ERR_IO => "NAVIGEN_ERR_IO\0",
-        NAVIGEN_ERR_FORMAT => "NAVIGEN_ERR_FORMAT\0",
-        NAVIGEN_ERR_MODEL => "NAVIGEN_ERR_MODEL\0",
-        NAVIGEN_ERR_CANCELLED => "NAVIGEN_ERR_CANCELLED\0",
-        NAVIGEN_ERR_NOT_SUPPORTED => "NAVIGEN_ERR_NOT_SUPPORTED\0",
-        NAVIGEN_ERR_MISMATCH => "NAVIGEN_ERR_MISMATCH\0",
-        NAVIGEN_ERR_INTERNAL => "NAVIGEN_ERR_INTERNAL\0",
+        0 => "NAVIGEN_OK\0",
+        1 => "NAVIGEN_ERR_INVALID_ARGUMENT\0",
+        2 => "NAVIGEN_ERR_IO\0",
+        3 => "NAVIGEN_ERR_FORMAT\0",
+        4 => "NAVIGEN_ERR_MODEL\0",
+        5 => "NAVIGEN_ERR_CANCELLED\0",
+        6 => "NAVIGEN_ERR_NOT_SUPPORTED\0",
+        7 => "NAVIGEN_ERR_MISMATCH\0",
+        8 => "NAVIGEN_ERR_INTERNAL\0",
+        _ => "NAVIGEN_UNKNOWN_STATUS\0",
     };
     s.as_ptr() as *const c_char
 }
