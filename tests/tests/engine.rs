@@ -1,0 +1,135 @@
+//! The device runtime on a bundle the trainer exported in this run: constrained next-item decoding,
+//! instruction generation with streaming, cancellation within one decode step, zero-shot mode and
+//! refusal of broken bundles.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use navigen::engine::{Engine, EngineParams, InstructionOptions, Kind};
+use navigen::Error;
+use navigen_tests::{test_histories, trained_bundle, zero_shot, Fixture};
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| trained_bundle(20))
+}
+
+fn engine() -> &'static Engine {
+    static E: OnceLock<Engine> = OnceLock::new();
+    E.get_or_init(|| Engine::open(&fixture().bundle, EngineParams::default()).unwrap())
+}
+
+#[test]
+fn constrained_decoding_only_names_catalog_items() {
+    let e = engine();
+    assert_eq!(e.kind(), Kind::Finetuned);
+    for (history, _) in test_histories(&fixture().data, 25) {
+        let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+        let preds = e.predict_next(&refs, 40, 40).unwrap();
+        assert_eq!(preds.len(), 40);
+        let mut ids: Vec<&str> = preds.iter().map(|p| p.id.as_str()).collect();
+        for p in &preds {
+            let idx = e.catalog().find_id(&p.id).expect("predicted id is in the catalog");
+            assert_eq!(e.catalog().item(idx).unwrap().cid.to_text(), p.cid);
+            assert!(p.score <= 0.0 && p.score.is_finite());
+        }
+        assert!(preds.windows(2).all(|w| w[0].score >= w[1].score), "scores are sorted");
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 40, "predictions are distinct items");
+    }
+    assert!(matches!(e.predict_next(&["no-such-item"], 5, 5), Err(Error::InvalidArgument(_))));
+}
+
+#[test]
+fn instruction_streams_the_raw_text() {
+    let e = engine();
+    let (history, _) = test_histories(&fixture().data, 1).remove(0);
+    let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+    let mut streamed = String::new();
+    let opts = InstructionOptions { max_think_tokens: 48, max_answer_tokens: 64, ..Default::default() };
+    let ins = e.generate_instruction(&refs, &opts, &mut |p| {
+        streamed.push_str(p);
+        true
+    })
+    .unwrap();
+    assert_eq!(streamed, ins.raw);
+    assert!(ins.raw.starts_with("<think>"));
+    assert!(ins.raw.contains("</think>"), "the reasoning is closed (forced at the bound): {}", ins.raw);
+    assert!(ins.timings.prompt_tokens > 0 && ins.timings.generated_tokens > 0);
+    // The answer after the reasoning is under the JSON grammar: it starts as the schema says.
+    let after = ins.raw.split("</think>").nth(1).unwrap();
+    assert!(after.starts_with("\n\n{"), "{after:?}");
+}
+
+#[test]
+fn cancellation_stops_within_one_decode_step() {
+    let e = engine();
+    let (history, _) = test_histories(&fixture().data, 2).remove(1);
+    let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+    let pieces = Arc::new(AtomicUsize::new(0));
+    let at_cancel = Arc::new(AtomicUsize::new(usize::MAX));
+    let opts = InstructionOptions { max_think_tokens: 200, max_answer_tokens: 100, ..Default::default() };
+    let r = std::thread::scope(|s| {
+        let (p, c) = (pieces.clone(), at_cancel.clone());
+        let worker = s.spawn(move || {
+            e.generate_instruction(&refs, &opts, &mut |_| {
+                let n = p.fetch_add(1, Ordering::SeqCst) + 1;
+                if n == 5 {
+                    // Cancel from another thread, as an app's UI would.
+                    let c = c.clone();
+                    std::thread::scope(|s2| {
+                        s2.spawn(|| {
+                            c.store(n, Ordering::SeqCst);
+                            e.cancel();
+                        });
+                    });
+                }
+                true
+            })
+        });
+        worker.join().unwrap()
+    });
+    assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
+    let after = pieces.load(Ordering::SeqCst) - at_cancel.load(Ordering::SeqCst);
+    assert!(after <= 1, "{after} pieces after the cancel");
+    // The engine works again afterwards.
+    let (history, _) = test_histories(&fixture().data, 1).remove(0);
+    let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+    assert!(e.predict_next(&refs, 3, 3).is_ok());
+}
+
+#[test]
+fn zero_shot_mode_writes_instructions_but_cannot_predict() {
+    let z = Engine::open(&zero_shot(fixture()), EngineParams::default()).unwrap();
+    assert_eq!(z.kind(), Kind::ZeroShot);
+    let (history, _) = test_histories(&fixture().data, 1).remove(0);
+    let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+    assert!(matches!(z.predict_next(&refs, 5, 5), Err(Error::NotSupported(_))));
+    let ins = z.generate_instruction(&refs, &InstructionOptions { max_answer_tokens: 120, ..Default::default() }, &mut |_| true).unwrap();
+    assert!(ins.raw.trim_start().starts_with('{'), "{}", ins.raw);
+}
+
+#[test]
+fn broken_bundles_are_refused_with_clear_errors() {
+    let f = fixture();
+    let copy = f.dir.join("broken");
+    std::fs::create_dir_all(&copy).unwrap();
+    for name in ["model.gguf", "catalog.nvct", "codebooks.nvcb", "bundle.json"] {
+        std::fs::copy(f.bundle.join(name), copy.join(name)).unwrap();
+    }
+    // A flipped byte in the catalog.
+    let mut cat = std::fs::read(copy.join("catalog.nvct")).unwrap();
+    let mid = cat.len() / 2;
+    cat[mid] ^= 0x20;
+    std::fs::write(copy.join("catalog.nvct"), &cat).unwrap();
+    let err = Engine::open(&copy, EngineParams::default()).err().expect("a damaged catalog is refused");
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    // A truncated model.
+    std::fs::copy(f.bundle.join("catalog.nvct"), copy.join("catalog.nvct")).unwrap();
+    let model = std::fs::read(copy.join("model.gguf")).unwrap();
+    std::fs::write(copy.join("model.gguf"), &model[..model.len() / 2]).unwrap();
+    let err = Engine::open(&copy, EngineParams::default()).err().expect("a truncated model is refused");
+    assert!(err.to_string().contains("incomplete"), "{err}");
+    assert!(Engine::open(&f.dir.join("nowhere"), EngineParams::default()).is_err());
+}
