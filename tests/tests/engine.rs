@@ -133,3 +133,38 @@ fn broken_bundles_are_refused_with_clear_errors() {
     assert!(err.to_string().contains("incomplete"), "{err}");
     assert!(Engine::open(&f.dir.join("nowhere"), EngineParams::default()).is_err());
 }
+
+#[test]
+fn eval_through_the_runtime_writes_every_metric() {
+    let f = fixture();
+    let out = f.dir.join("eval.json");
+    let r = navigen_train::eval::eval(&navigen_train::eval::EvalOptions {
+        data: f.data.clone(),
+        bundle: f.bundle.clone(),
+        zero_shot: Some(zero_shot(f)),
+        out: out.clone(),
+        users: 30,
+        instruction_users: 2,
+        beams: 40,
+    })
+    .unwrap();
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(written, r);
+    assert_eq!(r["test_users"], 30);
+    for k in navigen_train::eval::KS {
+        for key in [format!("recall@{k}"), format!("ndcg@{k}")] {
+            for section in [&r["next_item"], &r["baselines"]["most_popular"]] {
+                let v = section[&key].as_f64().unwrap_or(-1.0);
+                assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+            }
+        }
+    }
+    // Recall can only grow with K.
+    assert!(r["next_item"]["recall@40"].as_f64() >= r["next_item"]["recall@1"].as_f64());
+    for section in [&r["instruction"], &r["baselines"]["zero_shot"]] {
+        for key in ["parse_rate", "tid_f1", "relevance"] {
+            let v = section[key].as_f64().unwrap_or(-2.0);
+            assert!((-1.0..=1.0).contains(&v), "{key} = {v}");
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod data;
 pub mod device;
 pub mod embed;
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod model;

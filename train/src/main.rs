@@ -124,6 +124,25 @@ enum Cmd {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Quality through the shipped runtime: Recall/NDCG@K, instruction metrics, baselines -> eval.json.
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        /// A zero-shot bundle for the prompting baseline.
+        #[arg(long)]
+        zero_shot: Option<PathBuf>,
+        #[arg(long, default_value = "eval.json")]
+        out: PathBuf,
+        /// Test users for next-item metrics (0: all).
+        #[arg(long, default_value_t = 0)]
+        users: usize,
+        #[arg(long, default_value_t = 20)]
+        instruction_users: usize,
+        #[arg(long, default_value_t = 40)]
+        beams: usize,
+    },
     /// Benchmarks against reference implementations.
     Bench {
         #[command(subcommand)]
@@ -245,6 +264,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::BundleZeroShot { data, out, model } => {
             let b = export::zero_shot_bundle(model.as_deref(), &data, &out)?;
             println!("wrote {}", b.display());
+        }
+        Cmd::Eval { data, bundle, zero_shot, out, users, instruction_users, beams } => {
+            let r = navigen_train::eval::eval(&navigen_train::eval::EvalOptions { data, bundle, zero_shot, out: out.clone(), users, instruction_users, beams })?;
+            println!("test users {}; next item recall@10 {:.4} ndcg@10 {:.4} (most popular {:.4}); instruction parse rate {:.2}, tid F1 {:.3}, relevance {:.3}; wrote {}",
+                r["test_users"], r["next_item"]["recall@10"].as_f64().unwrap_or(0.0), r["next_item"]["ndcg@10"].as_f64().unwrap_or(0.0),
+                r["baselines"]["most_popular"]["recall@10"].as_f64().unwrap_or(0.0), r["instruction"]["parse_rate"].as_f64().unwrap_or(0.0),
+                r["instruction"]["tid_f1"].as_f64().unwrap_or(0.0), r["instruction"]["relevance"].as_f64().unwrap_or(0.0), out.display());
         }
         Cmd::Inspect { file, items } => print!("{}", inspect::inspect(&file, items)?),
         Cmd::Bench { what: BenchCmd::Rq { dataset, k, levels, iterations, seed, repeats } } => {

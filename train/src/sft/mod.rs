@@ -109,7 +109,12 @@ impl SftOptions {
             run: run.into(),
             preset,
             stage,
-            lr: if tiny { 3e-3 } else { 5e-4 },
+            // The tiny preset trains from scratch; its full fine-tune (stage 2) spikes at 3e-3.
+            lr: match (tiny, stage) {
+                (true, 1) => 3e-3,
+                (true, _) => 1e-3,
+                _ => 5e-4,
+            },
             epochs: 1.0,
             max_steps: None,
             batch_rows: if tiny { 8 } else { 2 },

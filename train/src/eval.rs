@@ -1,0 +1,161 @@
+//! `navigen-train eval`: quality measured through the shipped runtime (the bundle on llama.cpp, as the
+//! device runs it), with the most-popular and zero-shot baselines on the same users in the same run.
+//!
+//! Next item: Recall@K and NDCG@K (1/log2(rank+1)) on the test split. Instructions: JSON parse rate,
+//! target-TID precision/recall/F1 against the held-out item's TID, and relevance = cosine between the
+//! instruction's embedding and the mean of the history's and the target's caption embeddings
+//! (all-MiniLM-L6-v2, the model the codebooks were built with).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::data::sequences::{self, Example};
+use crate::embed::{cosine, Embedder};
+use navigen::engine::{Engine, EngineParams, InstructionOptions};
+
+pub const KS: [usize; 5] = [1, 5, 10, 20, 40];
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    pub data: PathBuf,
+    pub bundle: PathBuf,
+    pub zero_shot: Option<PathBuf>,
+    pub out: PathBuf,
+    /// Test users for next-item metrics (0 = all).
+    pub users: usize,
+    /// Test users for instruction metrics.
+    pub instruction_users: usize,
+    pub beams: usize,
+}
+
+#[derive(Default)]
+struct Ranks {
+    ranks: Vec<Option<usize>>,
+}
+
+impl Ranks {
+    fn metrics(&self, prefix: &str, out: &mut Map<String, Value>) {
+        let n = self.ranks.len().max(1) as f64;
+        for k in KS {
+            let hits = self.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64;
+            let ndcg: f64 = self.ranks.iter().filter_map(|r| r.filter(|&r| r <= k)).map(|r| 1.0 / ((r + 1) as f64).log2()).sum();
+            out.insert(format!("{prefix}recall@{k}"), json!(hits / n));
+            out.insert(format!("{prefix}ndcg@{k}"), json!(ndcg / n));
+        }
+    }
+}
+
+fn tid_prf(pred: &[String], gold: &[String]) -> (f64, f64, f64) {
+    let norm = |v: &[String]| -> std::collections::BTreeSet<String> { v.iter().map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect() };
+    let (p, g) = (norm(pred), norm(gold));
+    let inter = p.intersection(&g).count() as f64;
+    let prec = if p.is_empty() { 0.0 } else { inter / p.len() as f64 };
+    let rec = if g.is_empty() { 0.0 } else { inter / g.len() as f64 };
+    let f1 = if prec + rec > 0.0 { 2.0 * prec * rec / (prec + rec) } else { 0.0 };
+    (prec, rec, f1)
+}
+
+/// Instruction metrics of one engine over the given examples.
+fn instruction_metrics(e: &Engine, examples: &[Example], embedder: &Embedder, opts: &InstructionOptions) -> Result<Value> {
+    let cat = e.catalog();
+    let (mut parsed, mut p_sum, mut r_sum, mut f_sum, mut rel_sum, mut n_rel) = (0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
+    let mut samples = Vec::new();
+    let bar = crate::progress::bar(examples.len() as u64, "instructions");
+    for ex in examples {
+        let refs: Vec<&str> = ex.history.iter().map(String::as_str).collect();
+        let ins = e.generate_instruction(&refs, opts, &mut |_| true)?;
+        let target = cat.find_id(&ex.target).and_then(|i| cat.item(i)).context("test target not in the catalog")?;
+        let gold = target.tid_vec();
+        if ins.parsed {
+            parsed += 1;
+        }
+        let (p, r, f) = tid_prf(&ins.target_tid, &gold);
+        p_sum += p;
+        r_sum += r;
+        f_sum += f;
+        if !ins.target_ins.trim().is_empty() {
+            let mut texts: Vec<String> = ex.history.iter().filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i))).map(|it| it.text.to_string()).collect();
+            texts.push(target.text.to_string());
+            texts.push(ins.target_ins.clone());
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let v = embedder.embed_batch(&refs)?;
+            let (ins_v, ctx) = v.split_last().expect("at least the instruction");
+            let mut mean = vec![0f32; ins_v.len()];
+            for row in ctx {
+                mean.iter_mut().zip(row).for_each(|(m, x)| *m += x / ctx.len() as f32);
+            }
+            rel_sum += cosine(ins_v, &mean) as f64;
+            n_rel += 1;
+        }
+        if samples.len() < 3 {
+            samples.push(json!({"history_tail": ex.history.iter().rev().take(3).collect::<Vec<_>>(), "target": ex.target, "target_tid": gold, "predicted_tid": ins.target_tid, "instruction": ins.target_ins}));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let n = examples.len().max(1) as f64;
+    Ok(json!({
+        "users": examples.len(),
+        "parse_rate": parsed as f64 / n,
+        "tid_precision": p_sum / n,
+        "tid_recall": r_sum / n,
+        "tid_f1": f_sum / n,
+        // Over answers with an instruction; unparsed answers count as 0 in the mean over users.
+        "relevance": if n_rel > 0 { rel_sum / n } else { 0.0 },
+        "samples": samples,
+    }))
+}
+
+pub fn eval(o: &EvalOptions) -> Result<Value> {
+    let test: Vec<Example> = sequences::read_jsonl(&o.data.join(sequences::TEST_FILE))?;
+    let users: Vec<Example> = if o.users == 0 { test.clone() } else { test.iter().take(o.users).cloned().collect() };
+    let e = Engine::open(&o.bundle, EngineParams::default())?;
+    let cat = e.catalog();
+    // Next item: the fine-tuned model and the most-popular baseline on the same users.
+    let mut model = Ranks::default();
+    let mut popular = Ranks::default();
+    let mut by_pop: Vec<(u32, String)> = cat.items().map(|it| (it.popularity, it.id.to_string())).collect();
+    by_pop.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let k_max = *KS.iter().max().expect("ks");
+    let bar = crate::progress::bar(users.len() as u64, "next item");
+    let t = std::time::Instant::now();
+    for ex in &users {
+        let refs: Vec<&str> = ex.history.iter().map(String::as_str).collect();
+        let preds = e.predict_next(&refs, k_max, o.beams.max(k_max))?;
+        model.ranks.push(preds.iter().position(|p| p.id == ex.target).map(|r| r + 1));
+        popular.ranks.push(by_pop.iter().take(k_max).position(|(_, id)| *id == ex.target).map(|r| r + 1));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let predict_s = t.elapsed().as_secs_f64();
+    let mut next = Map::new();
+    model.metrics("", &mut next);
+    let mut pop = Map::new();
+    popular.metrics("", &mut pop);
+    // Instructions.
+    let embedder = Embedder::minilm(&candle_core::Device::Cpu)?;
+    let ins_users: Vec<Example> = test.iter().take(o.instruction_users).cloned().collect();
+    let opts = InstructionOptions::default();
+    let instruction = instruction_metrics(&e, &ins_users, &embedder, &opts)?;
+    let zero_shot = match &o.zero_shot {
+        Some(z) => {
+            let ze = Engine::open(z, EngineParams::default())?;
+            instruction_metrics(&ze, &ins_users, &embedder, &InstructionOptions { max_answer_tokens: 160, ..opts.clone() })?
+        }
+        None => Value::Null,
+    };
+    let report = json!({
+        "test_users": users.len(),
+        "bundle": o.bundle,
+        "next_item": next,
+        "next_item_seconds_per_user": predict_s / users.len().max(1) as f64,
+        "beams": o.beams.max(k_max),
+        "baselines": {"most_popular": pop, "zero_shot": zero_shot},
+        "instruction": instruction,
+        "relevance_embedder": crate::embed::EMBEDDER_NAME,
+    });
+    navigen::format::write_atomic(&o.out, &serde_json::to_vec_pretty(&report)?)?;
+    Ok(report)
+}
