@@ -455,55 +455,19 @@ impl Engine {
         self.feed(&mut ctx, &tokens, 0, epoch)?;
         let mut timings = Timings { prompt_tokens: tokens.len() as u32, prompt_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
         let t1 = Instant::now();
-        let mut pos = tokens.len() as i32;
-        let mut last = last_logits_index(tokens.len());
-        let mut raw = String::from_utf8_lossy(&think_start.iter().flat_map(|&t| self.piece(t)).collect::<Vec<u8>>()).into_owned();
-        let mut stream = Utf8Stream::default();
-        let mut batch = LlamaBatch::new(8, 1);
+        let raw = String::from_utf8_lossy(&think_start.iter().flat_map(|&t| self.piece(t)).collect::<Vec<u8>>()).into_owned();
         if !raw.is_empty() && !on_piece(&raw) {
             return Err(Error::Cancelled);
         }
-        // Feeds one token and makes its logits the next to sample from.
-        let mut step = |ctx: &mut LlamaContext<'_>, t: i32, pos: &mut i32, last: &mut i32| -> Result<()> {
-            batch.clear();
-            batch.add(LlamaToken(t), *pos, &[0], true).map_err(llama_err)?;
-            ctx.decode(&mut batch).map_err(llama_err)?;
-            *pos += 1;
-            *last = 0;
-            Ok(())
-        };
-        let mut emit = |raw: &mut String, stream: &mut Utf8Stream, bytes: &[u8]| -> bool {
-            let s = stream.push(bytes);
-            raw.push_str(&s);
-            s.is_empty() || on_piece(&s)
-        };
+        let mut d = Decoding { ctx, batch: LlamaBatch::new(8, 1), pos: tokens.len() as i32, last: last_logits_index(tokens.len()), raw, stream: Utf8Stream::default(), generated: 0 };
         // Phase one: reasoning, bounded; the end marker is forced when the bound is reached.
         if think {
             let think_end = llm::tokenize(&self.model, prompt::THINK_END);
             let mut sampler = self.sampler(opts, None)?;
-            let mut closed = false;
-            for _ in 0..opts.max_think_tokens {
-                self.check(epoch)?;
-                let t = sampler.sample(&ctx, last).0;
-                timings.generated_tokens += 1;
-                if self.model.vocab().is_eog(LlamaToken(t)) {
-                    break;
-                }
-                if !emit(&mut raw, &mut stream, &self.piece(t)) {
-                    return Err(Error::Cancelled);
-                }
-                step(&mut ctx, t, &mut pos, &mut last)?;
-                if think_end == [t] {
-                    closed = true;
-                    break;
-                }
-            }
+            let closed = self.sample_phase(&mut d, &mut sampler, opts.max_think_tokens, think_end.first().copied().filter(|_| think_end.len() == 1), epoch, on_piece)?;
             if !closed {
                 for t in llm::tokenize(&self.model, "\n").into_iter().chain(think_end) {
-                    if !emit(&mut raw, &mut stream, &self.piece(t)) {
-                        return Err(Error::Cancelled);
-                    }
-                    step(&mut ctx, t, &mut pos, &mut last)?;
+                    self.emit_and_feed(&mut d, t, on_piece)?;
                 }
             }
         }
@@ -511,18 +475,9 @@ impl Engine {
         // call `accept` again, llama.cpp aborts on it).
         let grammar = answer_grammar(if think { "\n\n" } else { "" })?;
         let mut sampler = self.sampler(opts, Some(&grammar))?;
-        for _ in 0..opts.max_answer_tokens {
-            self.check(epoch)?;
-            let t = sampler.sample(&ctx, last).0;
-            timings.generated_tokens += 1;
-            if self.model.vocab().is_eog(LlamaToken(t)) {
-                break;
-            }
-            if !emit(&mut raw, &mut stream, &self.piece(t)) {
-                return Err(Error::Cancelled);
-            }
-            step(&mut ctx, t, &mut pos, &mut last)?;
-        }
+        self.sample_phase(&mut d, &mut sampler, opts.max_answer_tokens, None, epoch, on_piece)?;
+        timings.generated_tokens = d.generated;
+        let (mut raw, mut stream) = (d.raw, d.stream);
         let tail = stream.finish();
         if !tail.is_empty() {
             raw.push_str(&tail);
@@ -533,6 +488,53 @@ impl Engine {
         let parsed = answer.as_ref().is_some_and(|a| a.target_ins.is_some() && a.target_tid.is_some());
         let a = answer.unwrap_or_default();
         Ok(Instruction { target_tid: a.target_tid.unwrap_or_default(), target_ins: a.target_ins.unwrap_or_default(), reasoning, parsed, raw, timings })
+    }
+}
+
+/// State of one generation: the context, where the next token goes, and the text so far.
+struct Decoding<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    pos: i32,
+    /// Batch index of the logits to sample from next.
+    last: i32,
+    raw: String,
+    stream: Utf8Stream,
+    generated: u32,
+}
+
+impl Engine {
+    /// Streams a token's text, then feeds the token so its logits come next.
+    fn emit_and_feed(&self, d: &mut Decoding<'_>, t: i32, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<()> {
+        let s = d.stream.push(&self.piece(t));
+        d.raw.push_str(&s);
+        if !s.is_empty() && !on_piece(&s) {
+            return Err(Error::Cancelled);
+        }
+        d.batch.clear();
+        d.batch.add(LlamaToken(t), d.pos, &[0], true).map_err(llama_err)?;
+        d.ctx.decode(&mut d.batch).map_err(llama_err)?;
+        d.pos += 1;
+        d.last = 0;
+        Ok(())
+    }
+
+    /// Samples up to `max` tokens; stops at end of generation (not fed) or after `stop` (fed).
+    /// Returns whether `stop` was reached.
+    fn sample_phase(&self, d: &mut Decoding<'_>, sampler: &mut LlamaSampler, max: u32, stop: Option<i32>, epoch: u64, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<bool> {
+        for _ in 0..max {
+            self.check(epoch)?;
+            let t = sampler.sample(&d.ctx, d.last).0;
+            d.generated += 1;
+            if self.model.vocab().is_eog(LlamaToken(t)) {
+                return Ok(false);
+            }
+            self.emit_and_feed(d, t, on_piece)?;
+            if Some(t) == stop {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -247,7 +247,10 @@ impl History {
                 Ok(bytes) => {
                     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
                         if bytes.len() < HEADER && MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
-                            // A header torn at creation: nothing was ever acknowledged.
+                            // A header torn at creation: nothing was ever acknowledged. Start clean.
+                            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+                            f.set_len(0).map_err(|e| Error::io(&path, e))?;
+                            rec.torn_tail_bytes = bytes.len() as u64;
                             Vec::new()
                         } else {
                             return Err(Error::format(&path, crate::error::FormatError::BadMagic { expected: *MAGIC, found: bytes.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]) }));
@@ -301,7 +304,8 @@ impl History {
         let path = self.path(profile)?;
         let mut map = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
         let (state, _) = self.load(&mut map, profile)?;
-        let fresh = !path.exists();
+        // An empty (or absent) file gets the header with its first record.
+        let fresh = std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(true);
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         // One write per record: header first for a new file.
         let mut buf = if fresh { header() } else { Vec::new() };

@@ -41,8 +41,9 @@ impl Ranks {
         for k in KS {
             let hits = self.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64;
             let ndcg: f64 = self.ranks.iter().filter_map(|r| r.filter(|&r| r <= k)).map(|r| 1.0 / ((r + 1) as f64).log2()).sum();
-            out.insert(format!("{prefix}recall@{k}"), json!(hits / n));
-            out.insert(format!("{prefix}ndcg@{k}"), json!(ndcg / n));
+            // `+ 0.0` turns the -0.0 of an empty float sum into 0.0.
+            out.insert(format!("{prefix}recall@{k}"), json!(hits / n + 0.0));
+            out.insert(format!("{prefix}ndcg@{k}"), json!(ndcg / n + 0.0));
         }
     }
 }

@@ -149,3 +149,24 @@ fn a_run_refuses_stage_two_before_stage_one() {
     let err = sft::run_stage(&tiny_opts(dir.path(), 2, 1)).unwrap_err().to_string();
     assert!(err.contains("--stage 1"), "{err}");
 }
+
+#[test]
+fn a_hugging_face_folder_is_a_base_model() {
+    // A Hugging Face style folder (config.json, safetensors, tokenizer.json) made from the tiny run.
+    let r = tiny_run();
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let hf = tempfile::tempdir().unwrap();
+    std::fs::copy(r.dir.join(sft::CONFIG_FILE), hf.path().join("config.json")).unwrap();
+    std::fs::copy(r.dir.join(sft::stage_weights(1)), hf.path().join("model.safetensors")).unwrap();
+    std::fs::copy(r.dir.join(sft::TOKENIZER_FILE), hf.path().join("tokenizer.json")).unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut o = tiny_opts(run.path(), 1, 2);
+    o.preset = Some(Preset::Hf(hf.path().to_path_buf()));
+    let s = sft::run_stage(&o).unwrap();
+    assert_eq!(s.steps, 2);
+    let info = sft::RunInfo::read(run.path()).unwrap();
+    assert_eq!(info.gguf_pre, "smollm", "the pre-tokenizer is recognised from tokenizer.json");
+    let out = tempfile::tempdir().unwrap();
+    let rep = export(&ExportOptions { run: run.path().to_path_buf(), out: out.path().to_path_buf(), dtype: ExportDtype::F32, verify_prompts: 4, verify_tokens: 16 }).unwrap();
+    assert!(rep.all_identical(), "{:?}", rep.checks);
+}

@@ -195,10 +195,7 @@ impl Catalog {
                 return Err(FormatError::Invalid("BYCD is not strictly sorted (two items share a CID?)".into()));
             }
         }
-        let info = match c.optional_section(INFO) {
-            Some(b) => serde_json::from_slice(b).map_err(|e| FormatError::Invalid(format!("INFO is not JSON: {e}")))?,
-            None => serde_json::Value::Null,
-        };
+        let info = super::container::info_json(&c)?;
         Ok(Catalog {
             meta,
             items: range_of(all, items_b),

@@ -110,10 +110,7 @@ impl Codebooks {
         if cent.chunks_exact(dtype.size()).any(|v| !value_is_finite(dtype, v)) {
             return Err(FormatError::Invalid("CENT holds a non-finite value".into()));
         }
-        let info = match c.optional_section(INFO) {
-            Some(b) => serde_json::from_slice(b).map_err(|e| FormatError::Invalid(format!("INFO is not JSON: {e}")))?,
-            None => serde_json::Value::Null,
-        };
+        let info = super::container::info_json(&c)?;
         let start = cent.as_ptr() as usize - all.as_ptr() as usize;
         let cent_crc = c.sections().iter().find(|s| s.tag == CENT).map(|s| s.crc32).unwrap_or(0);
         Ok(Codebooks { dtype, dim, sizes, cent: start..start + cent.len(), cent_crc, info, bytes })

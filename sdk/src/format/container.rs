@@ -245,6 +245,14 @@ fn align_up(n: usize) -> usize {
     n.div_ceil(SECTION_ALIGN) * SECTION_ALIGN
 }
 
+/// The optional `INFO` section (JSON) of a container; `Null` when absent.
+pub fn info_json(c: &Container<'_>) -> Result<serde_json::Value, FormatError> {
+    match c.optional_section(Tag::new(b"INFO")) {
+        Some(b) => serde_json::from_slice(b).map_err(|e| FormatError::Invalid(format!("INFO is not JSON: {e}"))),
+        None => Ok(serde_json::Value::Null),
+    }
+}
+
 /// Casts a section to a slice of plain-old-data records, in place.
 pub fn cast_records<'a, T: bytemuck::Pod>(what: &str, bytes: &'a [u8]) -> Result<&'a [T], FormatError> {
     let size = std::mem::size_of::<T>();

@@ -142,15 +142,32 @@ fn from_hf(dir: &Path, device: &Device, dtype: DType) -> Result<(Weights, Tokeni
         bail!("{} has no .safetensors files", dir.display());
     }
     let tok = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{}/tokenizer.json: {e}", dir.display()))?;
-    // llama.cpp's name for the pre-tokenizer of each family's tokenizer.
-    let pre = match config.arch {
-        Arch::Qwen3 => "qwen2",
-        Arch::Llama => "smollm",
-    };
+    let pre = llama_cpp_pre(&tok, config.arch)?;
     // Checkpoints may have more embedding rows than tokens (padding); the tokenizer decides.
     let w = Weights::from_safetensors(config, &files, device, dtype)?;
     let name = format!("navigen-{}", dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default());
-    Ok((w, tok, pre.into(), None, name))
+    Ok((w, tok, pre, None, name))
+}
+
+/// llama.cpp's name for a Hugging Face tokenizer's pre-tokenizer, read from its structure: digits split
+/// one by one then GPT-2's byte-level regex is "smollm"; a Split on the Qwen regex then byte-level is
+/// "qwen2"; plain byte-level with its regex is "gpt2". Anything else is refused rather than exported with
+/// a tokenizer llama.cpp would apply differently.
+pub fn llama_cpp_pre(tok: &Tokenizer, arch: Arch) -> Result<String> {
+    let json: serde_json::Value = serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    let pre = &json["pre_tokenizer"];
+    let kinds: Vec<&str> = match pre["type"].as_str() {
+        Some("Sequence") => pre["pretokenizers"].as_array().map(|a| a.iter().filter_map(|p| p["type"].as_str()).collect()).unwrap_or_default(),
+        Some(t) => vec![t],
+        None => vec![],
+    };
+    let name = match kinds.as_slice() {
+        ["Digits", "ByteLevel"] if pre["pretokenizers"][0]["individual_digits"] == true => "smollm",
+        ["Split", "ByteLevel"] if arch == Arch::Qwen3 => "qwen2",
+        ["ByteLevel"] if pre["use_regex"] != false => "gpt2",
+        other => bail!("pre-tokenizer {other:?} has no known llama.cpp equivalent; export would tokenise differently"),
+    };
+    Ok(name.to_string())
 }
 
 /// Loads the base model and expands its vocabulary with navigen's tokens.
@@ -170,7 +187,11 @@ pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed:
     if weights.config.vocab_size > base_tok_vocab {
         bail!("the model has {} embedding rows for {} tokens; padded vocabularies are not supported yet", weights.config.vocab_size, base_tok_vocab);
     }
-    let first_new = tk::add_navigen_tokens(&mut tokenizer, &cid_tokens(cat))? as usize;
+    let cids = cid_tokens(cat);
+    let added_from = tk::add_navigen_tokens(&mut tokenizer, &cids)? as usize;
+    // A base that already knows navigen's tokens (a navigen model trained further) trains them again
+    // in stage 1: they start at the lowest id among them.
+    let first_new = cids.iter().chain(navigen::prompt::THINK_TOKENS.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter()).filter_map(|t| tokenizer.token_to_id(t)).map(|i| i as usize).min().unwrap_or(added_from).min(added_from);
     let total = tokenizer.get_vocab_size(true);
     let merged = weights.merged()?;
     let embed: Vec<Vec<f32>> = merged[EMBED].to_dtype(DType::F32)?.to_vec2()?;
@@ -193,9 +214,9 @@ pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed:
             by_code.entry(navigen::cid::code_token(l, c)).or_default().extend(&ids);
         }
     }
-    let mut new_embed = Vec::with_capacity(total - first_new);
-    let mut new_head = Vec::with_capacity(total - first_new);
-    for id in first_new..total {
+    let mut new_embed = Vec::with_capacity(total - added_from);
+    let mut new_head = Vec::with_capacity(total - added_from);
+    for id in added_from..total {
         let t = tokenizer.id_to_token(id as u32).unwrap_or_default();
         let ids = by_code.get(&t).cloned().unwrap_or_default();
         new_embed.push(mean(&embed, &ids));
