@@ -9,6 +9,14 @@ use navigen::engine::{Engine, EngineParams, InstructionOptions, Kind};
 use navigen::Error;
 use navigen_tests::{test_histories, trained_bundle, zero_shot, Fixture};
 
+/// Engines use every core: two decoding at once oversubscribe the CPU (llama.cpp slows ~10x), so
+/// the tests take turns.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| trained_bundle(20))
@@ -21,6 +29,7 @@ fn engine() -> &'static Engine {
 
 #[test]
 fn constrained_decoding_only_names_catalog_items() {
+    let _turn = turn();
     let e = engine();
     assert_eq!(e.kind(), Kind::Finetuned);
     for (history, _) in test_histories(&fixture().data, 10) {
@@ -43,6 +52,7 @@ fn constrained_decoding_only_names_catalog_items() {
 
 #[test]
 fn instruction_streams_the_raw_text() {
+    let _turn = turn();
     let e = engine();
     let (history, _) = test_histories(&fixture().data, 1).remove(0);
     let refs: Vec<&str> = history.iter().map(String::as_str).collect();
@@ -64,6 +74,7 @@ fn instruction_streams_the_raw_text() {
 
 #[test]
 fn cancellation_stops_within_one_decode_step() {
+    let _turn = turn();
     // Its own engine: a cancel stops every call in flight on an engine, including other tests' calls.
     let own = Engine::open(&fixture().bundle, EngineParams::default()).unwrap();
     let e = &own;
@@ -103,6 +114,7 @@ fn cancellation_stops_within_one_decode_step() {
 
 #[test]
 fn zero_shot_mode_writes_instructions_but_cannot_predict() {
+    let _turn = turn();
     let z = Engine::open(&zero_shot(fixture()), EngineParams::default()).unwrap();
     assert_eq!(z.kind(), Kind::ZeroShot);
     let (history, _) = test_histories(&fixture().data, 1).remove(0);
@@ -114,6 +126,7 @@ fn zero_shot_mode_writes_instructions_but_cannot_predict() {
 
 #[test]
 fn broken_bundles_are_refused_with_clear_errors() {
+    let _turn = turn();
     let f = fixture();
     let copy = f.dir.join("broken");
     std::fs::create_dir_all(&copy).unwrap();
@@ -138,6 +151,7 @@ fn broken_bundles_are_refused_with_clear_errors() {
 
 #[test]
 fn eval_through_the_runtime_writes_every_metric() {
+    let _turn = turn();
     let f = fixture();
     let out = f.dir.join("eval.json");
     let r = navigen_train::eval::eval(&navigen_train::eval::EvalOptions {
