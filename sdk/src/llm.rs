@@ -93,3 +93,29 @@ pub fn argmax(v: &[f32]) -> i32 {
     }
     best as i32
 }
+
+/// Prefill and decode speed of a model through this crate's decode loop: the prompt in one batch, then
+/// `n_gen` single-token steps (greedy). Returns (prefill tokens/s, decode tokens/s).
+pub fn measure_speed(model: &LlamaModel, prompt: &[i32], n_gen: usize, threads: i32) -> Result<(f64, f64)> {
+    let n_ctx = (prompt.len() + n_gen + 8) as u32;
+    let params = LlamaContextParams::default().with_n_ctx(NonZeroU32::new(n_ctx)).with_n_batch(n_ctx).with_n_ubatch(512).with_n_threads(threads).with_n_threads_batch(threads);
+    let mut ctx = model.new_context(backend()?, params).map_err(|e| Error::Llama(e.to_string()))?;
+    let mut batch = LlamaBatch::new(n_ctx as usize, 1);
+    for (i, &t) in prompt.iter().enumerate() {
+        batch.add(LlamaToken(t), i as i32, &[0], i + 1 == prompt.len()).map_err(|e| Error::Llama(e.to_string()))?;
+    }
+    let t0 = std::time::Instant::now();
+    ctx.decode(&mut batch).map_err(|e| Error::Llama(e.to_string()))?;
+    let prefill = prompt.len() as f64 / t0.elapsed().as_secs_f64();
+    let mut last = batch.n_tokens() - 1;
+    let t1 = std::time::Instant::now();
+    for i in 0..n_gen {
+        // Greedy without stopping, so every run decodes exactly n_gen tokens.
+        let next = argmax(ctx.get_logits_ith(last));
+        batch.clear();
+        batch.add(LlamaToken(next), (prompt.len() + i) as i32, &[0], true).map_err(|e| Error::Llama(e.to_string()))?;
+        ctx.decode(&mut batch).map_err(|e| Error::Llama(e.to_string()))?;
+        last = 0;
+    }
+    Ok((prefill, n_gen as f64 / t1.elapsed().as_secs_f64()))
+}
