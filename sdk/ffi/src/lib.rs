@@ -86,6 +86,19 @@ pub struct navigen_history_params {
     pub max_age_ms: i64,
 }
 
+// The C structs mirror the Rust parameter types field for field; these are the only conversions.
+impl From<EngineParams> for navigen_engine_params {
+    fn from(d: EngineParams) -> Self {
+        navigen_engine_params { threads: d.threads, gpu_layers: d.gpu_layers, context_size: d.context_size, seed: d.seed, op_offload: d.op_offload, verify_checksums: d.verify_checksums }
+    }
+}
+
+impl From<&navigen_engine_params> for EngineParams {
+    fn from(p: &navigen_engine_params) -> Self {
+        EngineParams { threads: p.threads, gpu_layers: p.gpu_layers, context_size: p.context_size, seed: p.seed, op_offload: p.op_offload, verify_checksums: p.verify_checksums }
+    }
+}
+
 const ENGINE_MAGIC: u64 = 0x4e41_5649_454e_4731; // "NAVIENG1"
 const HISTORY_MAGIC: u64 = 0x4e41_5649_4849_5331; // "NAVIHIS1"
 
@@ -249,15 +262,7 @@ pub unsafe extern "C" fn navigen_string_free(s: *mut c_char) {
 #[no_mangle]
 pub unsafe extern "C" fn navigen_engine_default_params(out: *mut navigen_engine_params) -> navigen_status {
     guard(|| {
-        let d = EngineParams::default();
-        *out_arg(out, "out")? = navigen_engine_params {
-            threads: d.threads,
-            gpu_layers: d.gpu_layers,
-            context_size: d.context_size,
-            seed: d.seed,
-            op_offload: d.op_offload,
-            verify_checksums: d.verify_checksums,
-        };
+        *out_arg(out, "out")? = EngineParams::default().into();
         Ok(())
     })
 }
@@ -270,10 +275,7 @@ pub unsafe extern "C" fn navigen_engine_open(bundle_dir: *const c_char, params: 
         let out = out_arg(out, "out")?;
         *out = std::ptr::null_mut();
         let dir = str_arg(bundle_dir, "bundle_dir")?;
-        let p = match params.as_ref() {
-            Some(p) => EngineParams { threads: p.threads, gpu_layers: p.gpu_layers, context_size: p.context_size, seed: p.seed, op_offload: p.op_offload, verify_checksums: p.verify_checksums },
-            None => EngineParams::default(),
-        };
+        let p = params.as_ref().map(EngineParams::from).unwrap_or_default();
         let engine = Engine::open(Path::new(dir), p)?;
         *out = Box::into_raw(Box::new(navigen_engine { magic: ENGINE_MAGIC, inner: engine }));
         Ok(())
