@@ -16,7 +16,11 @@ pub struct Fixture {
 
 /// Prepares ml-100k, trains the tiny preset a little through both stages and exports the bundle.
 pub fn trained_bundle(steps: usize) -> Fixture {
-    let dir = tempfile::Builder::new().prefix("navigen-e2e-").tempdir().unwrap().keep();
+    let dir = tempfile::Builder::new()
+        .prefix("navigen-e2e-")
+        .tempdir()
+        .unwrap()
+        .keep();
     let data = dir.join("data");
     prepare(&PrepareOptions::new("ml-100k".parse().unwrap(), &data)).unwrap();
     let run = dir.join("run");
@@ -29,7 +33,14 @@ pub fn trained_bundle(steps: usize) -> Fixture {
         sft::run_stage(&o).unwrap();
     }
     let bundle = dir.join("bundle");
-    export(&ExportOptions { run, out: bundle.clone(), dtype: ExportDtype::F32, verify_prompts: 0, verify_tokens: 0 }).unwrap();
+    export(&ExportOptions {
+        run,
+        out: bundle.clone(),
+        dtype: ExportDtype::F32,
+        verify_prompts: 0,
+        verify_tokens: 0,
+    })
+    .unwrap();
     Fixture { dir, data, bundle }
 }
 
@@ -45,7 +56,15 @@ pub fn test_histories(data: &Path, n: usize) -> Vec<(Vec<String>, String)> {
         .take(n)
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["history"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect(), v["target"].as_str().unwrap().to_string())
+            (
+                v["history"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap().to_string())
+                    .collect(),
+                v["target"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }

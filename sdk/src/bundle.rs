@@ -1,5 +1,5 @@
-//! A bundle is the folder the device opens: `model.gguf`, `catalog.nvct`, `codebooks.nvcb` and
-//! `bundle.json`, a manifest that ties them together (sizes and sha256 of each file, prompt format).
+//! A bundle is the folder the device opens: `model.gguf`, `catalog.nvct`, `codebooks.nvcb`, optionally
+//! `embedder.gguf`, and `bundle.json`, a manifest that ties them together (sizes and sha256 of each file, prompt format).
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,9 @@ pub struct Manifest {
     pub model: FileEntry,
     pub catalog: Option<FileEntry>,
     pub codebooks: Option<FileEntry>,
+    /// The item-text embedder (`embedder.gguf`) the codebooks were built with; enables `register_item`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<FileEntry>,
     /// Free-form facts: architecture, stage, dtype, creator.
     #[serde(default)]
     pub info: serde_json::Value,
@@ -56,9 +59,14 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let p = dir.join(MANIFEST);
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidArgument(format!("{}: {e}", p.display())))?;
         if m.bundle_version != BUNDLE_VERSION {
-            return Err(Error::Mismatch(format!("{}: bundle version {} (this build reads {BUNDLE_VERSION})", p.display(), m.bundle_version)));
+            return Err(Error::Mismatch(format!(
+                "{}: bundle version {} (this build reads {BUNDLE_VERSION})",
+                p.display(),
+                m.bundle_version
+            )));
         }
         if m.prompt_version != crate::prompt::PROMPT_VERSION {
             return Err(Error::Mismatch(format!(

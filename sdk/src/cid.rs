@@ -26,7 +26,10 @@ impl Cid {
         }
         let mut c = [0u16; MAX_LEVELS];
         c[..codes.len()].copy_from_slice(codes);
-        Some(Cid { codes: c, levels: codes.len() as u8 })
+        Some(Cid {
+            codes: c,
+            levels: codes.len() as u8,
+        })
     }
 
     pub fn codes(&self) -> &[u16] {
@@ -75,7 +78,11 @@ pub fn parse_code_token(s: &str) -> Option<(usize, u16, &str)> {
     let s = chars.as_str().strip_prefix('_')?;
     let end = s.find('>')?;
     let digits = &s[..end];
-    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) || (digits.len() > 1 && digits.starts_with('0')) {
+    if digits.is_empty()
+        || digits.len() > 5
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
         return None;
     }
     let code: u16 = digits.parse().ok()?;
@@ -99,14 +106,27 @@ mod tests {
     #[test]
     fn text_round_trip() {
         let c = Cid::new(&[12, 7, 200]).unwrap();
-        assert_eq!(c.to_text(), "<|cid_begin|><s_a_12><s_b_7><s_c_200><|cid_end|>");
+        assert_eq!(
+            c.to_text(),
+            "<|cid_begin|><s_a_12><s_b_7><s_c_200><|cid_end|>"
+        );
         assert_eq!(Cid::parse(&c.to_text()), Some(c));
         assert_eq!(Cid::parse("<s_a_12><s_b_7><s_c_200>"), Some(c));
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "<s_b_1>", "<s_a_1><s_c_2>", "<s_a_01>", "<s_a_x>", "<s_a_99999999>", "<s_a_1", "<s_e_1>", "<s_a_1><s_b_2><s_c_3><s_d_4><s_a_5>"] {
+        for bad in [
+            "",
+            "<s_b_1>",
+            "<s_a_1><s_c_2>",
+            "<s_a_01>",
+            "<s_a_x>",
+            "<s_a_99999999>",
+            "<s_a_1",
+            "<s_e_1>",
+            "<s_a_1><s_b_2><s_c_3><s_d_4><s_a_5>",
+        ] {
             assert_eq!(Cid::parse(bad), None, "{bad}");
         }
     }

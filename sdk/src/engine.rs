@@ -10,7 +10,7 @@
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::Manifest;
 use crate::cid::{code_token, Cid, CID_BEGIN, CID_END};
+use crate::embedding::TextEmbedder;
 use crate::error::{Error, Result};
 use crate::format::{Catalog, Codebooks};
 use crate::llm;
@@ -49,7 +50,14 @@ pub struct EngineParams {
 
 impl Default for EngineParams {
     fn default() -> Self {
-        EngineParams { threads: 0, gpu_layers: 0, context_size: 0, seed: 0, op_offload: false, verify_checksums: false }
+        EngineParams {
+            threads: 0,
+            gpu_layers: 0,
+            context_size: 0,
+            seed: 0,
+            op_offload: false,
+            verify_checksums: false,
+        }
     }
 }
 
@@ -77,7 +85,12 @@ pub struct InstructionOptions {
 
 impl Default for InstructionOptions {
     fn default() -> Self {
-        InstructionOptions { max_think_tokens: 256, max_answer_tokens: 192, temperature: 0.0, top_p: 0.95 }
+        InstructionOptions {
+            max_think_tokens: 256,
+            max_answer_tokens: 192,
+            temperature: 0.0,
+            top_p: 0.95,
+        }
     }
 }
 
@@ -110,6 +123,27 @@ struct CidTokens {
     codes: Vec<Vec<i32>>,
 }
 
+/// Where a new item's text lands in the catalog's CID space ([`Engine::register_item`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// The CID the codebooks give the text (nearest code at every level).
+    pub cid: String,
+    /// The catalog item that already holds `cid`, if any.
+    pub taken_by: Option<TakenBy>,
+    /// The nearest CID with the same first levels that no catalog item holds: `cid` itself when it is
+    /// free; `None` when every last-level code under that prefix is taken.
+    pub free_cid: Option<String>,
+    /// Squared distance between the text's embedding and the reconstruction from `cid`.
+    pub distance: f32,
+}
+
+/// A catalog item holding a CID.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TakenBy {
+    pub id: String,
+    pub title: String,
+}
+
 /// What kind of model the bundle holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -132,6 +166,8 @@ pub struct Engine {
     /// llama.cpp context creation touches the model: serialise it.
     ctx_lock: Mutex<()>,
     cancel_epoch: AtomicU64,
+    /// Opened on the first `register_item` (most calls never need it).
+    embedder: Mutex<Option<Arc<TextEmbedder>>>,
 }
 
 fn llama_err(e: impl std::fmt::Display) -> Error {
@@ -147,25 +183,50 @@ impl Engine {
             "zero-shot" => Kind::ZeroShot,
             k => return Err(Error::Mismatch(format!("unknown bundle kind {k:?}"))),
         };
-        for e in std::iter::once(&manifest.model).chain(manifest.catalog.iter()).chain(manifest.codebooks.iter()) {
+        for e in std::iter::once(&manifest.model)
+            .chain(manifest.catalog.iter())
+            .chain(manifest.codebooks.iter())
+            .chain(manifest.embedder.iter())
+        {
             let p = Manifest::path(dir, e);
-            let len = std::fs::metadata(&p).map_err(|err| Error::io(&p, err))?.len();
+            let len = std::fs::metadata(&p)
+                .map_err(|err| Error::io(&p, err))?
+                .len();
             if len != e.bytes {
-                return Err(Error::Mismatch(format!("{}: {len} bytes, the manifest says {} (incomplete copy?)", p.display(), e.bytes)));
+                return Err(Error::Mismatch(format!(
+                    "{}: {len} bytes, the manifest says {} (incomplete copy?)",
+                    p.display(),
+                    e.bytes
+                )));
             }
             if params.verify_checksums {
                 let got = crate::bundle::sha256_file(&p)?;
                 if got != e.sha256 {
-                    return Err(Error::Mismatch(format!("{}: sha256 {got} differs from the manifest's {}", p.display(), e.sha256)));
+                    return Err(Error::Mismatch(format!(
+                        "{}: sha256 {got} differs from the manifest's {}",
+                        p.display(),
+                        e.sha256
+                    )));
                 }
             }
         }
-        let cat_entry = manifest.catalog.as_ref().ok_or_else(|| Error::Mismatch("the bundle has no catalog".into()))?;
+        let cat_entry = manifest
+            .catalog
+            .as_ref()
+            .ok_or_else(|| Error::Mismatch("the bundle has no catalog".into()))?;
         let catalog = Catalog::open(&Manifest::path(dir, cat_entry))?;
-        let codebooks = manifest.codebooks.as_ref().map(|e| Codebooks::open(&Manifest::path(dir, e))).transpose()?;
+        let codebooks = manifest
+            .codebooks
+            .as_ref()
+            .map(|e| Codebooks::open(&Manifest::path(dir, e)))
+            .transpose()?;
         if let Some(cb) = &codebooks {
-            if cb.centroid_crc() != catalog.codebooks_crc() || cb.sizes() != catalog.sizes().as_slice() {
-                return Err(Error::Mismatch("the catalog was not made with these codebooks".into()));
+            if cb.centroid_crc() != catalog.codebooks_crc()
+                || cb.sizes() != catalog.sizes().as_slice()
+            {
+                return Err(Error::Mismatch(
+                    "the catalog was not made with these codebooks".into(),
+                ));
             }
         }
         llm::backend()?;
@@ -175,7 +236,20 @@ impl Engine {
             Kind::ZeroShot => None,
         };
         let trie = CidTrie::from_catalog(&catalog);
-        Ok(Engine { model, catalog, codebooks, trie, cid_tokens, kind, params, dir: dir.to_path_buf(), manifest, ctx_lock: Mutex::new(()), cancel_epoch: AtomicU64::new(0) })
+        Ok(Engine {
+            model,
+            catalog,
+            codebooks,
+            trie,
+            cid_tokens,
+            kind,
+            params,
+            dir: dir.to_path_buf(),
+            manifest,
+            ctx_lock: Mutex::new(()),
+            cancel_epoch: AtomicU64::new(0),
+            embedder: Mutex::new(None),
+        })
     }
 
     /// Every CID token of the catalog must be one token of the model's vocabulary.
@@ -189,9 +263,21 @@ impl Engine {
                 ))),
             }
         };
-        let codes = cat.sizes().iter().enumerate().map(|(l, &k)| (0..k).map(|c| one(&code_token(l, c as u16))).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+        let codes = cat
+            .sizes()
+            .iter()
+            .enumerate()
+            .map(|(l, &k)| {
+                (0..k)
+                    .map(|c| one(&code_token(l, c as u16)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
         one(CID_END)?;
-        Ok(CidTokens { begin: one(CID_BEGIN)?, codes })
+        Ok(CidTokens {
+            begin: one(CID_BEGIN)?,
+            codes,
+        })
     }
 
     pub fn kind(&self) -> Kind {
@@ -213,6 +299,73 @@ impl Engine {
         &self.model
     }
 
+    /// Gives a text that is not in the catalog its CID: the bundle's embedder embeds it on llama.cpp
+    /// and the memory-mapped codebooks quantise it, exactly as the trainer did for the catalog. Reports
+    /// whether a catalog item already holds that CID and the nearest free one.
+    pub fn register_item(&self, text: &str) -> Result<Registration> {
+        let cb = self.codebooks.as_ref().ok_or_else(|| {
+            Error::NotSupported("registering items needs a bundle with codebooks".into())
+        })?;
+        let embedder = self.embedder()?;
+        let v = embedder.embed(text)?;
+        let k_last = *cb.sizes().last().expect("codebooks have a level");
+        let ranked = cb.quantize_ranked(&v, k_last)?;
+        let prefix = &ranked[..cb.levels() - 1];
+        let cid_of = |last: u16| -> Cid {
+            let mut c = prefix.to_vec();
+            c.push(last);
+            Cid::new(&c).expect("levels checked at open")
+        };
+        let cid = cid_of(ranked[cb.levels() - 1]);
+        let taken_by = self
+            .catalog
+            .find_cid(&cid)
+            .and_then(|i| self.catalog.item(i))
+            .map(|it| TakenBy {
+                id: it.id.to_string(),
+                title: it.title.to_string(),
+            });
+        let free_cid = ranked[cb.levels() - 1..]
+            .iter()
+            .map(|&c| cid_of(c))
+            .find(|c| self.catalog.find_cid(c).is_none())
+            .map(|c| c.to_text());
+        let (_, distance) = cb.quantize(&v)?;
+        Ok(Registration {
+            cid: cid.to_text(),
+            taken_by,
+            free_cid,
+            distance,
+        })
+    }
+
+    /// The bundle's embedder, opened once; it must be the file the codebooks were built with.
+    fn embedder(&self) -> Result<Arc<TextEmbedder>> {
+        let mut slot = self.embedder.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let entry = self.manifest.embedder.as_ref().ok_or_else(|| Error::NotSupported("this bundle has no embedder.gguf: re-export it with a current trainer to register items".into()))?;
+        let built_with = self
+            .codebooks
+            .as_ref()
+            .and_then(|cb| cb.info().get("embedder_sha256"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if built_with != entry.sha256 {
+            return Err(Error::Mismatch(format!(
+                "{} (sha256 {}) is not the embedder the codebooks were built with ({built_with:?})",
+                entry.name, entry.sha256
+            )));
+        }
+        let e = Arc::new(TextEmbedder::open(
+            &Manifest::path(&self.dir, entry),
+            self.params.threads,
+        )?);
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
     /// Stops every call in flight at its next decode step.
     pub fn cancel(&self) {
         self.cancel_epoch.fetch_add(1, Ordering::SeqCst);
@@ -227,9 +380,15 @@ impl Engine {
     }
 
     fn context(&self, n_ctx: u32, n_seq: u32) -> Result<LlamaContext<'_>> {
-        let max = if self.params.context_size == 0 { 4096.max(n_ctx) } else { self.params.context_size };
+        let max = if self.params.context_size == 0 {
+            4096.max(n_ctx)
+        } else {
+            self.params.context_size
+        };
         if n_ctx > max {
-            return Err(Error::InvalidArgument(format!("the call needs {n_ctx} tokens of context, the engine allows {max}")));
+            return Err(Error::InvalidArgument(format!(
+                "the call needs {n_ctx} tokens of context, the engine allows {max}"
+            )));
         }
         let p = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -241,19 +400,32 @@ impl Engine {
             .with_n_threads_batch(self.threads())
             .with_op_offload(self.params.op_offload);
         let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.model.new_context(llm::backend()?, p).map_err(llama_err)
+        self.model
+            .new_context(llm::backend()?, p)
+            .map_err(llama_err)
     }
 
     /// History ids -> CIDs of the items in the catalog (unknown ids are skipped, most recent kept).
     fn history_cids(&self, history: &[&str]) -> Vec<Cid> {
-        let known: Vec<Cid> = history.iter().filter_map(|id| self.catalog.find_id(id)).filter_map(|i| self.catalog.item(i)).map(|it| it.cid).collect();
+        let known: Vec<Cid> = history
+            .iter()
+            .filter_map(|id| self.catalog.find_id(id))
+            .filter_map(|i| self.catalog.item(i))
+            .map(|it| it.cid)
+            .collect();
         let n = known.len();
         known[n.saturating_sub(crate::prompt::MAX_HISTORY)..].to_vec()
     }
 
     /// Decodes `tokens` at positions from `start` on sequence 0 in chunks, checking for cancellation
     /// between chunks; logits only for the last token.
-    fn feed(&self, ctx: &mut LlamaContext<'_>, tokens: &[i32], start: i32, epoch: u64) -> Result<()> {
+    fn feed(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        tokens: &[i32],
+        start: i32,
+        epoch: u64,
+    ) -> Result<()> {
         const CHUNK: usize = 64;
         let mut batch = LlamaBatch::new(CHUNK, 1);
         for (c, chunk) in tokens.chunks(CHUNK).enumerate() {
@@ -262,7 +434,9 @@ impl Engine {
             for (i, &t) in chunk.iter().enumerate() {
                 let pos = start + (c * CHUNK + i) as i32;
                 let last = c * CHUNK + i + 1 == tokens.len();
-                batch.add(LlamaToken(t), pos, &[0], last).map_err(llama_err)?;
+                batch
+                    .add(LlamaToken(t), pos, &[0], last)
+                    .map_err(llama_err)?;
             }
             ctx.decode(&mut batch).map_err(llama_err)?;
         }
@@ -279,8 +453,17 @@ impl Engine {
 
     /// Predicts the next `k` distinct items after `history` (item ids, oldest first) with beam search of
     /// width `max(k, beams)`, every step restricted to codes that continue an existing CID.
-    pub fn predict_next(&self, history: &[&str], k: usize, beams: usize) -> Result<Vec<Prediction>> {
-        let toks = self.cid_tokens.as_ref().ok_or_else(|| Error::NotSupported("next-item prediction needs a fine-tuned bundle (CID tokens)".into()))?;
+    pub fn predict_next(
+        &self,
+        history: &[&str],
+        k: usize,
+        beams: usize,
+    ) -> Result<Vec<Prediction>> {
+        let toks = self.cid_tokens.as_ref().ok_or_else(|| {
+            Error::NotSupported(
+                "next-item prediction needs a fine-tuned bundle (CID tokens)".into(),
+            )
+        })?;
         if k == 0 || k > 256 {
             return Err(Error::InvalidArgument(format!("k = {k} (1..=256)")));
         }
@@ -288,7 +471,9 @@ impl Engine {
         let epoch = self.cancel_epoch.load(Ordering::SeqCst);
         let h = self.history_cids(history);
         if h.is_empty() {
-            return Err(Error::InvalidArgument("no item of the history is in the catalog".into()));
+            return Err(Error::InvalidArgument(
+                "no item of the history is in the catalog".into(),
+            ));
         }
         // Prompt and answer prefix tokenised apart, exactly as in training.
         let mut tokens = llm::tokenize(&self.model, &prompt::prompt_cid2cid(&h, Mode::Direct));
@@ -301,7 +486,12 @@ impl Engine {
         let base = tokens.len() as i32;
         // Level 0 from the prompt's logits.
         let first = log_softmax(last_logits(&ctx, tokens.len()));
-        let mut beams_now: Vec<(Vec<u16>, f32)> = self.trie.allowed(&[]).iter().map(|&c| (vec![c], first[toks.codes[0][c as usize] as usize])).collect();
+        let mut beams_now: Vec<(Vec<u16>, f32)> = self
+            .trie
+            .allowed(&[])
+            .iter()
+            .map(|&c| (vec![c], first[toks.codes[0][c as usize] as usize]))
+            .collect();
         top(&mut beams_now, width);
         let mut batch = LlamaBatch::new(width * levels, width as i32 + 1);
         for level in 1..levels {
@@ -310,11 +500,20 @@ impl Engine {
             let mut last_index = Vec::with_capacity(beams_now.len());
             for (j, (codes, _)) in beams_now.iter().enumerate() {
                 let seq = j as i32 + 1;
-                ctx.clear_kv_cache_seq(Some(seq as u32), None, None).map_err(llama_err)?;
-                ctx.copy_kv_cache_seq(0, seq, None, None).map_err(llama_err)?;
+                ctx.clear_kv_cache_seq(Some(seq as u32), None, None)
+                    .map_err(llama_err)?;
+                ctx.copy_kv_cache_seq(0, seq, None, None)
+                    .map_err(llama_err)?;
                 for (l, &c) in codes.iter().enumerate() {
                     let last = l + 1 == codes.len();
-                    batch.add(LlamaToken(toks.codes[l][c as usize]), base + l as i32, &[seq], last).map_err(llama_err)?;
+                    batch
+                        .add(
+                            LlamaToken(toks.codes[l][c as usize]),
+                            base + l as i32,
+                            &[seq],
+                            last,
+                        )
+                        .map_err(llama_err)?;
                     if last {
                         last_index.push(batch.n_tokens() - 1);
                     }
@@ -338,7 +537,12 @@ impl Engine {
             .take(k)
             .filter_map(|(codes, score)| {
                 let item = self.catalog.item(self.trie.item(&codes)?)?;
-                Some(Prediction { id: item.id.to_string(), title: item.title.to_string(), cid: item.cid.to_text(), score })
+                Some(Prediction {
+                    id: item.id.to_string(),
+                    title: item.title.to_string(),
+                    cid: item.cid.to_text(),
+                    score,
+                })
             })
             .collect())
     }
@@ -394,7 +598,17 @@ impl Utf8Stream {
 /// Grammar of the cid2ins answer, from the shared JSON schema; `prefix` is literal text before it.
 pub fn answer_grammar(prefix: &str) -> Result<String> {
     let g = llama_cpp_2::json_schema_to_grammar(prompt::INS_ANSWER_SCHEMA).map_err(llama_err)?;
-    let renamed = g.lines().map(|l| if let Some(rest) = l.strip_prefix("root ::=") { format!("answer ::={rest}") } else { l.to_string() }).collect::<Vec<_>>().join("\n");
+    let renamed = g
+        .lines()
+        .map(|l| {
+            if let Some(rest) = l.strip_prefix("root ::=") {
+                format!("answer ::={rest}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     let lit = serde_json::to_string(prefix).expect("string");
     Ok(format!("root ::= {lit} answer\n{renamed}\n"))
 }
@@ -423,13 +637,20 @@ impl Engine {
     /// bundles think first (at most `max_think_tokens`), then answer under the JSON grammar; zero-shot
     /// bundles answer from the history's titles and terms. `on_piece` receives the text as it is made
     /// (whole UTF-8 characters) and stops generation by returning `false`.
-    pub fn generate_instruction(&self, history: &[&str], opts: &InstructionOptions, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<Instruction> {
+    pub fn generate_instruction(
+        &self,
+        history: &[&str],
+        opts: &InstructionOptions,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Instruction> {
         let epoch = self.cancel_epoch.load(Ordering::SeqCst);
         let (prompt_text, think) = match self.kind {
             Kind::Finetuned => {
                 let h = self.history_cids(history);
                 if h.is_empty() {
-                    return Err(Error::InvalidArgument("no item of the history is in the catalog".into()));
+                    return Err(Error::InvalidArgument(
+                        "no item of the history is in the catalog".into(),
+                    ));
                 }
                 (prompt::prompt_cid2ins(&h, Mode::Think), true)
             }
@@ -440,33 +661,70 @@ impl Engine {
                     .map(|it| (it.title.to_string(), it.tid_vec()))
                     .collect();
                 if items.is_empty() {
-                    return Err(Error::InvalidArgument("no item of the history is in the catalog".into()));
+                    return Err(Error::InvalidArgument(
+                        "no item of the history is in the catalog".into(),
+                    ));
                 }
                 let n = items.len();
-                (prompt::zero_shot_prompt(&items[n.saturating_sub(prompt::MAX_HISTORY)..]), false)
+                (
+                    prompt::zero_shot_prompt(&items[n.saturating_sub(prompt::MAX_HISTORY)..]),
+                    false,
+                )
             }
         };
         let mut tokens = llm::tokenize(&self.model, &prompt_text);
-        let think_start = if think { llm::tokenize(&self.model, prompt::THINK_START) } else { Vec::new() };
+        let think_start = if think {
+            llm::tokenize(&self.model, prompt::THINK_START)
+        } else {
+            Vec::new()
+        };
         tokens.extend(&think_start);
         let n_ctx = tokens.len() as u32 + opts.max_think_tokens + opts.max_answer_tokens + 16;
         let mut ctx = self.context(n_ctx, 1)?;
         let t0 = Instant::now();
         self.feed(&mut ctx, &tokens, 0, epoch)?;
-        let mut timings = Timings { prompt_tokens: tokens.len() as u32, prompt_ms: t0.elapsed().as_secs_f64() * 1e3, ..Default::default() };
+        let mut timings = Timings {
+            prompt_tokens: tokens.len() as u32,
+            prompt_ms: t0.elapsed().as_secs_f64() * 1e3,
+            ..Default::default()
+        };
         let t1 = Instant::now();
-        let raw = String::from_utf8_lossy(&think_start.iter().flat_map(|&t| self.piece(t)).collect::<Vec<u8>>()).into_owned();
+        let raw = String::from_utf8_lossy(
+            &think_start
+                .iter()
+                .flat_map(|&t| self.piece(t))
+                .collect::<Vec<u8>>(),
+        )
+        .into_owned();
         if !raw.is_empty() && !on_piece(&raw) {
             return Err(Error::Cancelled);
         }
-        let mut d = Decoding { ctx, batch: LlamaBatch::new(8, 1), pos: tokens.len() as i32, last: last_logits_index(tokens.len()), raw, stream: Utf8Stream::default(), generated: 0 };
+        let mut d = Decoding {
+            ctx,
+            batch: LlamaBatch::new(8, 1),
+            pos: tokens.len() as i32,
+            last: last_logits_index(tokens.len()),
+            raw,
+            stream: Utf8Stream::default(),
+            generated: 0,
+        };
         // Phase one: reasoning, bounded; the end marker is forced when the bound is reached.
         if think {
             let think_end = llm::tokenize(&self.model, prompt::THINK_END);
             let mut sampler = self.sampler(opts, None)?;
-            let closed = self.sample_phase(&mut d, &mut sampler, opts.max_think_tokens, think_end.first().copied().filter(|_| think_end.len() == 1), epoch, on_piece)?;
+            let closed = self.sample_phase(
+                &mut d,
+                &mut sampler,
+                opts.max_think_tokens,
+                think_end.first().copied().filter(|_| think_end.len() == 1),
+                epoch,
+                on_piece,
+            )?;
             if !closed {
-                for t in llm::tokenize(&self.model, "\n").into_iter().chain(think_end) {
+                for t in llm::tokenize(&self.model, "\n")
+                    .into_iter()
+                    .chain(think_end)
+                {
                     self.emit_and_feed(&mut d, t, on_piece)?;
                 }
             }
@@ -475,7 +733,14 @@ impl Engine {
         // call `accept` again, llama.cpp aborts on it).
         let grammar = answer_grammar(if think { "\n\n" } else { "" })?;
         let mut sampler = self.sampler(opts, Some(&grammar))?;
-        self.sample_phase(&mut d, &mut sampler, opts.max_answer_tokens, None, epoch, on_piece)?;
+        self.sample_phase(
+            &mut d,
+            &mut sampler,
+            opts.max_answer_tokens,
+            None,
+            epoch,
+            on_piece,
+        )?;
         timings.generated_tokens = d.generated;
         let (mut raw, mut stream) = (d.raw, d.stream);
         let tail = stream.finish();
@@ -485,9 +750,18 @@ impl Engine {
         }
         timings.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
         let (reasoning, answer) = prompt::parse_answer(&raw);
-        let parsed = answer.as_ref().is_some_and(|a| a.target_ins.is_some() && a.target_tid.is_some());
+        let parsed = answer
+            .as_ref()
+            .is_some_and(|a| a.target_ins.is_some() && a.target_tid.is_some());
         let a = answer.unwrap_or_default();
-        Ok(Instruction { target_tid: a.target_tid.unwrap_or_default(), target_ins: a.target_ins.unwrap_or_default(), reasoning, parsed, raw, timings })
+        Ok(Instruction {
+            target_tid: a.target_tid.unwrap_or_default(),
+            target_ins: a.target_ins.unwrap_or_default(),
+            reasoning,
+            parsed,
+            raw,
+            timings,
+        })
     }
 }
 
@@ -505,14 +779,21 @@ struct Decoding<'m> {
 
 impl Engine {
     /// Streams a token's text, then feeds the token so its logits come next.
-    fn emit_and_feed(&self, d: &mut Decoding<'_>, t: i32, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<()> {
+    fn emit_and_feed(
+        &self,
+        d: &mut Decoding<'_>,
+        t: i32,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<()> {
         let s = d.stream.push(&self.piece(t));
         d.raw.push_str(&s);
         if !s.is_empty() && !on_piece(&s) {
             return Err(Error::Cancelled);
         }
         d.batch.clear();
-        d.batch.add(LlamaToken(t), d.pos, &[0], true).map_err(llama_err)?;
+        d.batch
+            .add(LlamaToken(t), d.pos, &[0], true)
+            .map_err(llama_err)?;
         d.ctx.decode(&mut d.batch).map_err(llama_err)?;
         d.pos += 1;
         d.last = 0;
@@ -521,7 +802,15 @@ impl Engine {
 
     /// Samples up to `max` tokens; stops at end of generation (not fed) or after `stop` (fed).
     /// Returns whether `stop` was reached.
-    fn sample_phase(&self, d: &mut Decoding<'_>, sampler: &mut LlamaSampler, max: u32, stop: Option<i32>, epoch: u64, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<bool> {
+    fn sample_phase(
+        &self,
+        d: &mut Decoding<'_>,
+        sampler: &mut LlamaSampler,
+        max: u32,
+        stop: Option<i32>,
+        epoch: u64,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<bool> {
         for _ in 0..max {
             self.check(epoch)?;
             let t = sampler.sample(&d.ctx, d.last).0;

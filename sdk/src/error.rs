@@ -5,14 +5,25 @@ use std::path::PathBuf;
 /// What can be wrong with a navigen file. Every reader returns one of these instead of panicking.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
-    #[error("not a {} file: magic {found:?} (expected {expected:?})", String::from_utf8_lossy(expected))]
+    #[error(
+        "not a {} file: magic {found:?} (expected {expected:?})",
+        String::from_utf8_lossy(expected)
+    )]
     BadMagic { expected: [u8; 8], found: [u8; 8] },
     #[error("format version {found} is not supported (this build reads {supported:?})")]
     UnsupportedVersion { found: u32, supported: Vec<u32> },
     #[error("truncated {what}: need {need} bytes, have {have}")]
-    Truncated { what: &'static str, need: u64, have: u64 },
+    Truncated {
+        what: &'static str,
+        need: u64,
+        have: u64,
+    },
     #[error("checksum mismatch in {what}: stored {stored:#010x}, computed {actual:#010x} (the file is damaged)")]
-    Checksum { what: String, stored: u32, actual: u32 },
+    Checksum {
+        what: String,
+        stored: u32,
+        actual: u32,
+    },
     #[error("missing section {0}")]
     MissingSection(String),
     #[error("invalid file: {0}")]
@@ -27,7 +38,10 @@ pub enum Error {
     #[error("{0}")]
     FormatInMemory(#[from] FormatError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("{0}")]
@@ -44,10 +58,16 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
     pub fn format(path: impl Into<PathBuf>, source: FormatError) -> Self {
-        Error::Format { path: path.into(), source }
+        Error::Format {
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -94,7 +94,11 @@ pub struct HistoryParams {
 
 impl Default for HistoryParams {
     fn default() -> Self {
-        HistoryParams { sync: Sync::EveryAppend, max_items: 10_000, max_age_ms: 0 }
+        HistoryParams {
+            sync: Sync::EveryAppend,
+            max_items: 10_000,
+            max_age_ms: 0,
+        }
     }
 }
 
@@ -122,7 +126,9 @@ pub struct History {
 fn encode(e: &Event) -> Result<Vec<u8>> {
     let id = e.item_id.as_bytes();
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(Error::InvalidArgument(format!("item id must be 1..={MAX_ID_BYTES} bytes")));
+        return Err(Error::InvalidArgument(format!(
+            "item id must be 1..={MAX_ID_BYTES} bytes"
+        )));
     }
     let mut payload = Vec::with_capacity(11 + id.len());
     payload.extend_from_slice(&e.timestamp_ms.to_le_bytes());
@@ -147,7 +153,11 @@ fn decode_payload(p: &[u8]) -> Option<Event> {
     if p.len() != 11 + n || n == 0 {
         return None;
     }
-    Some(Event { item_id: String::from_utf8(p[11..].to_vec()).ok()?, kind, timestamp_ms: ts })
+    Some(Event {
+        item_id: String::from_utf8(p[11..].to_vec()).ok()?,
+        kind,
+        timestamp_ms: ts,
+    })
 }
 
 /// Parses a log: (events, end of the last good record, torn tail bytes, damaged bytes).
@@ -176,7 +186,9 @@ fn scan(bytes: &[u8]) -> (Vec<Event>, usize, u64, u64) {
             if crc32fast::hash(payload) != u32::from_le_bytes(rest[8..12].try_into().expect("4")) {
                 return Err(false);
             }
-            decode_payload(payload).map(|e| (e, REC_HEADER + len)).ok_or(false)
+            decode_payload(payload)
+                .map(|e| (e, REC_HEADER + len))
+                .ok_or(false)
         })();
         match rec {
             Ok((e, n)) => {
@@ -188,10 +200,12 @@ fn scan(bytes: &[u8]) -> (Vec<Event>, usize, u64, u64) {
                 // Is there a valid record further on? Then this is damage, not a torn tail.
                 let next = (at + 1..bytes.len().saturating_sub(REC_HEADER - 1)).find(|&p| {
                     bytes[p..p + 4] == SYNC.to_le_bytes() && {
-                        let len = u32::from_le_bytes(bytes[p + 4..p + 8].try_into().expect("4")) as usize;
+                        let len =
+                            u32::from_le_bytes(bytes[p + 4..p + 8].try_into().expect("4")) as usize;
                         len <= 11 + MAX_ID_BYTES
                             && p + REC_HEADER + len <= bytes.len()
-                            && crc32fast::hash(&bytes[p + REC_HEADER..p + REC_HEADER + len]) == u32::from_le_bytes(bytes[p + 8..p + 12].try_into().expect("4"))
+                            && crc32fast::hash(&bytes[p + REC_HEADER..p + REC_HEADER + len])
+                                == u32::from_le_bytes(bytes[p + 8..p + 12].try_into().expect("4"))
                     }
                 });
                 match next {
@@ -219,25 +233,38 @@ fn header() -> Vec<u8> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl History {
     pub fn open(dir: &Path, params: HistoryParams) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        Ok(History { dir: dir.to_path_buf(), params, profiles: Mutex::new(HashMap::new()) })
+        Ok(History {
+            dir: dir.to_path_buf(),
+            params,
+            profiles: Mutex::new(HashMap::new()),
+        })
     }
 
     fn path(&self, profile: &str) -> Result<PathBuf> {
         if profile.is_empty() || profile.len() > 256 {
-            return Err(Error::InvalidArgument("profile name must be 1..=256 bytes".into()));
+            return Err(Error::InvalidArgument(
+                "profile name must be 1..=256 bytes".into(),
+            ));
         }
         let hex: String = profile.bytes().map(|b| format!("{b:02x}")).collect();
         Ok(self.dir.join(format!("{hex}.nvh")))
     }
 
     /// Loads (and recovers) a profile's log into the cache.
-    fn load<'a>(&self, map: &'a mut HashMap<String, ProfileState>, profile: &str) -> Result<(&'a mut ProfileState, Recovery)> {
+    fn load<'a>(
+        &self,
+        map: &'a mut HashMap<String, ProfileState>,
+        profile: &str,
+    ) -> Result<(&'a mut ProfileState, Recovery)> {
         let path = self.path(profile)?;
         let mut rec = Recovery::default();
         if !map.contains_key(profile) {
@@ -248,28 +275,55 @@ impl History {
                     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
                         if bytes.len() < HEADER && MAGIC.starts_with(&bytes[..bytes.len().min(8)]) {
                             // A header torn at creation: nothing was ever acknowledged. Start clean.
-                            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+                            let f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(|e| Error::io(&path, e))?;
                             f.set_len(0).map_err(|e| Error::io(&path, e))?;
                             rec.torn_tail_bytes = bytes.len() as u64;
                             Vec::new()
                         } else {
-                            return Err(Error::format(&path, crate::error::FormatError::BadMagic { expected: *MAGIC, found: bytes.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]) }));
+                            return Err(Error::format(
+                                &path,
+                                crate::error::FormatError::BadMagic {
+                                    expected: *MAGIC,
+                                    found: bytes
+                                        .get(..8)
+                                        .and_then(|b| b.try_into().ok())
+                                        .unwrap_or([0; 8]),
+                                },
+                            ));
                         }
                     } else {
                         let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4"));
                         if version != VERSION {
-                            return Err(Error::format(&path, crate::error::FormatError::UnsupportedVersion { found: version, supported: vec![VERSION] }));
+                            return Err(Error::format(
+                                &path,
+                                crate::error::FormatError::UnsupportedVersion {
+                                    found: version,
+                                    supported: vec![VERSION],
+                                },
+                            ));
                         }
                         let (events, good_end, torn, damaged) = scan(&bytes);
-                        rec = Recovery { records: events.len(), torn_tail_bytes: torn, damaged_bytes: damaged, damaged_copy: None };
+                        rec = Recovery {
+                            records: events.len(),
+                            torn_tail_bytes: torn,
+                            damaged_bytes: damaged,
+                            damaged_copy: None,
+                        };
                         if damaged > 0 {
                             let copy = path.with_extension(format!("damaged-{}", now_ms()));
                             std::fs::rename(&path, &copy).map_err(|e| Error::io(&path, e))?;
                             rec.damaged_copy = Some(copy);
                             self.rewrite(&path, &events)?;
                         } else if torn > 0 {
-                            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-                            f.set_len(good_end as u64).map_err(|e| Error::io(&path, e))?;
+                            let f = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(&path)
+                                .map_err(|e| Error::io(&path, e))?;
+                            f.set_len(good_end as u64)
+                                .map_err(|e| Error::io(&path, e))?;
                             f.sync_all().map_err(|e| Error::io(&path, e))?;
                         }
                         events
@@ -305,8 +359,14 @@ impl History {
         let mut map = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
         let (state, _) = self.load(&mut map, profile)?;
         // An empty (or absent) file gets the header with its first record.
-        let fresh = std::fs::metadata(&path).map(|m| m.len() == 0).unwrap_or(true);
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let fresh = std::fs::metadata(&path)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         // One write per record: header first for a new file.
         let mut buf = if fresh { header() } else { Vec::new() };
         buf.extend(rec);
@@ -321,8 +381,15 @@ impl History {
         }
         state.events.push(event.clone());
         // Retention: compact when over the limits.
-        let newest = state.events.iter().map(|e| e.timestamp_ms).max().unwrap_or(0);
-        let too_old = |e: &Event| self.params.max_age_ms > 0 && e.timestamp_ms < newest - self.params.max_age_ms;
+        let newest = state
+            .events
+            .iter()
+            .map(|e| e.timestamp_ms)
+            .max()
+            .unwrap_or(0);
+        let too_old = |e: &Event| {
+            self.params.max_age_ms > 0 && e.timestamp_ms < newest - self.params.max_age_ms
+        };
         let over = self.params.max_items > 0 && state.events.len() > self.params.max_items as usize;
         if over || state.events.iter().any(too_old) {
             state.events.retain(|e| !too_old(e));
@@ -353,12 +420,18 @@ impl History {
         let path = self.path(profile)?;
         let mut map = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(profile);
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let mine = name.strip_prefix(&stem).is_some_and(|rest| rest.starts_with(".nvh") || rest.starts_with(".damaged-") || rest.starts_with(".nvh.tmp"))
-                || name.starts_with(&format!(".{stem}.nvh.tmp"));
+            let mine = name.strip_prefix(&stem).is_some_and(|rest| {
+                rest.starts_with(".nvh")
+                    || rest.starts_with(".damaged-")
+                    || rest.starts_with(".nvh.tmp")
+            }) || name.starts_with(&format!(".{stem}.nvh.tmp"));
             if !mine {
                 continue;
             }
@@ -406,7 +479,11 @@ mod tests {
     use super::*;
 
     fn ev(id: &str, ts: i64) -> Event {
-        Event { item_id: id.into(), kind: EventKind::View, timestamp_ms: ts }
+        Event {
+            item_id: id.into(),
+            kind: EventKind::View,
+            timestamp_ms: ts,
+        }
     }
 
     #[test]
@@ -422,7 +499,10 @@ mod tests {
         assert!(again.list("alice").unwrap().is_empty());
         assert_eq!(again.item_ids("bob").unwrap(), vec!["9"]);
         // No file of alice's remains.
-        let names: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         assert!(h.append("alice", &ev("", 1)).is_err());
         assert!(h.append("", &ev("x", 1)).is_err());
@@ -476,13 +556,24 @@ mod tests {
         assert_eq!(r.records, 3);
         assert!(r.damaged_bytes > 0);
         assert!(r.damaged_copy.as_ref().unwrap().exists());
-        assert_eq!(h2.item_ids("p").unwrap(), vec!["item-1", "item-2", "item-3"]);
+        assert_eq!(
+            h2.item_ids("p").unwrap(),
+            vec!["item-1", "item-2", "item-3"]
+        );
     }
 
     #[test]
     fn retention_limits() {
         let d = tempfile::tempdir().unwrap();
-        let h = History::open(d.path(), HistoryParams { sync: Sync::Os, max_items: 3, max_age_ms: 100 }).unwrap();
+        let h = History::open(
+            d.path(),
+            HistoryParams {
+                sync: Sync::Os,
+                max_items: 3,
+                max_age_ms: 100,
+            },
+        )
+        .unwrap();
         for i in 0..5 {
             h.append("p", &ev(&format!("{i}"), i * 10)).unwrap();
         }

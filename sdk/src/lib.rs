@@ -2,7 +2,9 @@
 //! person's history, predicts the next item and writes a creation instruction, with no server.
 
 #[cfg(target_endian = "big")]
-compile_error!("navigen files are little-endian and used in place; big-endian targets are not supported");
+compile_error!(
+    "navigen files are little-endian and used in place; big-endian targets are not supported"
+);
 
 pub mod bundle;
 pub mod cid;

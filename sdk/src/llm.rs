@@ -33,37 +33,60 @@ pub fn backend() -> Result<&'static LlamaBackend> {
 /// Loads a GGUF model (memory-mapped) with `gpu_layers` layers offloaded.
 pub fn load_model(path: &Path, gpu_layers: u32) -> Result<LlamaModel> {
     if !path.is_file() {
-        return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found")));
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
+        ));
     }
-    let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers).with_use_mmap(true);
-    LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| Error::Llama(format!("loading {}: {e}", path.display())))
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(gpu_layers)
+        .with_use_mmap(true);
+    LlamaModel::load_from_file(backend()?, path, &params)
+        .map_err(|e| Error::Llama(format!("loading {}: {e}", path.display())))
 }
 
 /// Token ids of `text`, with special and added tokens recognised, no BOS added.
 pub fn tokenize(model: &LlamaModel, text: &str) -> Vec<i32> {
-    model.vocab().tokenize(text.as_bytes(), false, true).into_iter().map(|t| t.0).collect()
+    model
+        .vocab()
+        .tokenize(text.as_bytes(), false, true)
+        .into_iter()
+        .map(|t| t.0)
+        .collect()
 }
 
 /// Number of cores to use by default: what the OS says is available.
 pub fn default_threads() -> i32 {
-    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1)
 }
 
 /// Greedy decoding (argmax of the raw logits) of up to `max_new` tokens after `prompt`, stopping after
 /// an end-of-generation token.
-pub fn greedy(model: &LlamaModel, prompt: &[i32], max_new: usize, threads: i32) -> Result<Vec<i32>> {
+pub fn greedy(
+    model: &LlamaModel,
+    prompt: &[i32],
+    max_new: usize,
+    threads: i32,
+) -> Result<Vec<i32>> {
     let n_ctx = (prompt.len() + max_new + 8) as u32;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(n_ctx)
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    let mut ctx = model.new_context(backend()?, params).map_err(|e| Error::Llama(e.to_string()))?;
+    let mut ctx = model
+        .new_context(backend()?, params)
+        .map_err(|e| Error::Llama(e.to_string()))?;
     let mut batch = LlamaBatch::new(n_ctx as usize, 1);
     for (i, &t) in prompt.iter().enumerate() {
-        batch.add(LlamaToken(t), i as i32, &[0], i + 1 == prompt.len()).map_err(|e| Error::Llama(e.to_string()))?;
+        batch
+            .add(LlamaToken(t), i as i32, &[0], i + 1 == prompt.len())
+            .map_err(|e| Error::Llama(e.to_string()))?;
     }
-    ctx.decode(&mut batch).map_err(|e| Error::Llama(e.to_string()))?;
+    ctx.decode(&mut batch)
+        .map_err(|e| Error::Llama(e.to_string()))?;
     let mut out = Vec::new();
     let mut pos = prompt.len() as i32;
     let mut last = batch.n_tokens() - 1;
@@ -75,8 +98,11 @@ pub fn greedy(model: &LlamaModel, prompt: &[i32], max_new: usize, threads: i32) 
             break;
         }
         batch.clear();
-        batch.add(LlamaToken(next), pos, &[0], true).map_err(|e| Error::Llama(e.to_string()))?;
-        ctx.decode(&mut batch).map_err(|e| Error::Llama(e.to_string()))?;
+        batch
+            .add(LlamaToken(next), pos, &[0], true)
+            .map_err(|e| Error::Llama(e.to_string()))?;
+        ctx.decode(&mut batch)
+            .map_err(|e| Error::Llama(e.to_string()))?;
         pos += 1;
         last = 0;
     }
@@ -96,16 +122,31 @@ pub fn argmax(v: &[f32]) -> i32 {
 
 /// Prefill and decode speed of a model through this crate's decode loop: the prompt in one batch, then
 /// `n_gen` single-token steps (greedy). Returns (prefill tokens/s, decode tokens/s).
-pub fn measure_speed(model: &LlamaModel, prompt: &[i32], n_gen: usize, threads: i32) -> Result<(f64, f64)> {
+pub fn measure_speed(
+    model: &LlamaModel,
+    prompt: &[i32],
+    n_gen: usize,
+    threads: i32,
+) -> Result<(f64, f64)> {
     let n_ctx = (prompt.len() + n_gen + 8) as u32;
-    let params = LlamaContextParams::default().with_n_ctx(NonZeroU32::new(n_ctx)).with_n_batch(n_ctx).with_n_ubatch(512).with_n_threads(threads).with_n_threads_batch(threads);
-    let mut ctx = model.new_context(backend()?, params).map_err(|e| Error::Llama(e.to_string()))?;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(512)
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    let mut ctx = model
+        .new_context(backend()?, params)
+        .map_err(|e| Error::Llama(e.to_string()))?;
     let mut batch = LlamaBatch::new(n_ctx as usize, 1);
     for (i, &t) in prompt.iter().enumerate() {
-        batch.add(LlamaToken(t), i as i32, &[0], i + 1 == prompt.len()).map_err(|e| Error::Llama(e.to_string()))?;
+        batch
+            .add(LlamaToken(t), i as i32, &[0], i + 1 == prompt.len())
+            .map_err(|e| Error::Llama(e.to_string()))?;
     }
     let t0 = std::time::Instant::now();
-    ctx.decode(&mut batch).map_err(|e| Error::Llama(e.to_string()))?;
+    ctx.decode(&mut batch)
+        .map_err(|e| Error::Llama(e.to_string()))?;
     let prefill = prompt.len() as f64 / t0.elapsed().as_secs_f64();
     let mut last = batch.n_tokens() - 1;
     let t1 = std::time::Instant::now();
@@ -113,8 +154,11 @@ pub fn measure_speed(model: &LlamaModel, prompt: &[i32], n_gen: usize, threads: 
         // Greedy without stopping, so every run decodes exactly n_gen tokens.
         let next = argmax(ctx.get_logits_ith(last));
         batch.clear();
-        batch.add(LlamaToken(next), (prompt.len() + i) as i32, &[0], true).map_err(|e| Error::Llama(e.to_string()))?;
-        ctx.decode(&mut batch).map_err(|e| Error::Llama(e.to_string()))?;
+        batch
+            .add(LlamaToken(next), (prompt.len() + i) as i32, &[0], true)
+            .map_err(|e| Error::Llama(e.to_string()))?;
+        ctx.decode(&mut batch)
+            .map_err(|e| Error::Llama(e.to_string()))?;
         last = 0;
     }
     Ok((prefill, n_gen as f64 / t1.elapsed().as_secs_f64()))

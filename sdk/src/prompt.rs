@@ -25,7 +25,8 @@ pub const THINK_TOKENS: [&str; 2] = [THINK_START, THINK_END];
 /// The chat template stored in exported GGUF files (Jinja, for tools that render it).
 pub const CHAT_TEMPLATE_JINJA: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-pub const SYSTEM: &str = "You are navigen. You read a person's history of items, written as identifiers \
+pub const SYSTEM: &str =
+    "You are navigen. You read a person's history of items, written as identifiers \
 <|cid_begin|>...<|cid_end|>, and answer with one JSON object.";
 
 /// What is asked.
@@ -83,7 +84,10 @@ fn answer_format(task: Task) -> &'static str {
 fn mode_line(task: Task, mode: Mode) -> String {
     match mode {
         Mode::Direct => format!("Answer with JSON only: {}", answer_format(task)),
-        Mode::Think => format!("Think inside <think></think> first, then answer with JSON: {}", answer_format(task)),
+        Mode::Think => format!(
+            "Think inside <think></think> first, then answer with JSON: {}",
+            answer_format(task)
+        ),
     }
 }
 
@@ -98,17 +102,37 @@ fn user(task: Task, mode: Mode, body: String) -> String {
 
 /// cid2tid: one CID -> its terms.
 pub fn prompt_cid2tid(cid: &Cid, mode: Mode) -> String {
-    user(Task::Cid2Tid, mode, format!("Item: {cid}\nDescribe this item with at most 10 short terms, most important first."))
+    user(
+        Task::Cid2Tid,
+        mode,
+        format!(
+            "Item: {cid}\nDescribe this item with at most 10 short terms, most important first."
+        ),
+    )
 }
 
 /// tid2cid: terms -> the CID they describe.
 pub fn prompt_tid2cid<S: AsRef<str>>(tid: &[S], mode: Mode) -> String {
-    user(Task::Tid2Cid, mode, format!("Terms: {}\nWhich item do these terms describe?", json_list(tid)))
+    user(
+        Task::Tid2Cid,
+        mode,
+        format!(
+            "Terms: {}\nWhich item do these terms describe?",
+            json_list(tid)
+        ),
+    )
 }
 
 /// cid2cid: history -> next CID.
 pub fn prompt_cid2cid(history: &[Cid], mode: Mode) -> String {
-    user(Task::Cid2Cid, mode, format!("History, oldest first: {}\nPredict the item this person will engage with next.", history_list(history)))
+    user(
+        Task::Cid2Cid,
+        mode,
+        format!(
+            "History, oldest first: {}\nPredict the item this person will engage with next.",
+            history_list(history)
+        ),
+    )
 }
 
 /// cid2ins: history -> target terms and a creation instruction.
@@ -126,7 +150,9 @@ pub fn prompt_cid2ins(history: &[Cid], mode: Mode) -> String {
 
 /// ChatML up to the start of the assistant's answer: what the model is given.
 pub fn chat_prompt(system: &str, user: &str) -> String {
-    format!("{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
+    format!(
+        "{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n"
+    )
 }
 
 /// The assistant's text: optional reasoning block, the JSON, and the end-of-turn marker.
@@ -153,7 +179,11 @@ pub fn answer_json_tid<S: AsRef<str>>(tid: &[S]) -> String {
 }
 
 pub fn answer_json_ins<S: AsRef<str>>(tid: &[S], ins: &str) -> String {
-    format!("{{\"target_tid\":{},\"target_ins\":{}}}", json_list(tid), json_str(ins))
+    format!(
+        "{{\"target_tid\":{},\"target_ins\":{}}}",
+        json_list(tid),
+        json_str(ins)
+    )
 }
 
 /// JSON schema of the cid2ins answer (the device turns it into a grammar).
@@ -175,8 +205,14 @@ pub struct Answer {
 pub fn parse_answer(text: &str) -> (Option<String>, Option<Answer>) {
     let text = text.trim_end().trim_end_matches(IM_END).trim();
     let (reasoning, rest) = match (text.find(THINK_START), text.find(THINK_END)) {
-        (Some(s), Some(e)) if s < e => (Some(text[s + THINK_START.len()..e].trim().to_string()), &text[e + THINK_END.len()..]),
-        (None, Some(e)) => (Some(text[..e].trim().to_string()), &text[e + THINK_END.len()..]),
+        (Some(s), Some(e)) if s < e => (
+            Some(text[s + THINK_START.len()..e].trim().to_string()),
+            &text[e + THINK_END.len()..],
+        ),
+        (None, Some(e)) => (
+            Some(text[..e].trim().to_string()),
+            &text[e + THINK_END.len()..],
+        ),
         _ => (None, text),
     };
     let rest = rest.trim();
@@ -198,7 +234,10 @@ pub fn zero_shot_prompt(history: &[(String, Vec<String>)]) -> String {
          object with two fields: \"target_tid\", a list of up to 10 short terms describing that next item, and \
          \"target_ins\", one or two sentences telling an image or video generator what to create for it."
     );
-    chat_prompt("You are a helpful assistant that answers with one JSON object.", &user)
+    chat_prompt(
+        "You are a helpful assistant that answers with one JSON object.",
+        &user,
+    )
 }
 
 #[cfg(test)]
@@ -216,7 +255,10 @@ mod tests {
         assert_eq!(a, "<think>\nI think.\n</think>\n\n{\"target_cid\":\"<|cid_begin|><s_a_1><s_b_2><s_c_3><|cid_end|>\"}<|im_end|>");
         let (r, ans) = parse_answer(&a);
         assert_eq!(r.as_deref(), Some("I think."));
-        assert_eq!(ans.unwrap().target_cid.as_deref(), Some(c.to_text().as_str()));
+        assert_eq!(
+            ans.unwrap().target_cid.as_deref(),
+            Some(c.to_text().as_str())
+        );
         let ins = answer_json_ins(&["drama", "a \"quote\""], "Paint it.");
         let (_, ans) = parse_answer(&ins);
         let ans = ans.unwrap();

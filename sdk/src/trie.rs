@@ -22,7 +22,10 @@ impl CidTrie {
 
     /// Builds from (CID, item) pairs.
     pub fn from_cids(levels: usize, cids: impl IntoIterator<Item = (Cid, u32)>) -> Self {
-        let mut t = CidTrie { levels, ..Default::default() };
+        let mut t = CidTrie {
+            levels,
+            ..Default::default()
+        };
         for (cid, item) in cids {
             let codes = cid.codes();
             if codes.len() != levels {
@@ -72,7 +75,10 @@ mod tests {
     #[test]
     fn only_existing_paths() {
         let c = |a: &[u16]| Cid::new(a).unwrap();
-        let t = CidTrie::from_cids(3, vec![(c(&[1, 2, 3]), 0), (c(&[1, 2, 4]), 1), (c(&[5, 0, 0]), 2)]);
+        let t = CidTrie::from_cids(
+            3,
+            vec![(c(&[1, 2, 3]), 0), (c(&[1, 2, 4]), 1), (c(&[5, 0, 0]), 2)],
+        );
         assert_eq!(t.allowed(&[]), &[1, 5]);
         assert_eq!(t.allowed(&[1]), &[2]);
         assert_eq!(t.allowed(&[1, 2]), &[3, 4]);

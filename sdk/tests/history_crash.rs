@@ -13,13 +13,23 @@ const CHILD: &str = "NAVIGEN_HISTORY_CHILD_DIR";
 /// The child: appends forever, printing the index of each acknowledged event.
 #[test]
 fn child_writer() {
-    let Some(dir) = std::env::var_os(CHILD) else { return };
+    let Some(dir) = std::env::var_os(CHILD) else {
+        return;
+    };
     let h = History::open(std::path::Path::new(&dir), HistoryParams::default()).unwrap();
     let start = h.list("p").unwrap().len();
     for i in start.. {
         // Long ids make each write big, so kills land inside writes too.
         let id = format!("{i:08}-{}", "x".repeat(i % 3000));
-        h.append("p", &Event { item_id: id, kind: EventKind::View, timestamp_ms: i as i64 }).unwrap();
+        h.append(
+            "p",
+            &Event {
+                item_id: id,
+                kind: EventKind::View,
+                timestamp_ms: i as i64,
+            },
+        )
+        .unwrap();
         println!("ack {i}");
     }
 }
@@ -31,7 +41,13 @@ fn killed_writers_lose_nothing_acknowledged() {
     let mut acked: i64 = -1;
     for round in 0..25u64 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "child_writer", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "child_writer",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -55,13 +71,27 @@ fn killed_writers_lose_nothing_acknowledged() {
         }
         let h = History::open(dir.path(), HistoryParams::default()).unwrap();
         let rec = h.recover("p").unwrap();
-        assert_eq!(rec.damaged_bytes, 0, "round {round}: damage in the middle of the log");
+        assert_eq!(
+            rec.damaged_bytes, 0,
+            "round {round}: damage in the middle of the log"
+        );
         let events = h.list("p").unwrap();
-        assert!(events.len() as i64 > acked, "round {round}: {} events on disk, {} acknowledged", events.len(), acked + 1);
+        assert!(
+            events.len() as i64 > acked,
+            "round {round}: {} events on disk, {} acknowledged",
+            events.len(),
+            acked + 1
+        );
         for (i, e) in events.iter().enumerate() {
-            assert_eq!(e.timestamp_ms, i as i64, "round {round}: events out of order or corrupt");
+            assert_eq!(
+                e.timestamp_ms, i as i64,
+                "round {round}: events out of order or corrupt"
+            );
             assert!(e.item_id.starts_with(&format!("{i:08}-")));
         }
     }
-    assert!(acked > 25, "the children acknowledged too little to test anything: {acked}");
+    assert!(
+        acked > 25,
+        "the children acknowledged too little to test anything: {acked}"
+    );
 }

@@ -20,7 +20,13 @@ fn valid_catalog() -> Vec<u8> {
 
 fn valid_codebooks() -> Vec<u8> {
     let level: Vec<f32> = (0..4 * 6).map(|v| v as f32 * 0.1).collect();
-    codebooks::write_codebooks(&[level.clone(), level], 6, Dtype::F16, &serde_json::Value::Null).unwrap()
+    codebooks::write_codebooks(
+        &[level.clone(), level],
+        6,
+        Dtype::F16,
+        &serde_json::Value::Null,
+    )
+    .unwrap()
 }
 
 proptest! {
@@ -76,8 +82,13 @@ fn valid_files_open_from_disk_through_a_memory_map() {
     navigen::format::write_atomic(&p, &valid_catalog()).unwrap();
     let cat = Catalog::open(&p).unwrap();
     assert_eq!(cat.len(), 20);
-    assert_eq!(cat.item(cat.find_id("item-7").unwrap()).unwrap().title, "Title 7");
-    let err = Catalog::open(&dir.path().join("missing")).unwrap_err().to_string();
+    assert_eq!(
+        cat.item(cat.find_id("item-7").unwrap()).unwrap().title,
+        "Title 7"
+    );
+    let err = Catalog::open(&dir.path().join("missing"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing"), "{err}");
     // A codebooks file is not a catalog: a clear magic error naming the path.
     let q = dir.path().join("cb");

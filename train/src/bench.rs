@@ -31,7 +31,11 @@ pub fn bench_rq(o: &RqBenchOptions) -> Result<Value> {
     let n = vectors.len();
     let threads = rayon::current_num_threads();
 
-    let cfg = rq::RqConfig { sizes: vec![o.k; o.levels], iterations: o.iterations, seed: o.seed };
+    let cfg = rq::RqConfig {
+        sizes: vec![o.k; o.levels],
+        iterations: o.iterations,
+        seed: o.seed,
+    };
     let mut ours_s = Vec::new();
     let mut ours = None;
     for _ in 0..o.repeats.max(1) {
@@ -42,20 +46,34 @@ pub fn bench_rq(o: &RqBenchOptions) -> Result<Value> {
     }
     let ours = ours.expect("at least one run");
 
-    let raw: PathBuf = std::env::temp_dir().join(format!("navigen-bench-{}.f32", std::process::id()));
+    let raw: PathBuf =
+        std::env::temp_dir().join(format!("navigen-bench-{}.f32", std::process::id()));
     std::fs::write(&raw, bytemuck::cast_slice::<f32, u8>(&flat))?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/faiss_rq.py");
     let mut faiss_s = Vec::new();
     let mut faiss: Option<Value> = None;
     for _ in 0..o.repeats.max(1) {
-        let out = Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
-            .arg(&script)
-            .args([raw.display().to_string(), n.to_string(), dim.to_string(), o.k.to_string(), o.levels.to_string(), o.iterations.to_string(), o.seed.to_string(), threads.to_string()])
-            .output()
-            .context("running python3 for faiss")?;
+        let out =
+            Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
+                .arg(&script)
+                .args([
+                    raw.display().to_string(),
+                    n.to_string(),
+                    dim.to_string(),
+                    o.k.to_string(),
+                    o.levels.to_string(),
+                    o.iterations.to_string(),
+                    o.seed.to_string(),
+                    threads.to_string(),
+                ])
+                .output()
+                .context("running python3 for faiss")?;
         if !out.status.success() {
             let _ = std::fs::remove_file(&raw);
-            anyhow::bail!("faiss run failed (install it with `pip install faiss-cpu numpy`): {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::bail!(
+                "faiss run failed (install it with `pip install faiss-cpu numpy`): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let v: Value = serde_json::from_slice(&out.stdout)?;
         faiss_s.push(v["seconds"].as_f64().unwrap_or(f64::NAN));
@@ -68,7 +86,10 @@ pub fn bench_rq(o: &RqBenchOptions) -> Result<Value> {
         v[v.len() / 2]
     };
     let (ours_t, faiss_t) = (median(&mut ours_s), median(&mut faiss_s));
-    let faiss_mse: Vec<f64> = faiss["recon_mse"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+    let faiss_mse: Vec<f64> = faiss["recon_mse"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
     let ours_last = *ours.stats.recon_mse.last().unwrap_or(&f64::NAN);
     let faiss_last = *faiss_mse.last().unwrap_or(&f64::NAN);
     Ok(json!({
@@ -128,10 +149,16 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
     // One example per row, causal, loss on every fourth position (as the reference does).
     let rows: Vec<Row> = (0..o.batch)
         .map(|r| Row {
-            ids: (0..o.seq).map(|i| ((r * 7919 + i * 104729) % config.vocab_size) as u32).collect(),
+            ids: (0..o.seq)
+                .map(|i| ((r * 7919 + i * 104729) % config.vocab_size) as u32)
+                .collect(),
             positions: (0..o.seq as u32).collect(),
             segments: vec![0; o.seq],
-            targets: (0..o.seq).map(|i| ((r * o.seq + i) % 4 == 0).then_some(((i * 31) % config.vocab_size) as u32)).collect(),
+            targets: (0..o.seq)
+                .map(|i| {
+                    ((r * o.seq + i) % 4 == 0).then_some(((i * 31) % config.vocab_size) as u32)
+                })
+                .collect(),
         })
         .collect();
     let b = make_batch(&rows, 0, &dev, candle_core::DType::F32)?;
@@ -152,7 +179,13 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_train.py");
     let out = Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
         .arg(&script)
-        .args([cfg_path.display().to_string(), o.batch.to_string(), o.seq.to_string(), o.steps.to_string(), threads.to_string()])
+        .args([
+            cfg_path.display().to_string(),
+            o.batch.to_string(),
+            o.seq.to_string(),
+            o.steps.to_string(),
+            threads.to_string(),
+        ])
         .output()
         .context("running python3 for torch")?;
     let _ = std::fs::remove_file(&cfg_path);

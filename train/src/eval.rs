@@ -4,7 +4,7 @@
 //! Next item: Recall@K and NDCG@K (1/log2(rank+1)) on the test split. Instructions: JSON parse rate,
 //! target-TID precision/recall/F1 against the held-out item's TID, and relevance = cosine between the
 //! instruction's embedding and the mean of the history's and the target's caption embeddings
-//! (all-MiniLM-L6-v2, the model the codebooks were built with).
+//! (all-MiniLM-L6-v2 on llama.cpp: the bundle's own `embedder.gguf`, the model the codebooks were built with).
 
 use std::path::PathBuf;
 
@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::data::sequences::{self, Example};
-use crate::embed::{cosine, Embedder};
+use crate::embed::cosine;
+use navigen::bundle::Manifest;
+use navigen::embedding::TextEmbedder;
 use navigen::engine::{Engine, EngineParams, InstructionOptions};
 
 pub const KS: [usize; 5] = [1, 5, 10, 20, 40];
@@ -39,8 +41,17 @@ impl Ranks {
     fn metrics(&self, prefix: &str, out: &mut Map<String, Value>) {
         let n = self.ranks.len().max(1) as f64;
         for k in KS {
-            let hits = self.ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64;
-            let ndcg: f64 = self.ranks.iter().filter_map(|r| r.filter(|&r| r <= k)).map(|r| 1.0 / ((r + 1) as f64).log2()).sum();
+            let hits = self
+                .ranks
+                .iter()
+                .filter(|r| r.is_some_and(|r| r <= k))
+                .count() as f64;
+            let ndcg: f64 = self
+                .ranks
+                .iter()
+                .filter_map(|r| r.filter(|&r| r <= k))
+                .map(|r| 1.0 / ((r + 1) as f64).log2())
+                .sum();
             // `+ 0.0` turns the -0.0 of an empty float sum into 0.0.
             out.insert(format!("{prefix}recall@{k}"), json!(hits / n + 0.0));
             out.insert(format!("{prefix}ndcg@{k}"), json!(ndcg / n + 0.0));
@@ -49,25 +60,51 @@ impl Ranks {
 }
 
 fn tid_prf(pred: &[String], gold: &[String]) -> (f64, f64, f64) {
-    let norm = |v: &[String]| -> std::collections::BTreeSet<String> { v.iter().map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect() };
+    let norm = |v: &[String]| -> std::collections::BTreeSet<String> {
+        v.iter()
+            .map(|s| s.trim().to_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
     let (p, g) = (norm(pred), norm(gold));
     let inter = p.intersection(&g).count() as f64;
-    let prec = if p.is_empty() { 0.0 } else { inter / p.len() as f64 };
-    let rec = if g.is_empty() { 0.0 } else { inter / g.len() as f64 };
-    let f1 = if prec + rec > 0.0 { 2.0 * prec * rec / (prec + rec) } else { 0.0 };
+    let prec = if p.is_empty() {
+        0.0
+    } else {
+        inter / p.len() as f64
+    };
+    let rec = if g.is_empty() {
+        0.0
+    } else {
+        inter / g.len() as f64
+    };
+    let f1 = if prec + rec > 0.0 {
+        2.0 * prec * rec / (prec + rec)
+    } else {
+        0.0
+    };
     (prec, rec, f1)
 }
 
 /// Instruction metrics of one engine over the given examples.
-fn instruction_metrics(e: &Engine, examples: &[Example], embedder: &Embedder, opts: &InstructionOptions) -> Result<Value> {
+fn instruction_metrics(
+    e: &Engine,
+    examples: &[Example],
+    embedder: &TextEmbedder,
+    opts: &InstructionOptions,
+) -> Result<Value> {
     let cat = e.catalog();
-    let (mut parsed, mut p_sum, mut r_sum, mut f_sum, mut rel_sum, mut n_rel) = (0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
+    let (mut parsed, mut p_sum, mut r_sum, mut f_sum, mut rel_sum, mut n_rel) =
+        (0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
     let mut samples = Vec::new();
     let bar = crate::progress::bar(examples.len() as u64, "instructions");
     for ex in examples {
         let refs: Vec<&str> = ex.history.iter().map(String::as_str).collect();
         let ins = e.generate_instruction(&refs, opts, &mut |_| true)?;
-        let target = cat.find_id(&ex.target).and_then(|i| cat.item(i)).context("test target not in the catalog")?;
+        let target = cat
+            .find_id(&ex.target)
+            .and_then(|i| cat.item(i))
+            .context("test target not in the catalog")?;
         let gold = target.tid_vec();
         if ins.parsed {
             parsed += 1;
@@ -77,15 +114,22 @@ fn instruction_metrics(e: &Engine, examples: &[Example], embedder: &Embedder, op
         r_sum += r;
         f_sum += f;
         if !ins.target_ins.trim().is_empty() {
-            let mut texts: Vec<String> = ex.history.iter().filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i))).map(|it| it.text.to_string()).collect();
+            let mut texts: Vec<String> = ex
+                .history
+                .iter()
+                .filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i)))
+                .map(|it| it.text.to_string())
+                .collect();
             texts.push(target.text.to_string());
             texts.push(ins.target_ins.clone());
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let v = embedder.embed_batch(&refs)?;
+            let v = embedder.embed_many(&refs, &mut |_| ())?;
             let (ins_v, ctx) = v.split_last().expect("at least the instruction");
             let mut mean = vec![0f32; ins_v.len()];
             for row in ctx {
-                mean.iter_mut().zip(row).for_each(|(m, x)| *m += x / ctx.len() as f32);
+                mean.iter_mut()
+                    .zip(row)
+                    .for_each(|(m, x)| *m += x / ctx.len() as f32);
             }
             rel_sum += cosine(ins_v, &mean) as f64;
             n_rel += 1;
@@ -111,13 +155,20 @@ fn instruction_metrics(e: &Engine, examples: &[Example], embedder: &Embedder, op
 
 pub fn eval(o: &EvalOptions) -> Result<Value> {
     let test: Vec<Example> = sequences::read_jsonl(&o.data.join(sequences::TEST_FILE))?;
-    let users: Vec<Example> = if o.users == 0 { test.clone() } else { test.iter().take(o.users).cloned().collect() };
+    let users: Vec<Example> = if o.users == 0 {
+        test.clone()
+    } else {
+        test.iter().take(o.users).cloned().collect()
+    };
     let e = Engine::open(&o.bundle, EngineParams::default())?;
     let cat = e.catalog();
     // Next item: the fine-tuned model and the most-popular baseline on the same users.
     let mut model = Ranks::default();
     let mut popular = Ranks::default();
-    let mut by_pop: Vec<(u32, String)> = cat.items().map(|it| (it.popularity, it.id.to_string())).collect();
+    let mut by_pop: Vec<(u32, String)> = cat
+        .items()
+        .map(|it| (it.popularity, it.id.to_string()))
+        .collect();
     by_pop.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     let k_max = *KS.iter().max().expect("ks");
     let bar = crate::progress::bar(users.len() as u64, "next item");
@@ -125,8 +176,16 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
     for ex in &users {
         let refs: Vec<&str> = ex.history.iter().map(String::as_str).collect();
         let preds = e.predict_next(&refs, k_max, o.beams.max(k_max))?;
-        model.ranks.push(preds.iter().position(|p| p.id == ex.target).map(|r| r + 1));
-        popular.ranks.push(by_pop.iter().take(k_max).position(|(_, id)| *id == ex.target).map(|r| r + 1));
+        model
+            .ranks
+            .push(preds.iter().position(|p| p.id == ex.target).map(|r| r + 1));
+        popular.ranks.push(
+            by_pop
+                .iter()
+                .take(k_max)
+                .position(|(_, id)| *id == ex.target)
+                .map(|r| r + 1),
+        );
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -136,14 +195,27 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
     let mut pop = Map::new();
     popular.metrics("", &mut pop);
     // Instructions.
-    let embedder = Embedder::minilm(&candle_core::Device::Cpu)?;
+    let emb_entry = e
+        .manifest()
+        .embedder
+        .as_ref()
+        .context("the bundle has no embedder.gguf (re-export it with this trainer)")?;
+    let embedder = TextEmbedder::open(&Manifest::path(e.dir(), emb_entry), 0)?;
     let ins_users: Vec<Example> = test.iter().take(o.instruction_users).cloned().collect();
     let opts = InstructionOptions::default();
     let instruction = instruction_metrics(&e, &ins_users, &embedder, &opts)?;
     let zero_shot = match &o.zero_shot {
         Some(z) => {
             let ze = Engine::open(z, EngineParams::default())?;
-            instruction_metrics(&ze, &ins_users, &embedder, &InstructionOptions { max_answer_tokens: 160, ..opts.clone() })?
+            instruction_metrics(
+                &ze,
+                &ins_users,
+                &embedder,
+                &InstructionOptions {
+                    max_answer_tokens: 160,
+                    ..opts.clone()
+                },
+            )?
         }
         None => Value::Null,
     };

@@ -51,16 +51,43 @@ pub struct ExportReport {
 
 impl ExportReport {
     pub fn all_identical(&self) -> bool {
-        self.checks.iter().all(|c| c.identical && c.same_tokenization)
+        self.checks
+            .iter()
+            .all(|c| c.identical && c.same_tokenization)
     }
 }
 
 fn entry(dir: &Path, name: &str) -> Result<FileEntry> {
     let p = dir.join(name);
-    Ok(FileEntry { name: name.to_string(), bytes: std::fs::metadata(&p)?.len(), sha256: crate::assets::sha256_file(&p)? })
+    Ok(FileEntry {
+        name: name.to_string(),
+        bytes: std::fs::metadata(&p)?.len(),
+        sha256: crate::assets::sha256_file(&p)?,
+    })
 }
 
-fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+/// Hard-links `from` to `to` where the file system allows it (saves a copy of a large model), else copies.
+fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_err() {
+        copy_atomic(from, to)?;
+    }
+    Ok(())
+}
+
+/// The embedder the catalog was embedded with (a prepared folder's `embedder.gguf`), into the bundle.
+/// Folders prepared before the embedder existed have none: the bundle then cannot register items.
+fn copy_embedder(data: &Path, out: &Path) -> Result<Option<FileEntry>> {
+    let src = data.join(navigen::embedding::FILE_NAME);
+    if !src.is_file() {
+        return Ok(None);
+    }
+    link_or_copy(&src, &out.join(navigen::embedding::FILE_NAME))?;
+    Ok(Some(entry(out, navigen::embedding::FILE_NAME)?))
+}
+
+/// Copies a file through a temporary file and a rename (a reader never sees half of it).
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     navigen::format::write_atomic(to, &bytes)?;
     Ok(())
@@ -69,17 +96,38 @@ fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
 pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let (w, tok, info, stage) = load_run_model(&opts.run, &Device::Cpu, DType::F32)?;
     if stage == 0 {
-        bail!("{} has no trained stage yet: run `navigen-train sft --stage 1` first", opts.run.display());
+        bail!(
+            "{} has no trained stage yet: run `navigen-train sft --stage 1` first",
+            opts.run.display()
+        );
     }
     std::fs::create_dir_all(&opts.out)?;
-    let mut extra = crate::tokenizer::gguf_metadata(&tok, &info.gguf_pre, info.original_types.as_deref())?;
-    extra.push(("navigen.prompt_version".into(), Value::U32(prompt::PROMPT_VERSION)));
+    let mut extra =
+        crate::tokenizer::gguf_metadata(&tok, &info.gguf_pre, info.original_types.as_deref())?;
+    extra.push((
+        "navigen.prompt_version".into(),
+        Value::U32(prompt::PROMPT_VERSION),
+    ));
     extra.push(("navigen.stage".into(), Value::U32(stage as u32)));
     let tensors = w.merged()?;
-    gguf::export(&opts.out.join(MODEL_FILE), &w.config, &tensors, opts.dtype, &info.name, extra)?;
+    gguf::export(
+        &opts.out.join(MODEL_FILE),
+        &w.config,
+        &tensors,
+        opts.dtype,
+        &info.name,
+        extra,
+    )?;
     // The catalog and codebooks the model was trained with travel with it.
-    copy_atomic(&info.data.join(catalog::FILE_NAME), &opts.out.join(catalog::FILE_NAME))?;
-    copy_atomic(&info.data.join(codebooks::FILE_NAME), &opts.out.join(codebooks::FILE_NAME))?;
+    copy_atomic(
+        &info.data.join(catalog::FILE_NAME),
+        &opts.out.join(catalog::FILE_NAME),
+    )?;
+    copy_atomic(
+        &info.data.join(codebooks::FILE_NAME),
+        &opts.out.join(codebooks::FILE_NAME),
+    )?;
+    let embedder = copy_embedder(&info.data, &opts.out)?;
     let cat = Catalog::open(&opts.out.join(catalog::FILE_NAME))?;
     let dtype_name = format!("{:?}", opts.dtype).to_lowercase();
     Manifest {
@@ -89,6 +137,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         model: entry(&opts.out, MODEL_FILE)?,
         catalog: Some(entry(&opts.out, catalog::FILE_NAME)?),
         codebooks: Some(entry(&opts.out, codebooks::FILE_NAME)?),
+        embedder,
         info: serde_json::json!({
             "architecture": w.config.arch.gguf_name(), "stage": stage, "dtype": dtype_name, "name": info.name,
             "preset": info.preset, "teacher": info.teacher,
@@ -96,23 +145,43 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         }),
     }
     .write(&opts.out)?;
-    let checks = if opts.verify_prompts > 0 { verify(&opts.out, &w, &tok, &cat, &info, opts)? } else { Vec::new() };
-    Ok(ExportReport { bundle: opts.out.clone(), model_bytes: std::fs::metadata(opts.out.join(MODEL_FILE))?.len(), dtype: dtype_name, stage, checks })
+    let checks = if opts.verify_prompts > 0 {
+        verify(&opts.out, &w, &tok, &cat, &info, opts)?
+    } else {
+        Vec::new()
+    };
+    Ok(ExportReport {
+        bundle: opts.out.clone(),
+        model_bytes: std::fs::metadata(opts.out.join(MODEL_FILE))?.len(),
+        dtype: dtype_name,
+        stage,
+        checks,
+    })
 }
 
 /// Real prompts of every task, from the validation split and the catalog.
 pub fn sample_prompts(cat: &Catalog, data: &Path, n: usize) -> Result<Vec<(String, String)>> {
     let valid: Vec<Example> = sequences::read_jsonl(&data.join(sequences::VALID_FILE))?;
     let mut out = Vec::new();
-    let cids = |ids: &[String]| -> Vec<Cid> { ids.iter().filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i))).map(|it| it.cid).collect() };
+    let cids = |ids: &[String]| -> Vec<Cid> {
+        ids.iter()
+            .filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i)))
+            .map(|it| it.cid)
+            .collect()
+    };
     for (i, ex) in valid.iter().take(n).enumerate() {
         let h = cids(&ex.history);
-        let item = cat.item((i * 37 % cat.len()) as u32).context("catalog item")?;
+        let item = cat
+            .item((i * 37 % cat.len()) as u32)
+            .context("catalog item")?;
         let (task, p) = match i % 4 {
             0 => ("cid2cid", prompt::prompt_cid2cid(&h, Mode::Direct)),
             1 => ("cid2ins", prompt::prompt_cid2ins(&h, Mode::Think)),
             2 => ("cid2tid", prompt::prompt_cid2tid(&item.cid, Mode::Direct)),
-            _ => ("tid2cid", prompt::prompt_tid2cid(&item.tid_vec(), Mode::Direct)),
+            _ => (
+                "tid2cid",
+                prompt::prompt_tid2cid(&item.tid_vec(), Mode::Direct),
+            ),
         };
         out.push((task.to_string(), p));
     }
@@ -121,7 +190,14 @@ pub fn sample_prompts(cat: &Catalog, data: &Path, n: usize) -> Result<Vec<(Strin
 
 /// Greedy tokens of candle and of llama.cpp on the exported file, prompt by prompt. For f16/q8_0 the
 /// candle side runs on weights rounded through the exported type, so both see the same numbers.
-fn verify(dir: &Path, w: &Weights, tok: &tokenizers::Tokenizer, cat: &Catalog, info: &RunInfo, opts: &ExportOptions) -> Result<Vec<PromptCheck>> {
+fn verify(
+    dir: &Path,
+    w: &Weights,
+    tok: &tokenizers::Tokenizer,
+    cat: &Catalog,
+    info: &RunInfo,
+    opts: &ExportOptions,
+) -> Result<Vec<PromptCheck>> {
     let rounded;
     let w = match opts.dtype {
         ExportDtype::F32 => w,
@@ -132,7 +208,11 @@ fn verify(dir: &Path, w: &Weights, tok: &tokenizers::Tokenizer, cat: &Catalog, i
                     *t = if opts.dtype == ExportDtype::F16 {
                         t.to_dtype(DType::F16)?.to_dtype(DType::F32)?
                     } else {
-                        candle_core::quantized::QTensor::quantize(t, candle_core::quantized::GgmlDType::Q8_0)?.dequantize(&Device::Cpu)?
+                        candle_core::quantized::QTensor::quantize(
+                            t,
+                            candle_core::quantized::GgmlDType::Q8_0,
+                        )?
+                        .dequantize(&Device::Cpu)?
                     };
                 }
             }
@@ -148,13 +228,26 @@ fn verify(dir: &Path, w: &Weights, tok: &tokenizers::Tokenizer, cat: &Catalog, i
     for (task, p) in sample_prompts(cat, &info.data, opts.verify_prompts)? {
         let ids = crate::tokenizer::encode(tok, &p)?;
         let llama_ids = navigen::llm::tokenize(&model, &p);
-        let same_tokenization = llama_ids.len() == ids.len() && llama_ids.iter().zip(&ids).all(|(a, b)| *a as u32 == *b);
+        let same_tokenization = llama_ids.len() == ids.len()
+            && llama_ids.iter().zip(&ids).all(|(a, b)| *a as u32 == *b);
         let candle = transformer::greedy(w, &rope, &ids, opts.verify_tokens, &[im_end])?;
         let prompt_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
         let llama = navigen::llm::greedy(&model, &prompt_i32, opts.verify_tokens, threads)?;
-        let common_prefix = candle.iter().zip(&llama).take_while(|(a, b)| **a as i32 == **b).count();
+        let common_prefix = candle
+            .iter()
+            .zip(&llama)
+            .take_while(|(a, b)| **a as i32 == **b)
+            .count();
         let identical = common_prefix == candle.len() && candle.len() == llama.len();
-        checks.push(PromptCheck { task, prompt_tokens: ids.len(), same_tokenization, candle, llama, identical, common_prefix });
+        checks.push(PromptCheck {
+            task,
+            prompt_tokens: ids.len(),
+            same_tokenization,
+            candle,
+            llama,
+            identical,
+            common_prefix,
+        });
     }
     Ok(checks)
 }
@@ -164,17 +257,21 @@ fn verify(dir: &Path, w: &Weights, tok: &tokenizers::Tokenizer, cat: &Catalog, i
 pub fn zero_shot_bundle(model: Option<&Path>, data: &Path, out: &Path) -> Result<PathBuf> {
     let model = match model {
         Some(m) => m.to_path_buf(),
-        None => crate::assets::SMOLLM2.ensure()?.join(crate::assets::SMOLLM2.members[0].1),
+        None => crate::assets::SMOLLM2
+            .ensure()?
+            .join(crate::assets::SMOLLM2.members[0].1),
     };
     std::fs::create_dir_all(out)?;
-    let dest = out.join(MODEL_FILE);
-    let _ = std::fs::remove_file(&dest);
-    // A hard link saves 100 MB where the file system allows it.
-    if std::fs::hard_link(&model, &dest).is_err() {
-        std::fs::copy(&model, &dest).with_context(|| format!("copying {}", model.display()))?;
-    }
-    copy_atomic(&data.join(catalog::FILE_NAME), &out.join(catalog::FILE_NAME))?;
-    copy_atomic(&data.join(codebooks::FILE_NAME), &out.join(codebooks::FILE_NAME))?;
+    link_or_copy(&model, &out.join(MODEL_FILE))?;
+    copy_atomic(
+        &data.join(catalog::FILE_NAME),
+        &out.join(catalog::FILE_NAME),
+    )?;
+    copy_atomic(
+        &data.join(codebooks::FILE_NAME),
+        &out.join(codebooks::FILE_NAME),
+    )?;
+    let embedder = copy_embedder(data, out)?;
     Manifest {
         bundle_version: BUNDLE_VERSION,
         prompt_version: prompt::PROMPT_VERSION,
@@ -182,6 +279,7 @@ pub fn zero_shot_bundle(model: Option<&Path>, data: &Path, out: &Path) -> Result
         model: entry(out, MODEL_FILE)?,
         catalog: Some(entry(out, catalog::FILE_NAME)?),
         codebooks: Some(entry(out, codebooks::FILE_NAME)?),
+        embedder,
         info: serde_json::json!({"name": model.file_stem().map(|s| s.to_string_lossy().into_owned()), "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION"))}),
     }
     .write(out)?;

@@ -11,7 +11,11 @@ use navigen_train::model::preset::Preset;
 use navigen_train::{assets, bench, data::Source, device, export, inspect, prepare, sft};
 
 #[derive(Parser)]
-#[command(name = "navigen-train", version, about = "Builds the model, codebooks and catalog that the navigen SDK runs")]
+#[command(
+    name = "navigen-train",
+    version,
+    about = "Builds the model, codebooks and catalog that the navigen SDK runs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -45,8 +49,21 @@ enum Cmd {
         /// Centroid storage: f32 or f16.
         #[arg(long, default_value = "f32")]
         codebook_dtype: String,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Embedder GGUF (from `export-embedder`; default: all-MiniLM-L6-v2 in f16, exported into the cache).
+        #[arg(long)]
+        embedder: Option<PathBuf>,
+    },
+    /// Write the item-text embedder (a BERT model, all-MiniLM-L6-v2 by default) as a GGUF that llama.cpp
+    /// runs as `bert`: the device embeds new items with it (`register_item`).
+    ExportEmbedder {
+        #[arg(long)]
+        out: PathBuf,
+        /// A Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json); default: the asset.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// f32 | f16 | q8_0
+        #[arg(long, default_value = "f16")]
+        dtype: ExportDtype,
     },
     /// Validate a navigen file and print a summary; exits non-zero on a damaged file.
     Inspect {
@@ -185,10 +202,26 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Assets { names } => {
             for (a, dir) in assets::fetch(&names)? {
-                println!("{:<24} {}  ({} {})", a.name, dir.display(), a.package, a.version);
+                println!(
+                    "{:<24} {}  ({} {})",
+                    a.name,
+                    dir.display(),
+                    a.package,
+                    a.version
+                );
             }
         }
-        Cmd::Prepare { dataset, out, levels, codebook_size, iterations, seed, max_history, codebook_dtype, device } => {
+        Cmd::Prepare {
+            dataset,
+            out,
+            levels,
+            codebook_size,
+            iterations,
+            seed,
+            max_history,
+            codebook_dtype,
+            embedder,
+        } => {
             let mut o = prepare::PrepareOptions::new(dataset, out);
             o.levels = levels;
             o.codebook_size = codebook_size;
@@ -200,7 +233,7 @@ fn run(cli: Cli) -> Result<()> {
                 "f16" => Dtype::F16,
                 d => anyhow::bail!("--codebook-dtype {d}: use f32 or f16"),
             };
-            o.device = device::parse(&device)?;
+            o.embedder = embedder;
             let r = prepare::prepare(&o)?;
             println!(
                 "{}: {} items, {} users, {} interactions; {} levels x K={}; collisions {} -> {}; utilisation {:?}; recon_mse {:?}; {:.1}s",
@@ -218,7 +251,26 @@ fn run(cli: Cli) -> Result<()> {
             );
             println!("wrote {}", o.out.display());
         }
-        Cmd::Sft { data, run, preset, stage, lr, epochs, max_steps, batch_rows, max_len, grad_accum, warmup, eval_every, save_every, windows_per_user, seed, device, dtype, restart } => {
+        Cmd::Sft {
+            data,
+            run,
+            preset,
+            stage,
+            lr,
+            epochs,
+            max_steps,
+            batch_rows,
+            max_len,
+            grad_accum,
+            warmup,
+            eval_every,
+            save_every,
+            windows_per_user,
+            seed,
+            device,
+            dtype,
+            restart,
+        } => {
             let existing = sft::RunInfo::read(&run).ok().map(|i| i.preset);
             let mut o = sft::SftOptions::new(&data, &run, preset.clone().or(existing), stage);
             o.preset = preset;
@@ -230,10 +282,18 @@ fn run(cli: Cli) -> Result<()> {
                 None if o.device.is_cuda() => candle_core::DType::BF16,
                 None => candle_core::DType::F32,
             };
-            if let Some(v) = lr { o.lr = v; }
-            if let Some(v) = batch_rows { o.batch_rows = v; }
-            if let Some(v) = max_len { o.max_len = v; }
-            if let Some(v) = windows_per_user { o.windows_per_user = v; }
+            if let Some(v) = lr {
+                o.lr = v;
+            }
+            if let Some(v) = batch_rows {
+                o.batch_rows = v;
+            }
+            if let Some(v) = max_len {
+                o.max_len = v;
+            }
+            if let Some(v) = windows_per_user {
+                o.windows_per_user = v;
+            }
             o.epochs = epochs;
             o.max_steps = max_steps;
             o.grad_accum = grad_accum;
@@ -241,23 +301,44 @@ fn run(cli: Cli) -> Result<()> {
             o.eval_every = eval_every;
             o.save_every = save_every;
             o.seed = seed;
-            if restart { o.resume = sft::Resume::Never; }
+            if restart {
+                o.resume = sft::Resume::Never;
+            }
             let s = sft::run_stage(&o)?;
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
-        Cmd::Export { run, out, dtype, verify } => {
-            let r = export::export(&export::ExportOptions { run, out, dtype, verify_prompts: verify, verify_tokens: 32 })?;
+        Cmd::Export {
+            run,
+            out,
+            dtype,
+            verify,
+        } => {
+            let r = export::export(&export::ExportOptions {
+                run,
+                out,
+                dtype,
+                verify_prompts: verify,
+                verify_tokens: 32,
+            })?;
             for c in &r.checks {
                 println!("verify {:<8} prompt {:>4} tokens: tokenisation {}, greedy {} ({} of {} tokens agree)", c.task, c.prompt_tokens,
                     if c.same_tokenization { "identical" } else { "DIFFERS" }, if c.identical { "identical" } else { "DIFFERS" }, c.common_prefix, c.candle.len());
             }
-            println!("wrote {} ({} bytes model, {}, stage {})", r.bundle.display(), r.model_bytes, r.dtype, r.stage);
+            println!(
+                "wrote {} ({} bytes model, {}, stage {})",
+                r.bundle.display(),
+                r.model_bytes,
+                r.dtype,
+                r.stage
+            );
             if !r.checks.is_empty() && !r.all_identical() {
                 // f32/f16 must match exactly; q8_0 also quantises activations inside llama.cpp, so it may drift.
                 if dtype == ExportDtype::Q8_0 {
                     eprintln!("navigen-train: warning: q8_0 export drifts from candle's greedy tokens (activation quantisation)");
                 } else {
-                    anyhow::bail!("llama.cpp does not reproduce candle's greedy tokens on the exported model");
+                    anyhow::bail!(
+                        "llama.cpp does not reproduce candle's greedy tokens on the exported model"
+                    );
                 }
             }
         }
@@ -265,20 +346,82 @@ fn run(cli: Cli) -> Result<()> {
             let b = export::zero_shot_bundle(model.as_deref(), &data, &out)?;
             println!("wrote {}", b.display());
         }
-        Cmd::Eval { data, bundle, zero_shot, out, users, instruction_users, beams } => {
-            let r = navigen_train::eval::eval(&navigen_train::eval::EvalOptions { data, bundle, zero_shot, out: out.clone(), users, instruction_users, beams })?;
+        Cmd::Eval {
+            data,
+            bundle,
+            zero_shot,
+            out,
+            users,
+            instruction_users,
+            beams,
+        } => {
+            let r = navigen_train::eval::eval(&navigen_train::eval::EvalOptions {
+                data,
+                bundle,
+                zero_shot,
+                out: out.clone(),
+                users,
+                instruction_users,
+                beams,
+            })?;
             println!("test users {}; next item recall@10 {:.4} ndcg@10 {:.4} (most popular {:.4}); instruction parse rate {:.2}, tid F1 {:.3}, relevance {:.3}; wrote {}",
                 r["test_users"], r["next_item"]["recall@10"].as_f64().unwrap_or(0.0), r["next_item"]["ndcg@10"].as_f64().unwrap_or(0.0),
                 r["baselines"]["most_popular"]["recall@10"].as_f64().unwrap_or(0.0), r["instruction"]["parse_rate"].as_f64().unwrap_or(0.0),
                 r["instruction"]["tid_f1"].as_f64().unwrap_or(0.0), r["instruction"]["relevance"].as_f64().unwrap_or(0.0), out.display());
         }
+        Cmd::ExportEmbedder { out, source, dtype } => {
+            let (dir, sha) = match source {
+                Some(d) => {
+                    let sha = assets::sha256_file(&d.join("model.safetensors"))?;
+                    (d, sha)
+                }
+                None => (assets::MINILM.ensure()?, assets::MINILM.sha256.to_string()),
+            };
+            navigen_train::embed::export_embedder(&dir, &sha, &out, dtype)?;
+            println!(
+                "wrote {} ({} bytes, {})",
+                out.display(),
+                std::fs::metadata(&out)?.len(),
+                dtype.name()
+            );
+        }
         Cmd::Inspect { file, items } => print!("{}", inspect::inspect(&file, items)?),
-        Cmd::Bench { what: BenchCmd::Rq { dataset, k, levels, iterations, seed, repeats } } => {
-            let r = bench::bench_rq(&bench::RqBenchOptions { dataset, k, levels, iterations, seed, repeats })?;
+        Cmd::Bench {
+            what:
+                BenchCmd::Rq {
+                    dataset,
+                    k,
+                    levels,
+                    iterations,
+                    seed,
+                    repeats,
+                },
+        } => {
+            let r = bench::bench_rq(&bench::RqBenchOptions {
+                dataset,
+                k,
+                levels,
+                iterations,
+                seed,
+                repeats,
+            })?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
-        Cmd::Bench { what: BenchCmd::Train { shape, batch, seq, steps } } => {
-            let r = bench::bench_train(&bench::TrainBenchOptions { shape, batch, seq, steps })?;
+        Cmd::Bench {
+            what:
+                BenchCmd::Train {
+                    shape,
+                    batch,
+                    seq,
+                    steps,
+                },
+        } => {
+            let r = bench::bench_train(&bench::TrainBenchOptions {
+                shape,
+                batch,
+                seq,
+                steps,
+            })?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
     }

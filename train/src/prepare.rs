@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
 use serde::Serialize;
 
 use crate::data::{self, sequences, Source};
-use crate::embed::Embedder;
+use crate::embed;
+use crate::model::gguf::ExportDtype;
 use crate::rq;
 use crate::tid::{OfflineTid, TidSource};
 use navigen::format::{catalog, codebooks, write_atomic, Dtype, ItemEntry};
@@ -29,8 +29,8 @@ pub struct PrepareOptions {
     pub seed: u64,
     pub max_history: usize,
     pub dtype: Dtype,
-    pub batch: usize,
-    pub device: Device,
+    /// An embedder GGUF (`navigen-train export-embedder`); `None`: all-MiniLM-L6-v2 exported in f16.
+    pub embedder: Option<PathBuf>,
 }
 
 impl PrepareOptions {
@@ -44,8 +44,7 @@ impl PrepareOptions {
             seed: 42,
             max_history: sequences::DEFAULT_MAX_HISTORY,
             dtype: Dtype::F32,
-            batch: 64,
-            device: Device::Cpu,
+            embedder: None,
         }
     }
 }
@@ -83,7 +82,8 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let mut lap = |name: &str, t: Instant| {
         seconds.insert(name.to_string(), t.elapsed().as_secs_f64());
     };
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
 
     let t = Instant::now();
     eprintln!("navigen: reading {:?}", opts.source);
@@ -91,9 +91,17 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     ds.report.print();
     anyhow::ensure!(!ds.items.is_empty(), "the dataset has no items");
     let ids: Vec<String> = ds.items.iter().map(|i| i.id.clone()).collect();
-    let index: HashMap<&str, u32> = ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
+    let index: HashMap<&str, u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i as u32))
+        .collect();
     let (seqs, seq_stats) = sequences::build(&ds.interactions, &index);
-    anyhow::ensure!(!seqs.is_empty(), "no user has {} or more interactions", sequences::MIN_SEQUENCE);
+    anyhow::ensure!(
+        !seqs.is_empty(),
+        "no user has {} or more interactions",
+        sequences::MIN_SEQUENCE
+    );
     let mut popularity = vec![0u32; ids.len()];
     let (mut train, mut valid, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for s in &seqs {
@@ -110,16 +118,30 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
 
     let t = Instant::now();
     let texts: Vec<String> = ds.items.iter().map(data::item_text).collect();
-    let embedder = Embedder::minilm(&opts.device)?;
-    let (vectors, from_cache) = embedder.embed_cached(&texts, opts.batch)?;
-    let dim = embedder.dim();
+    // The device's embedder on llama.cpp: it travels in the bundle and embeds new items there.
+    let embedder_path = match &opts.embedder {
+        Some(p) => p.clone(),
+        None => embed::cached_minilm_gguf(ExportDtype::F16)?,
+    };
+    let (vectors, from_cache, embedder_sha) = embed::embed_on_device(&embedder_path, &texts)?;
+    let dim = vectors.first().map_or(0, Vec::len);
     lap("embed", t);
 
     let t = Instant::now();
-    let k = opts.codebook_size.unwrap_or_else(|| rq::auto_codebook_size(ids.len()));
+    let k = opts
+        .codebook_size
+        .unwrap_or_else(|| rq::auto_codebook_size(ids.len()));
     let sizes = vec![k; opts.levels];
     let flat: Vec<f32> = vectors.iter().flatten().copied().collect();
-    let rq = rq::train(&flat, dim, &rq::RqConfig { sizes: sizes.clone(), iterations: opts.iterations, seed: opts.seed })?;
+    let trained = rq::train_codebooks(
+        &flat,
+        dim,
+        &rq::RqConfig {
+            sizes: sizes.clone(),
+            iterations: opts.iterations,
+            seed: opts.seed,
+        },
+    )?;
     lap("rq", t);
 
     let t = Instant::now();
@@ -130,17 +152,23 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let t = Instant::now();
     let info = serde_json::json!({
         "embedder": crate::embed::EMBEDDER_NAME,
-        "embedder_sha256": embedder.model_key,
+        "embedder_sha256": embedder_sha,
         "max_tokens": crate::embed::MAX_TOKENS,
         "dataset": ds.name,
         "seed": opts.seed,
         "iterations": opts.iterations,
         "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION")),
     });
-    let cb_bytes = codebooks::write_codebooks(&rq.codebooks, dim, opts.dtype, &info)?;
-    // Read back through the device's own reader: proves the file and gives the CRC the catalog records.
+    let cb_bytes = codebooks::write_codebooks(&trained.codebooks, dim, opts.dtype, &info)?;
+    // Read back through the device's own reader: proves the file, gives the CRC the catalog records,
+    // and assigns the CIDs with the exact centroids and arithmetic the device uses.
     let cb = navigen::Codebooks::from_bytes(&cb_bytes)?;
+    let (codes, rq_stats) = rq::assign(&flat, &cb, &trained)?;
     write_atomic(&opts.out.join(codebooks::FILE_NAME), &cb_bytes)?;
+    crate::export::copy_atomic(
+        &embedder_path,
+        &opts.out.join(navigen::embedding::FILE_NAME),
+    )?;
     let entries: Vec<ItemEntry> = ds
         .items
         .iter()
@@ -150,7 +178,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             title: it.title.clone(),
             text: texts[i].clone(),
             tid: tids[i].clone(),
-            cid: Cid::new(&rq.codes[i]).expect("levels checked"),
+            cid: Cid::new(&codes[i]).expect("levels checked"),
             popularity: popularity[i],
         })
         .collect();
@@ -173,12 +201,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         levels: opts.levels,
         codebook_size: k,
         codebook_sizes: sizes,
-        collisions_before: rq.stats.collisions_before,
-        collisions_after: rq.stats.collisions_after,
-        collision_rate_before: rq.stats.collisions_before as f64 / ids.len() as f64,
-        reassigned: rq.stats.reassigned,
-        utilisation: rq.stats.utilisation.clone(),
-        recon_mse: rq.stats.recon_mse.clone(),
+        collisions_before: rq_stats.collisions_before,
+        collisions_after: rq_stats.collisions_after,
+        collision_rate_before: rq_stats.collisions_before as f64 / ids.len() as f64,
+        reassigned: rq_stats.reassigned,
+        utilisation: rq_stats.utilisation.clone(),
+        recon_mse: rq_stats.recon_mse.clone(),
         seconds,
         embedder: crate::embed::EMBEDDER_NAME.into(),
         embeddings_from_cache: from_cache,
@@ -197,5 +225,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
 /// Reads `prepare.json` from a prepared folder.
 pub fn read_report(dir: &Path) -> Result<serde_json::Value> {
     let p = dir.join(REPORT_FILE);
-    Ok(serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)?)
+    Ok(serde_json::from_slice(
+        &std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+    )?)
 }

@@ -7,7 +7,11 @@ pub fn bar(len: u64, label: &str) -> ProgressBar {
     if std::env::var_os("NAVIGEN_NO_PROGRESS").is_some() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
-    pb.set_style(ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}").expect("valid template").progress_chars("=> "));
+    pb.set_style(
+        ProgressStyle::with_template("{msg:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     pb.set_message(label.to_string());
     pb
 }

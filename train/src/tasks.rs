@@ -31,7 +31,10 @@ pub struct ItemView {
 
 impl From<Item<'_>> for ItemView {
     fn from(it: Item<'_>) -> Self {
-        ItemView { title: it.title.to_string(), tid: it.tid_vec() }
+        ItemView {
+            title: it.title.to_string(),
+            tid: it.tid_vec(),
+        }
     }
 }
 
@@ -84,7 +87,12 @@ fn join_and(terms: &[String]) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct OfflineTeacher;
 
-const MEDIA: [&str; 4] = ["a cinematic key-art image", "a short video scene", "a painterly illustration", "a poster-style image"];
+const MEDIA: [&str; 4] = [
+    "a cinematic key-art image",
+    "a short video scene",
+    "a painterly illustration",
+    "a poster-style image",
+];
 const STYLES: [&str; 4] = [
     "dramatic lighting and a clear focal subject",
     "soft natural light, shallow depth of field",
@@ -93,7 +101,9 @@ const STYLES: [&str; 4] = [
 ];
 
 fn pick<'a>(options: &'a [&'a str], key: &str) -> &'a str {
-    let h = key.bytes().fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
+    let h = key
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
     options[h as usize % options.len()]
 }
 
@@ -104,30 +114,67 @@ impl InstructionTeacher for OfflineTeacher {
 
     fn supervise(&self, history: &[ItemView], target: &ItemView) -> Supervision {
         let top = history_terms(history, 3);
-        let recent: Vec<String> = history.iter().rev().take(2).flat_map(|i| i.tid.iter().take(1).cloned()).collect();
+        let recent: Vec<String> = history
+            .iter()
+            .rev()
+            .take(2)
+            .flat_map(|i| i.tid.iter().take(1).cloned())
+            .collect();
         let head: Vec<String> = target.tid.iter().take(2).cloned().collect();
         let detail: Vec<String> = target.tid.iter().skip(2).take(3).cloned().collect();
         let reasoning = format!(
             "I see {} items. The history leans toward {}{}. I expect the next one to be {}{}.",
             history.len(),
-            if top.is_empty() { "varied things".to_string() } else { join_and(&top) },
-            if recent.is_empty() { String::new() } else { format!(", and the latest ones are {}", join_and(&recent)) },
-            if head.is_empty() { "something related".to_string() } else { join_and(&head) },
-            if detail.is_empty() { String::new() } else { format!(", with {}", join_and(&detail)) },
+            if top.is_empty() {
+                "varied things".to_string()
+            } else {
+                join_and(&top)
+            },
+            if recent.is_empty() {
+                String::new()
+            } else {
+                format!(", and the latest ones are {}", join_and(&recent))
+            },
+            if head.is_empty() {
+                "something related".to_string()
+            } else {
+                join_and(&head)
+            },
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(", with {}", join_and(&detail))
+            },
         );
         let medium = pick(&MEDIA, &target.title);
         let style = pick(&STYLES, &format!("{}{}", target.title, history.len()));
-        let subject = if head.is_empty() { "a scene".to_string() } else { format!("a {} scene", join_and(&head)) };
-        let echo: Vec<String> = top.iter().filter(|t| !head.contains(t)).take(2).cloned().collect();
+        let subject = if head.is_empty() {
+            "a scene".to_string()
+        } else {
+            format!("a {} scene", join_and(&head))
+        };
+        let echo: Vec<String> = top
+            .iter()
+            .filter(|t| !head.contains(t))
+            .take(2)
+            .cloned()
+            .collect();
         let mut instruction = format!("Create {medium} of {subject}");
         if !detail.is_empty() {
             instruction.push_str(&format!(" featuring {}", join_and(&detail)));
         }
         if !echo.is_empty() {
-            instruction.push_str(&format!(", with a hint of {} from the viewer's taste", join_and(&echo)));
+            instruction.push_str(&format!(
+                ", with a hint of {} from the viewer's taste",
+                join_and(&echo)
+            ));
         }
         instruction.push_str(&format!("; {style}; no text or logos."));
-        Supervision { reasoning, target_tid: target.tid.clone(), instruction }
+        Supervision {
+            reasoning,
+            target_tid: target.tid.clone(),
+            instruction,
+        }
     }
 }
 
@@ -142,16 +189,31 @@ pub struct MixOptions {
 }
 
 fn cids(cat: &Catalog, ids: &[String]) -> Option<Vec<Cid>> {
-    ids.iter().map(|id| cat.find_id(id).and_then(|i| cat.item(i)).map(|it| it.cid)).collect()
+    ids.iter()
+        .map(|id| cat.find_id(id).and_then(|i| cat.item(i)).map(|it| it.cid))
+        .collect()
 }
 
 fn views(cat: &Catalog, ids: &[String]) -> Vec<ItemView> {
-    ids.iter().filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i))).map(ItemView::from).collect()
+    ids.iter()
+        .filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i)))
+        .map(ItemView::from)
+        .collect()
 }
 
 /// Examples for one (history, target) pair: cid2cid, plus cid2ins in stage 2.
-fn sequence_examples(cat: &Catalog, ex: &Example, stage: u8, teacher: &dyn InstructionTeacher, think_next: bool, out: &mut Vec<SftExample>) {
-    let (Some(h), Some(t)) = (cids(cat, &ex.history), cat.find_id(&ex.target).and_then(|i| cat.item(i))) else {
+fn sequence_examples(
+    cat: &Catalog,
+    ex: &Example,
+    stage: u8,
+    teacher: &dyn InstructionTeacher,
+    think_next: bool,
+    out: &mut Vec<SftExample>,
+) {
+    let (Some(h), Some(t)) = (
+        cids(cat, &ex.history),
+        cat.find_id(&ex.target).and_then(|i| cat.item(i)),
+    ) else {
         return;
     };
     if h.is_empty() {
@@ -162,16 +224,27 @@ fn sequence_examples(cat: &Catalog, ex: &Example, stage: u8, teacher: &dyn Instr
     let json = prompt::answer_json_cid(&t.cid);
     if stage >= 2 && think_next {
         let r = teacher.reason_next(&hv, &tv);
-        out.push(SftExample { task: Task::Cid2Cid, prompt: prompt::prompt_cid2cid(&h, Mode::Think), answer: prompt::answer_text(Some(&r), &json) });
+        out.push(SftExample {
+            task: Task::Cid2Cid,
+            prompt: prompt::prompt_cid2cid(&h, Mode::Think),
+            answer: prompt::answer_text(Some(&r), &json),
+        });
     } else {
-        out.push(SftExample { task: Task::Cid2Cid, prompt: prompt::prompt_cid2cid(&h, Mode::Direct), answer: prompt::answer_text(None, &json) });
+        out.push(SftExample {
+            task: Task::Cid2Cid,
+            prompt: prompt::prompt_cid2cid(&h, Mode::Direct),
+            answer: prompt::answer_text(None, &json),
+        });
     }
     if stage >= 2 {
         let s = teacher.supervise(&hv, &tv);
         out.push(SftExample {
             task: Task::Cid2Ins,
             prompt: prompt::prompt_cid2ins(&h, Mode::Think),
-            answer: prompt::answer_text(Some(&s.reasoning), &prompt::answer_json_ins(&s.target_tid, &s.instruction)),
+            answer: prompt::answer_text(
+                Some(&s.reasoning),
+                &prompt::answer_json_ins(&s.target_tid, &s.instruction),
+            ),
         });
     }
 }
@@ -182,12 +255,28 @@ fn item_examples(cat: &Catalog, stage: u8, out: &mut Vec<SftExample>) {
         let tid = it.tid_vec();
         if stage >= 2 {
             let r1 = format!("I recall this item: {}.", it.title);
-            out.push(SftExample { task: Task::Cid2Tid, prompt: prompt::prompt_cid2tid(&it.cid, Mode::Think), answer: prompt::answer_text(Some(&r1), &prompt::answer_json_tid(&tid)) });
+            out.push(SftExample {
+                task: Task::Cid2Tid,
+                prompt: prompt::prompt_cid2tid(&it.cid, Mode::Think),
+                answer: prompt::answer_text(Some(&r1), &prompt::answer_json_tid(&tid)),
+            });
             let r2 = format!("These terms describe {}.", it.title);
-            out.push(SftExample { task: Task::Tid2Cid, prompt: prompt::prompt_tid2cid(&tid, Mode::Think), answer: prompt::answer_text(Some(&r2), &prompt::answer_json_cid(&it.cid)) });
+            out.push(SftExample {
+                task: Task::Tid2Cid,
+                prompt: prompt::prompt_tid2cid(&tid, Mode::Think),
+                answer: prompt::answer_text(Some(&r2), &prompt::answer_json_cid(&it.cid)),
+            });
         } else {
-            out.push(SftExample { task: Task::Cid2Tid, prompt: prompt::prompt_cid2tid(&it.cid, Mode::Direct), answer: prompt::answer_text(None, &prompt::answer_json_tid(&tid)) });
-            out.push(SftExample { task: Task::Tid2Cid, prompt: prompt::prompt_tid2cid(&tid, Mode::Direct), answer: prompt::answer_text(None, &prompt::answer_json_cid(&it.cid)) });
+            out.push(SftExample {
+                task: Task::Cid2Tid,
+                prompt: prompt::prompt_cid2tid(&it.cid, Mode::Direct),
+                answer: prompt::answer_text(None, &prompt::answer_json_tid(&tid)),
+            });
+            out.push(SftExample {
+                task: Task::Tid2Cid,
+                prompt: prompt::prompt_tid2cid(&tid, Mode::Direct),
+                answer: prompt::answer_text(None, &prompt::answer_json_cid(&it.cid)),
+            });
         }
     }
 }
@@ -195,7 +284,12 @@ fn item_examples(cat: &Catalog, stage: u8, out: &mut Vec<SftExample>) {
 /// Training examples of a stage: every item's cid2tid/tid2cid and sampled history windows. In stage 2,
 /// half of the cid2cid examples think first and half answer directly (the device's constrained
 /// next-item decoding uses the direct form).
-pub fn training_examples(cat: &Catalog, train: &[TrainSequence], opts: &MixOptions, teacher: &dyn InstructionTeacher) -> Vec<SftExample> {
+pub fn training_examples(
+    cat: &Catalog,
+    train: &[TrainSequence],
+    opts: &MixOptions,
+    teacher: &dyn InstructionTeacher,
+) -> Vec<SftExample> {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(opts.seed);
     let mut out = Vec::new();
     item_examples(cat, opts.stage, &mut out);
@@ -212,7 +306,13 @@ pub fn training_examples(cat: &Catalog, train: &[TrainSequence], opts: &MixOptio
 }
 
 /// Validation examples from the validation split (one per user, up to `limit` users).
-pub fn validation_examples(cat: &Catalog, valid: &[Example], stage: u8, teacher: &dyn InstructionTeacher, limit: usize) -> Vec<SftExample> {
+pub fn validation_examples(
+    cat: &Catalog,
+    valid: &[Example],
+    stage: u8,
+    teacher: &dyn InstructionTeacher,
+    limit: usize,
+) -> Vec<SftExample> {
     let mut out = Vec::new();
     for (i, ex) in valid.iter().take(limit).enumerate() {
         sequence_examples(cat, ex, stage, teacher, i % 2 == 0, &mut out);
@@ -225,18 +325,34 @@ mod tests {
     use super::*;
 
     fn v(title: &str, tid: &[&str]) -> ItemView {
-        ItemView { title: title.into(), tid: tid.iter().map(|s| s.to_string()).collect() }
+        ItemView {
+            title: title.into(),
+            tid: tid.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     #[test]
     fn offline_teacher_is_deterministic_and_grounded() {
-        let h = vec![v("A", &["drama", "1990s"]), v("B", &["drama", "war"]), v("C", &["comedy"])];
+        let h = vec![
+            v("A", &["drama", "1990s"]),
+            v("B", &["drama", "war"]),
+            v("C", &["comedy"]),
+        ];
         let t = v("Target", &["thriller", "crime", "1990s", "heist"]);
         let a = OfflineTeacher.supervise(&h, &t);
         assert_eq!(a, OfflineTeacher.supervise(&h, &t));
-        assert!(a.reasoning.starts_with("I see 3 items. The history leans toward drama"), "{}", a.reasoning);
+        assert!(
+            a.reasoning
+                .starts_with("I see 3 items. The history leans toward drama"),
+            "{}",
+            a.reasoning
+        );
         assert!(a.reasoning.contains("thriller and crime"));
-        assert!(a.instruction.contains("thriller and crime scene"), "{}", a.instruction);
+        assert!(
+            a.instruction.contains("thriller and crime scene"),
+            "{}",
+            a.instruction
+        );
         assert_eq!(a.target_tid, t.tid);
         assert_eq!(history_terms(&h, 2), vec!["drama", "comedy"]);
     }

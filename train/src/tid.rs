@@ -21,12 +21,14 @@ pub trait TidSource: Send + Sync {
 pub struct OfflineTid;
 
 const STOPWORDS: &[&str] = &[
-    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "with", "from", "by", "as", "is", "are", "was", "were", "be",
-    "it", "its", "this", "that", "these", "those", "his", "her", "their", "our", "your", "my", "he", "she", "they", "we", "you", "i",
-    "not", "no", "but", "if", "so", "than", "then", "into", "out", "up", "down", "over", "under", "about", "after", "before", "all",
-    "can", "will", "just", "more", "most", "other", "some", "such", "only", "own", "same", "too", "very", "who", "whom", "what",
-    "which", "when", "where", "why", "how", "also", "has", "have", "had", "do", "does", "did", "part", "ii", "iii", "vs", "new",
-    "le", "la", "les", "de", "des", "du", "el", "los", "die", "der", "das", "un", "une", "il", "di", "da", "et",
+    "a", "an", "the", "and", "or", "of", "in", "on", "at", "to", "for", "with", "from", "by", "as",
+    "is", "are", "was", "were", "be", "it", "its", "this", "that", "these", "those", "his", "her",
+    "their", "our", "your", "my", "he", "she", "they", "we", "you", "i", "not", "no", "but", "if",
+    "so", "than", "then", "into", "out", "up", "down", "over", "under", "about", "after", "before",
+    "all", "can", "will", "just", "more", "most", "other", "some", "such", "only", "own", "same",
+    "too", "very", "who", "whom", "what", "which", "when", "where", "why", "how", "also", "has",
+    "have", "had", "do", "does", "did", "part", "ii", "iii", "vs", "new", "le", "la", "les", "de",
+    "des", "du", "el", "los", "die", "der", "das", "un", "une", "il", "di", "da", "et",
 ];
 
 /// Lower-cased words of a text that carry meaning (no stopwords, no numbers, at least 3 letters).
@@ -34,7 +36,9 @@ pub fn keywords(text: &str) -> Vec<String> {
     text.split(|c: char| !(c.is_alphanumeric() || c == '\'' || c == '-'))
         .map(|w| w.trim_matches(|c| c == '\'' || c == '-').to_lowercase())
         .map(|w| w.strip_suffix("'s").map(str::to_string).unwrap_or(w))
-        .filter(|w| w.chars().filter(|c| c.is_alphabetic()).count() >= 3 && !STOPWORDS.contains(&w.as_str()))
+        .filter(|w| {
+            w.chars().filter(|c| c.is_alphabetic()).count() >= 3 && !STOPWORDS.contains(&w.as_str())
+        })
         .collect()
 }
 
@@ -78,7 +82,12 @@ impl TidSource for OfflineTid {
         for c in item.categories.iter().take(4) {
             terms.push(c);
         }
-        if let Some(y) = item.year.as_deref().and_then(|y| y.parse::<u32>().ok()).filter(|y| (1800..2200).contains(y)) {
+        if let Some(y) = item
+            .year
+            .as_deref()
+            .and_then(|y| y.parse::<u32>().ok())
+            .filter(|y| (1800..2200).contains(y))
+        {
             terms.push(&format!("{}s", y / 10 * 10));
         }
         if let Some(b) = &item.brand {
@@ -108,8 +117,16 @@ impl TidSource for OfflineTid {
         let out = terms.into_vec();
         if out.is_empty() {
             // Never empty: fall back to the title itself, cut to a short term.
-            let t: String = item.title.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
-            return clean_term(&t).or_else(|| clean_term(&item.id)).into_iter().collect();
+            let t: String = item
+                .title
+                .split_whitespace()
+                .take(4)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return clean_term(&t)
+                .or_else(|| clean_term(&item.id))
+                .into_iter()
+                .collect();
         }
         out
     }
@@ -128,14 +145,26 @@ mod tests {
             year: Some("1995".into()),
             ..Default::default()
         };
-        assert_eq!(OfflineTid.tid(&it), vec!["crime", "thriller", "1990s", "usual", "suspects"]);
+        assert_eq!(
+            OfflineTid.tid(&it),
+            vec!["crime", "thriller", "1990s", "usual", "suspects"]
+        );
     }
 
     #[test]
     fn bounded_and_never_empty() {
-        let long = ItemMeta { id: "x".into(), title: "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".into(), description: Some("mu nu".into()), ..Default::default() };
+        let long = ItemMeta {
+            id: "x".into(),
+            title: "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda".into(),
+            description: Some("mu nu".into()),
+            ..Default::default()
+        };
         assert_eq!(OfflineTid.tid(&long).len(), MAX_TID_TERMS);
-        let bare = ItemMeta { id: "x".into(), title: "42".into(), ..Default::default() };
+        let bare = ItemMeta {
+            id: "x".into(),
+            title: "42".into(),
+            ..Default::default()
+        };
         assert_eq!(OfflineTid.tid(&bare), vec!["42"]);
     }
 }

@@ -19,10 +19,14 @@ fn jsonl_adapter_reads_items_interactions_and_reports_bad_rows() {
     std::fs::write(
         d.path().join("interactions.jsonl"),
         concat!(
-            r#"{"user": "u1", "item": "a", "timestamp": 3}"#, "\n",
-            r#"{"user": "u1", "item": "b", "timestamp": 1}"#, "\n",
-            r#"{"user": "u1", "item": "c", "timestamp": 2}"#, "\n",
-            r#"{"user": 7, "item": "a"}"#, "\n",
+            r#"{"user": "u1", "item": "a", "timestamp": 3}"#,
+            "\n",
+            r#"{"user": "u1", "item": "b", "timestamp": 1}"#,
+            "\n",
+            r#"{"user": "u1", "item": "c", "timestamp": 2}"#,
+            "\n",
+            r#"{"user": 7, "item": "a"}"#,
+            "\n",
         ),
     )
     .unwrap();
@@ -34,7 +38,12 @@ fn jsonl_adapter_reads_items_interactions_and_reports_bad_rows() {
     assert_eq!(ds.interactions.len(), 3);
     assert_eq!(ds.report.bad_rows, 4);
     let lines: Vec<usize> = ds.report.bad_examples.iter().map(|b| b.line).collect();
-    assert_eq!(lines, vec![3, 5, 4, 4], "bad rows carry their line numbers: {:?}", ds.report.bad_examples);
+    assert_eq!(
+        lines,
+        vec![3, 5, 4, 4],
+        "bad rows carry their line numbers: {:?}",
+        ds.report.bad_examples
+    );
 }
 
 #[test]
@@ -58,14 +67,22 @@ fn amazon2023_adapter() {
         ),
     )
     .unwrap();
-    let src: Source = format!("amazon2023:{},{}", meta.display(), reviews.display()).parse().unwrap();
+    let src: Source = format!("amazon2023:{},{}", meta.display(), reviews.display())
+        .parse()
+        .unwrap();
     let ds = src.load().unwrap();
     assert_eq!(ds.items.len(), 1);
     let it = &ds.items[0];
     assert_eq!((it.id.as_str(), it.brand.as_deref()), ("B01", Some("Brio")));
     assert_eq!(it.categories, vec!["Toys & Games", "Trains"]);
     assert_eq!(ds.interactions.len(), 1);
-    assert_eq!(ds.report.bad_rows, 2, "an item without title and a review without timestamp");
+    assert_eq!(
+        ds.report.bad_rows, 2,
+        "an item without title and a review without timestamp"
+    );
     let text = navigen_train::data::item_text(it);
-    assert!(text.starts_with("Wooden train set. Genres: Toys & Games, Trains. Brand: Brio."), "{text}");
+    assert!(
+        text.starts_with("Wooden train set. Genres: Toys & Games, Trains. Brand: Brio."),
+        "{text}"
+    );
 }

@@ -10,7 +10,11 @@ use navigen_train::sft::{self, SftOptions};
 #[test]
 fn smollm2_starts_trains_and_exports() {
     let data = tempfile::tempdir().unwrap();
-    prepare(&PrepareOptions::new("ml-100k".parse().unwrap(), data.path())).unwrap();
+    prepare(&PrepareOptions::new(
+        "ml-100k".parse().unwrap(),
+        data.path(),
+    ))
+    .unwrap();
     let run = tempfile::tempdir().unwrap();
     let mut o = SftOptions::new(data.path(), run.path(), Some(Preset::Smollm2_135m), 1);
     o.max_steps = Some(3);
@@ -28,9 +32,20 @@ fn smollm2_starts_trains_and_exports() {
     assert_eq!(info.first_new_row, 49152);
     assert!(s.trainable_params < s.total_params / 10);
     let out = tempfile::tempdir().unwrap();
-    let rep = export(&ExportOptions { run: run.path().to_path_buf(), out: out.path().to_path_buf(), dtype: ExportDtype::F16, verify_prompts: 2, verify_tokens: 8 }).unwrap();
+    let rep = export(&ExportOptions {
+        run: run.path().to_path_buf(),
+        out: out.path().to_path_buf(),
+        dtype: ExportDtype::F16,
+        verify_prompts: 2,
+        verify_tokens: 8,
+    })
+    .unwrap();
     for c in &rep.checks {
-        assert!(c.same_tokenization, "{}: llama.cpp tokenises differently", c.task);
+        assert!(
+            c.same_tokenization,
+            "{}: llama.cpp tokenises differently",
+            c.task
+        );
         assert!(!c.llama.is_empty());
     }
 }

@@ -17,7 +17,11 @@ static HEAVY: Mutex<()> = Mutex::new(());
 fn data() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("navigen-sft-data-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("navigen-sft-data-")
+            .tempdir()
+            .unwrap()
+            .keep();
         prepare(&PrepareOptions::new("ml-100k".parse().unwrap(), &dir)).expect("prepare ml-100k");
         dir
     })
@@ -46,7 +50,11 @@ fn tiny_run() -> &'static TinyRun {
     static RUN: OnceLock<TinyRun> = OnceLock::new();
     RUN.get_or_init(|| {
         let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
-        let dir = tempfile::Builder::new().prefix("navigen-tiny-run-").tempdir().unwrap().keep();
+        let dir = tempfile::Builder::new()
+            .prefix("navigen-tiny-run-")
+            .tempdir()
+            .unwrap()
+            .keep();
         let s1 = sft::run_stage(&tiny_opts(&dir, 1, 60)).expect("stage 1");
         let s2 = sft::run_stage(&tiny_opts(&dir, 2, 60)).expect("stage 2");
         TinyRun { dir, s1, s2 }
@@ -59,15 +67,34 @@ fn both_stages_train_and_log() {
     // The loss of the last steps must be well under the first step's: a stated factor of 2.
     let recs = metrics::read(&r.dir).unwrap();
     for (stage, s) in [(1u8, &r.s1), (2, &r.s2)] {
-        let losses: Vec<f64> = recs.iter().filter(|x| x.stage == stage).filter_map(|x| x.loss).collect();
+        let losses: Vec<f64> = recs
+            .iter()
+            .filter(|x| x.stage == stage)
+            .filter_map(|x| x.loss)
+            .collect();
         assert_eq!(losses.len(), 60, "stage {stage} logs every step");
         let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
-        assert!(tail < losses[0] / 2.0, "stage {stage}: loss {} -> {tail} did not halve", losses[0]);
-        assert!(s.best_val_loss.is_some_and(|v| v.is_finite()), "stage {stage} has a validation loss");
-        assert!(recs.iter().any(|x| x.stage == stage && x.val_loss.is_some()));
-        assert!(recs.iter().filter(|x| x.stage == stage).all(|x| x.loss.is_none() || x.tokens_per_s.is_some_and(|t| t > 0.0)));
+        assert!(
+            tail < losses[0] / 2.0,
+            "stage {stage}: loss {} -> {tail} did not halve",
+            losses[0]
+        );
+        assert!(
+            s.best_val_loss.is_some_and(|v| v.is_finite()),
+            "stage {stage} has a validation loss"
+        );
+        assert!(recs
+            .iter()
+            .any(|x| x.stage == stage && x.val_loss.is_some()));
+        assert!(recs
+            .iter()
+            .filter(|x| x.stage == stage)
+            .all(|x| x.loss.is_none() || x.tokens_per_s.is_some_and(|t| t > 0.0)));
     }
-    assert!(r.s1.trainable_params < r.s1.total_params / 2, "stage 1 trains only new rows and the head");
+    assert!(
+        r.s1.trainable_params < r.s1.total_params / 2,
+        "stage 1 trains only new rows and the head"
+    );
     assert_eq!(r.s2.trainable_params, r.s2.total_params);
     let png = std::fs::read(r.dir.join(metrics::PLOT)).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -78,7 +105,8 @@ fn stage_one_leaves_frozen_weights_bit_identical() {
     let r = tiny_run();
     let info = sft::RunInfo::read(&r.dir).unwrap();
     let base = candle_core::safetensors::load(r.dir.join(sft::BASE_WEIGHTS), &Device::Cpu).unwrap();
-    let s1 = candle_core::safetensors::load(r.dir.join(sft::stage_weights(1)), &Device::Cpu).unwrap();
+    let s1 =
+        candle_core::safetensors::load(r.dir.join(sft::stage_weights(1)), &Device::Cpu).unwrap();
     assert_eq!(base.len(), s1.len());
     let mut changed = Vec::new();
     for (name, b) in &base {
@@ -86,20 +114,49 @@ fn stage_one_leaves_frozen_weights_bit_identical() {
         let (b, a) = if name == "model.embed_tokens.weight" {
             // Old rows frozen, new rows trained.
             let n = b.dim(0).unwrap();
-            let new_b = b.narrow(0, info.first_new_row, n - info.first_new_row).unwrap();
-            let new_a = a.narrow(0, info.first_new_row, n - info.first_new_row).unwrap();
-            assert_ne!(new_b.to_vec2::<f32>().unwrap(), new_a.to_vec2::<f32>().unwrap(), "new rows did not train");
-            (b.narrow(0, 0, info.first_new_row).unwrap(), a.narrow(0, 0, info.first_new_row).unwrap())
+            let new_b = b
+                .narrow(0, info.first_new_row, n - info.first_new_row)
+                .unwrap();
+            let new_a = a
+                .narrow(0, info.first_new_row, n - info.first_new_row)
+                .unwrap();
+            assert_ne!(
+                new_b.to_vec2::<f32>().unwrap(),
+                new_a.to_vec2::<f32>().unwrap(),
+                "new rows did not train"
+            );
+            (
+                b.narrow(0, 0, info.first_new_row).unwrap(),
+                a.narrow(0, 0, info.first_new_row).unwrap(),
+            )
         } else {
             (b.clone(), a.clone())
         };
-        let bb: Vec<u32> = b.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-        let ab: Vec<u32> = a.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        let bb: Vec<u32> = b
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
+        let ab: Vec<u32> = a
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect();
         if bb != ab {
             changed.push(name.clone());
         }
     }
-    assert_eq!(changed, vec!["lm_head.weight".to_string()], "only the (untied) head may change besides new rows");
+    assert_eq!(
+        changed,
+        vec!["lm_head.weight".to_string()],
+        "only the (untied) head may change besides new rows"
+    );
 }
 
 #[test]
@@ -108,11 +165,26 @@ fn export_runs_in_llama_cpp_with_identical_greedy_tokens() {
     let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     for dtype in [ExportDtype::F32, ExportDtype::F16] {
         let out = tempfile::tempdir().unwrap();
-        let rep = export(&ExportOptions { run: r.dir.clone(), out: out.path().to_path_buf(), dtype, verify_prompts: 8, verify_tokens: 24 }).unwrap();
+        let rep = export(&ExportOptions {
+            run: r.dir.clone(),
+            out: out.path().to_path_buf(),
+            dtype,
+            verify_prompts: 8,
+            verify_tokens: 24,
+        })
+        .unwrap();
         assert_eq!(rep.checks.len(), 8);
         for c in &rep.checks {
-            assert!(c.same_tokenization, "{dtype:?} {}: llama.cpp tokenises the prompt differently", c.task);
-            assert!(c.identical, "{dtype:?} {}: candle {:?} vs llama.cpp {:?}", c.task, c.candle, c.llama);
+            assert!(
+                c.same_tokenization,
+                "{dtype:?} {}: llama.cpp tokenises the prompt differently",
+                c.task
+            );
+            assert!(
+                c.identical,
+                "{dtype:?} {}: candle {:?} vs llama.cpp {:?}",
+                c.task, c.candle, c.llama
+            );
             assert!(!c.candle.is_empty());
         }
         let m = navigen::bundle::Manifest::read(out.path()).unwrap();
@@ -131,14 +203,22 @@ fn resuming_reproduces_the_following_losses_exactly() {
     o.save_every = 3;
     o.eval_every = 100;
     sft::run_stage(&o).unwrap();
-    let full: Vec<f64> = metrics::read(run.path()).unwrap().iter().filter_map(|r| r.loss).collect();
+    let full: Vec<f64> = metrics::read(run.path())
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.loss)
+        .collect();
     assert_eq!(full.len(), 6);
     // Resume from the checkpoint at step 3 (kept: the newest two) and run steps 4..6 again.
     let mut again = o.clone();
     again.resume = Resume::Step(3);
     let s = sft::run_stage(&again).unwrap();
     assert_eq!(s.resumed_from, Some(3));
-    let resumed: Vec<f64> = metrics::read(run.path()).unwrap().iter().filter_map(|r| r.loss).collect();
+    let resumed: Vec<f64> = metrics::read(run.path())
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.loss)
+        .collect();
     assert_eq!(resumed.len(), 6);
     assert_eq!(&resumed[3..], &full[3..], "losses after resume differ");
 }
@@ -146,7 +226,9 @@ fn resuming_reproduces_the_following_losses_exactly() {
 #[test]
 fn a_run_refuses_stage_two_before_stage_one() {
     let dir = tempfile::tempdir().unwrap();
-    let err = sft::run_stage(&tiny_opts(dir.path(), 2, 1)).unwrap_err().to_string();
+    let err = sft::run_stage(&tiny_opts(dir.path(), 2, 1))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("--stage 1"), "{err}");
 }
 
@@ -157,16 +239,34 @@ fn a_hugging_face_folder_is_a_base_model() {
     let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let hf = tempfile::tempdir().unwrap();
     std::fs::copy(r.dir.join(sft::CONFIG_FILE), hf.path().join("config.json")).unwrap();
-    std::fs::copy(r.dir.join(sft::stage_weights(1)), hf.path().join("model.safetensors")).unwrap();
-    std::fs::copy(r.dir.join(sft::TOKENIZER_FILE), hf.path().join("tokenizer.json")).unwrap();
+    std::fs::copy(
+        r.dir.join(sft::stage_weights(1)),
+        hf.path().join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        r.dir.join(sft::TOKENIZER_FILE),
+        hf.path().join("tokenizer.json"),
+    )
+    .unwrap();
     let run = tempfile::tempdir().unwrap();
     let mut o = tiny_opts(run.path(), 1, 2);
     o.preset = Some(Preset::Hf(hf.path().to_path_buf()));
     let s = sft::run_stage(&o).unwrap();
     assert_eq!(s.steps, 2);
     let info = sft::RunInfo::read(run.path()).unwrap();
-    assert_eq!(info.gguf_pre, "smollm", "the pre-tokenizer is recognised from tokenizer.json");
+    assert_eq!(
+        info.gguf_pre, "smollm",
+        "the pre-tokenizer is recognised from tokenizer.json"
+    );
     let out = tempfile::tempdir().unwrap();
-    let rep = export(&ExportOptions { run: run.path().to_path_buf(), out: out.path().to_path_buf(), dtype: ExportDtype::F32, verify_prompts: 4, verify_tokens: 16 }).unwrap();
+    let rep = export(&ExportOptions {
+        run: run.path().to_path_buf(),
+        out: out.path().to_path_buf(),
+        dtype: ExportDtype::F32,
+        verify_prompts: 4,
+        verify_tokens: 16,
+    })
+    .unwrap();
     assert!(rep.all_identical(), "{:?}", rep.checks);
 }

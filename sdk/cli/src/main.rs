@@ -11,7 +11,11 @@ use navigen::engine::{Engine, EngineParams, InstructionOptions};
 use navigen::history::{Event, EventKind, History, HistoryParams};
 
 #[derive(Parser)]
-#[command(name = "navigen", version, about = "On-device next-item prediction and creation instructions")]
+#[command(
+    name = "navigen",
+    version,
+    about = "On-device next-item prediction and creation instructions"
+)]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -115,8 +119,12 @@ enum HistoryOp {
         #[arg(long)]
         timestamp: Option<i64>,
     },
-    List { profile: String },
-    Forget { profile: String },
+    List {
+        profile: String,
+    },
+    Forget {
+        profile: String,
+    },
     /// Export as JSON (with a bundle, flags items that are not in its catalog).
     Export {
         profile: String,
@@ -126,10 +134,22 @@ enum HistoryOp {
 }
 
 fn open(bundle: &PathBuf, threads: u32) -> Result<Engine> {
-    Engine::open(bundle, EngineParams { threads, ..Default::default() }).with_context(|| format!("opening bundle {}", bundle.display()))
+    Engine::open(
+        bundle,
+        EngineParams {
+            threads,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("opening bundle {}", bundle.display()))
 }
 
-fn stream_instruction(e: &Engine, items: &[&str], opts: &InstructionOptions, echo: bool) -> Result<navigen::engine::Instruction> {
+fn stream_instruction(
+    e: &Engine,
+    items: &[&str],
+    opts: &InstructionOptions,
+    echo: bool,
+) -> Result<navigen::engine::Instruction> {
     let mut out = std::io::stdout();
     let ins = e.generate_instruction(items, opts, &mut |piece| {
         if echo {
@@ -146,7 +166,12 @@ fn stream_instruction(e: &Engine, items: &[&str], opts: &InstructionOptions, ech
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Predict { bundle, k, beams, who } => {
+        Cmd::Predict {
+            bundle,
+            k,
+            beams,
+            who,
+        } => {
             let e = open(&bundle, cli.threads)?;
             let items = who.items()?;
             let refs: Vec<&str> = items.iter().map(String::as_str).collect();
@@ -155,29 +180,66 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&preds)?);
             } else {
                 for (i, p) in preds.iter().enumerate() {
-                    println!("{:>2}. {:<50} {:>8.3}  {} ({})", i + 1, p.title, p.score, p.id, p.cid);
+                    println!(
+                        "{:>2}. {:<50} {:>8.3}  {} ({})",
+                        i + 1,
+                        p.title,
+                        p.score,
+                        p.id,
+                        p.cid
+                    );
                 }
             }
         }
-        Cmd::Instruct { bundle, temperature, max_think, who } => {
+        Cmd::Instruct {
+            bundle,
+            temperature,
+            max_think,
+            who,
+        } => {
             let e = open(&bundle, cli.threads)?;
             let items = who.items()?;
             let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-            let opts = InstructionOptions { temperature, max_think_tokens: max_think, ..Default::default() };
+            let opts = InstructionOptions {
+                temperature,
+                max_think_tokens: max_think,
+                ..Default::default()
+            };
             let ins = stream_instruction(&e, &refs, &opts, !cli.json)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&ins)?);
             } else {
-                println!("\ntarget terms: {}\ninstruction: {}", ins.target_tid.join(", "), ins.target_ins);
+                println!(
+                    "\ntarget terms: {}\ninstruction: {}",
+                    ins.target_tid.join(", "),
+                    ins.target_ins
+                );
             }
         }
         Cmd::History { dir, op } => {
             let h = History::open(&dir, HistoryParams::default())?;
             match op {
-                HistoryOp::Add { profile, item, kind, timestamp } => {
+                HistoryOp::Add {
+                    profile,
+                    item,
+                    kind,
+                    timestamp,
+                } => {
                     let kind: EventKind = serde_json::from_value(serde_json::Value::String(kind.clone())).with_context(|| format!("unknown kind {kind:?} (view, click, purchase, play, rate, like, other)"))?;
-                    let ts = timestamp.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
-                    h.append(&profile, &Event { item_id: item, kind, timestamp_ms: ts })?;
+                    let ts = timestamp.unwrap_or_else(|| {
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(0)
+                    });
+                    h.append(
+                        &profile,
+                        &Event {
+                            item_id: item,
+                            kind,
+                            timestamp_ms: ts,
+                        },
+                    )?;
                 }
                 HistoryOp::List { profile } => {
                     let evs = h.list(&profile)?;
@@ -192,31 +254,74 @@ fn run(cli: Cli) -> Result<()> {
                 HistoryOp::Forget { profile } => h.forget(&profile)?,
                 HistoryOp::Export { profile, bundle } => {
                     let e = bundle.map(|b| open(&b, cli.threads)).transpose()?;
-                    println!("{}", h.export_json(&profile, e.as_ref().map(|e| e.catalog()))?);
+                    println!(
+                        "{}",
+                        h.export_json(&profile, e.as_ref().map(|e| e.catalog()))?
+                    );
                 }
             }
         }
         Cmd::Bench { bundle, items, gen } => bench(&bundle, &items, gen, cli.threads)?,
-        Cmd::Demo { bundle, zero_shot, data, user } => demo(&bundle, zero_shot.as_ref(), &data, user.as_deref(), cli.threads, cli.json)?,
+        Cmd::Demo {
+            bundle,
+            zero_shot,
+            data,
+            user,
+        } => demo(
+            &bundle,
+            zero_shot.as_ref(),
+            &data,
+            user.as_deref(),
+            cli.threads,
+            cli.json,
+        )?,
     }
     Ok(())
 }
 
-fn demo(bundle: &PathBuf, zero_shot: Option<&PathBuf>, data: &PathBuf, user: Option<&str>, threads: u32, json: bool) -> Result<()> {
-    let test = std::fs::read_to_string(data.join("test.jsonl")).with_context(|| format!("reading {}/test.jsonl", data.display()))?;
-    let rows: Vec<serde_json::Value> = test.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+fn demo(
+    bundle: &PathBuf,
+    zero_shot: Option<&PathBuf>,
+    data: &PathBuf,
+    user: Option<&str>,
+    threads: u32,
+    json: bool,
+) -> Result<()> {
+    let test = std::fs::read_to_string(data.join("test.jsonl"))
+        .with_context(|| format!("reading {}/test.jsonl", data.display()))?;
+    let rows: Vec<serde_json::Value> = test
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let row = match user {
-        Some(u) => rows.iter().find(|r| r["user"] == u).with_context(|| format!("user {u} is not in the test split"))?,
+        Some(u) => rows
+            .iter()
+            .find(|r| r["user"] == u)
+            .with_context(|| format!("user {u} is not in the test split"))?,
         None => rows.first().context("empty test split")?,
     };
-    let history: Vec<String> = row["history"].as_array().context("history")?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+    let history: Vec<String> = row["history"]
+        .as_array()
+        .context("history")?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
     let target = row["target"].as_str().unwrap_or_default().to_string();
     let e = open(bundle, threads)?;
     let cat = e.catalog();
-    let title = |id: &str| cat.find_id(id).and_then(|i| cat.item(i)).map(|it| it.title.to_string()).unwrap_or_else(|| id.to_string());
+    let title = |id: &str| {
+        cat.find_id(id)
+            .and_then(|i| cat.item(i))
+            .map(|it| it.title.to_string())
+            .unwrap_or_else(|| id.to_string())
+    };
     let refs: Vec<&str> = history.iter().map(String::as_str).collect();
     if !json {
-        println!("== held-out user {} ({} items in the history)", row["user"].as_str().unwrap_or("?"), history.len());
+        println!(
+            "== held-out user {} ({} items in the history)",
+            row["user"].as_str().unwrap_or("?"),
+            history.len()
+        );
         println!("last five:");
         for id in history.iter().rev().take(5).rev() {
             println!("  - {}", title(id));
@@ -227,7 +332,16 @@ fn demo(bundle: &PathBuf, zero_shot: Option<&PathBuf>, data: &PathBuf, user: Opt
     if !json {
         println!("\n== predicted next (top 5, constrained beam search over the catalog's CIDs)");
         for (i, p) in preds.iter().enumerate() {
-            println!("  {}. {}{}", i + 1, p.title, if p.id == target { "   <- the held-out item" } else { "" });
+            println!(
+                "  {}. {}{}",
+                i + 1,
+                p.title,
+                if p.id == target {
+                    "   <- the held-out item"
+                } else {
+                    ""
+                }
+            );
         }
         println!("\n== creation instruction (fine-tuned, streamed)");
     }
@@ -236,23 +350,46 @@ fn demo(bundle: &PathBuf, zero_shot: Option<&PathBuf>, data: &PathBuf, user: Opt
         Some(z) => {
             let ze = open(z, threads)?;
             if !json {
-                println!("\n== creation instruction (zero-shot {} from titles and terms, streamed)", ze.manifest().info["name"].as_str().unwrap_or("model"));
+                println!(
+                    "\n== creation instruction (zero-shot {} from titles and terms, streamed)",
+                    ze.manifest().info["name"].as_str().unwrap_or("model")
+                );
             }
-            Some(stream_instruction(&ze, &refs, &InstructionOptions { max_answer_tokens: 160, ..Default::default() }, !json)?)
+            Some(stream_instruction(
+                &ze,
+                &refs,
+                &InstructionOptions {
+                    max_answer_tokens: 160,
+                    ..Default::default()
+                },
+                !json,
+            )?)
         }
         None => None,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"user": row["user"], "history": history, "target": target, "predictions": preds, "instruction": ins, "zero_shot": zs}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"user": row["user"], "history": history, "target": target, "predictions": preds, "instruction": ins, "zero_shot": zs})
+            )?
+        );
     } else {
-        println!("\n== summary\nfine-tuned: {}\nzero-shot:  {}", ins.target_ins, zs.map(|z| z.target_ins).unwrap_or_else(|| "(no zero-shot bundle given)".into()));
+        println!(
+            "\n== summary\nfine-tuned: {}\nzero-shot:  {}",
+            ins.target_ins,
+            zs.map(|z| z.target_ins)
+                .unwrap_or_else(|| "(no zero-shot bundle given)".into())
+        );
     }
     Ok(())
 }
 
 fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 fn bench(bundle: &PathBuf, items: &[String], gen: usize, threads: u32) -> Result<()> {
@@ -262,20 +399,42 @@ fn bench(bundle: &PathBuf, items: &[String], gen: usize, threads: u32) -> Result
     let e = open(bundle, threads)?;
     let open_s = t.elapsed().as_secs_f64();
     let after = rss_kib();
-    let items: Vec<String> = if items.is_empty() { e.catalog().items().take(20).map(|i| i.id.to_string()).collect() } else { items.to_vec() };
+    let items: Vec<String> = if items.is_empty() {
+        e.catalog()
+            .items()
+            .take(20)
+            .map(|i| i.id.to_string())
+            .collect()
+    } else {
+        items.to_vec()
+    };
     let refs: Vec<&str> = items.iter().map(String::as_str).collect();
     let prompt_text = match e.kind() {
         navigen::engine::Kind::Finetuned => {
-            let h: Vec<navigen::Cid> = refs.iter().filter_map(|id| e.catalog().find_id(id)).filter_map(|i| e.catalog().item(i)).map(|it| it.cid).collect();
+            let h: Vec<navigen::Cid> = refs
+                .iter()
+                .filter_map(|id| e.catalog().find_id(id))
+                .filter_map(|i| e.catalog().item(i))
+                .map(|it| it.cid)
+                .collect();
             navigen::prompt::prompt_cid2ins(&h, navigen::prompt::Mode::Think)
         }
         navigen::engine::Kind::ZeroShot => {
-            let h: Vec<(String, Vec<String>)> = refs.iter().filter_map(|id| e.catalog().find_id(id)).filter_map(|i| e.catalog().item(i)).map(|it| (it.title.to_string(), it.tid_vec())).collect();
+            let h: Vec<(String, Vec<String>)> = refs
+                .iter()
+                .filter_map(|id| e.catalog().find_id(id))
+                .filter_map(|i| e.catalog().item(i))
+                .map(|it| (it.title.to_string(), it.tid_vec()))
+                .collect();
             navigen::prompt::zero_shot_prompt(&h)
         }
     };
     let prompt = navigen::llm::tokenize(e.model(), &prompt_text);
-    let th = if threads == 0 { navigen::llm::default_threads() } else { threads as i32 };
+    let th = if threads == 0 {
+        navigen::llm::default_threads()
+    } else {
+        threads as i32
+    };
     let mut runs = Vec::new();
     for _ in 0..3 {
         runs.push(navigen::llm::measure_speed(e.model(), &prompt, gen, th)?);

@@ -43,7 +43,8 @@ use navigen_status::*;
 
 /// Streaming callback: a piece of generated text (whole UTF-8 characters, not NUL-terminated) and the
 /// user pointer. Return false to stop generation.
-pub type navigen_token_callback = Option<unsafe extern "C" fn(piece: *const c_char, len: usize, user: *mut c_void) -> bool>;
+pub type navigen_token_callback =
+    Option<unsafe extern "C" fn(piece: *const c_char, len: usize, user: *mut c_void) -> bool>;
 
 /// Parameters of navigen_engine_open(); fill with navigen_engine_default_params().
 #[repr(C)]
@@ -89,13 +90,27 @@ pub struct navigen_history_params {
 // The C structs mirror the Rust parameter types field for field; these are the only conversions.
 impl From<EngineParams> for navigen_engine_params {
     fn from(d: EngineParams) -> Self {
-        navigen_engine_params { threads: d.threads, gpu_layers: d.gpu_layers, context_size: d.context_size, seed: d.seed, op_offload: d.op_offload, verify_checksums: d.verify_checksums }
+        navigen_engine_params {
+            threads: d.threads,
+            gpu_layers: d.gpu_layers,
+            context_size: d.context_size,
+            seed: d.seed,
+            op_offload: d.op_offload,
+            verify_checksums: d.verify_checksums,
+        }
     }
 }
 
 impl From<&navigen_engine_params> for EngineParams {
     fn from(p: &navigen_engine_params) -> Self {
-        EngineParams { threads: p.threads, gpu_layers: p.gpu_layers, context_size: p.context_size, seed: p.seed, op_offload: p.op_offload, verify_checksums: p.verify_checksums }
+        EngineParams {
+            threads: p.threads,
+            gpu_layers: p.gpu_layers,
+            context_size: p.context_size,
+            seed: p.seed,
+            op_offload: p.op_offload,
+            verify_checksums: p.verify_checksums,
+        }
     }
 }
 
@@ -159,7 +174,11 @@ fn guard(f: impl FnOnce() -> Result<(), Fail>) -> navigen_status {
             s
         }
         Err(p) => {
-            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
             set_error(&format!("internal error (panic): {what}"));
             NAVIGEN_ERR_INTERNAL
         }
@@ -170,7 +189,9 @@ unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Fail> {
     if p.is_null() {
         return Err(invalid(format!("{what} is NULL")));
     }
-    CStr::from_ptr(p).to_str().map_err(|_| invalid(format!("{what} is not UTF-8")))
+    CStr::from_ptr(p)
+        .to_str()
+        .map_err(|_| invalid(format!("{what} is not UTF-8")))
 }
 
 unsafe fn out_arg<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Fail> {
@@ -180,7 +201,9 @@ unsafe fn out_arg<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Fail> {
 unsafe fn engine_arg<'a>(e: *const navigen_engine) -> Result<&'a Engine, Fail> {
     match e.as_ref() {
         None => Err(invalid("engine is NULL")),
-        Some(h) if h.magic != ENGINE_MAGIC => Err(invalid("engine is not a navigen_engine (freed, or another handle?)")),
+        Some(h) if h.magic != ENGINE_MAGIC => Err(invalid(
+            "engine is not a navigen_engine (freed, or another handle?)",
+        )),
         Some(h) => Ok(&h.inner),
     }
 }
@@ -188,7 +211,9 @@ unsafe fn engine_arg<'a>(e: *const navigen_engine) -> Result<&'a Engine, Fail> {
 unsafe fn history_arg<'a>(h: *const navigen_history) -> Result<&'a History, Fail> {
     match h.as_ref() {
         None => Err(invalid("history is NULL")),
-        Some(x) if x.magic != HISTORY_MAGIC => Err(invalid("history is not a navigen_history (freed, or another handle?)")),
+        Some(x) if x.magic != HISTORY_MAGIC => Err(invalid(
+            "history is not a navigen_history (freed, or another handle?)",
+        )),
         Some(x) => Ok(&x.inner),
     }
 }
@@ -203,11 +228,14 @@ unsafe fn list_arg<'a>(items: *const *const c_char, n: usize) -> Result<Vec<&'a 
     if n > 100_000 {
         return Err(invalid(format!("history length {n} is not plausible")));
     }
-    (0..n).map(|i| str_arg(*items.add(i), &format!("history[{i}]"))).collect()
+    (0..n)
+        .map(|i| str_arg(*items.add(i), &format!("history[{i}]")))
+        .collect()
 }
 
 fn out_string(out: &mut *mut c_char, s: String) -> Result<(), Fail> {
-    let c = CString::new(s).map_err(|_| Fail(NAVIGEN_ERR_INTERNAL, "result holds a NUL byte".into()))?;
+    let c = CString::new(s)
+        .map_err(|_| Fail(NAVIGEN_ERR_INTERNAL, "result holds a NUL byte".into()))?;
     *out = c.into_raw();
     Ok(())
 }
@@ -260,7 +288,9 @@ pub unsafe extern "C" fn navigen_string_free(s: *mut c_char) {
 
 /// Fills `out` with the defaults.
 #[no_mangle]
-pub unsafe extern "C" fn navigen_engine_default_params(out: *mut navigen_engine_params) -> navigen_status {
+pub unsafe extern "C" fn navigen_engine_default_params(
+    out: *mut navigen_engine_params,
+) -> navigen_status {
     guard(|| {
         *out_arg(out, "out")? = EngineParams::default().into();
         Ok(())
@@ -270,14 +300,21 @@ pub unsafe extern "C" fn navigen_engine_default_params(out: *mut navigen_engine_
 /// Opens the bundle folder `bundle_dir` (model.gguf, catalog, codebooks, bundle.json). `params` may be
 /// NULL for the defaults. On success `*out` holds the engine; release it with navigen_engine_free().
 #[no_mangle]
-pub unsafe extern "C" fn navigen_engine_open(bundle_dir: *const c_char, params: *const navigen_engine_params, out: *mut *mut navigen_engine) -> navigen_status {
+pub unsafe extern "C" fn navigen_engine_open(
+    bundle_dir: *const c_char,
+    params: *const navigen_engine_params,
+    out: *mut *mut navigen_engine,
+) -> navigen_status {
     guard(|| {
         let out = out_arg(out, "out")?;
         *out = std::ptr::null_mut();
         let dir = str_arg(bundle_dir, "bundle_dir")?;
         let p = params.as_ref().map(EngineParams::from).unwrap_or_default();
         let engine = Engine::open(Path::new(dir), p)?;
-        *out = Box::into_raw(Box::new(navigen_engine { magic: ENGINE_MAGIC, inner: engine }));
+        *out = Box::into_raw(Box::new(navigen_engine {
+            magic: ENGINE_MAGIC,
+            inner: engine,
+        }));
         Ok(())
     })
 }
@@ -306,23 +343,39 @@ pub unsafe extern "C" fn navigen_cancel(engine: *const navigen_engine) -> navige
 /// Predicts the `k` items most likely next after `history` (`history_len` item ids, oldest first).
 /// `*out_json` receives `[{"id","title","cid","score"}, ...]`, best first.
 #[no_mangle]
-pub unsafe extern "C" fn navigen_predict_next(engine: *const navigen_engine, history: *const *const c_char, history_len: usize, k: usize, out_json: *mut *mut c_char) -> navigen_status {
+pub unsafe extern "C" fn navigen_predict_next(
+    engine: *const navigen_engine,
+    history: *const *const c_char,
+    history_len: usize,
+    k: usize,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
     guard(|| {
         let out = out_arg(out_json, "out_json")?;
         *out = std::ptr::null_mut();
         let e = engine_arg(engine)?;
         let h = list_arg(history, history_len)?;
         let preds = e.predict_next(&h, k, 20)?;
-        out_string(out, serde_json::to_string(&preds).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?)
+        out_string(
+            out,
+            serde_json::to_string(&preds).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?,
+        )
     })
 }
 
 /// Fills `out` with the defaults.
 #[no_mangle]
-pub unsafe extern "C" fn navigen_instruction_default_params(out: *mut navigen_instruction_params) -> navigen_status {
+pub unsafe extern "C" fn navigen_instruction_default_params(
+    out: *mut navigen_instruction_params,
+) -> navigen_status {
     guard(|| {
         let d = InstructionOptions::default();
-        *out_arg(out, "out")? = navigen_instruction_params { max_think_tokens: d.max_think_tokens, max_answer_tokens: d.max_answer_tokens, temperature: d.temperature, top_p: d.top_p };
+        *out_arg(out, "out")? = navigen_instruction_params {
+            max_think_tokens: d.max_think_tokens,
+            max_answer_tokens: d.max_answer_tokens,
+            temperature: d.temperature,
+            top_p: d.top_p,
+        };
         Ok(())
     })
 }
@@ -347,10 +400,19 @@ pub unsafe extern "C" fn navigen_generate_instruction(
         let h = list_arg(history, history_len)?;
         let opts = match params.as_ref() {
             Some(p) => {
-                if !(p.temperature.is_finite() && p.temperature >= 0.0 && p.top_p.is_finite()) || p.max_answer_tokens == 0 || p.max_answer_tokens > 4096 || p.max_think_tokens > 4096 {
+                if !(p.temperature.is_finite() && p.temperature >= 0.0 && p.top_p.is_finite())
+                    || p.max_answer_tokens == 0
+                    || p.max_answer_tokens > 4096
+                    || p.max_think_tokens > 4096
+                {
                     return Err(invalid("instruction params out of range"));
                 }
-                InstructionOptions { max_think_tokens: p.max_think_tokens, max_answer_tokens: p.max_answer_tokens, temperature: p.temperature, top_p: p.top_p }
+                InstructionOptions {
+                    max_think_tokens: p.max_think_tokens,
+                    max_answer_tokens: p.max_answer_tokens,
+                    temperature: p.temperature,
+                    top_p: p.top_p,
+                }
             }
             None => InstructionOptions::default(),
         };
@@ -362,23 +424,36 @@ pub unsafe extern "C" fn navigen_generate_instruction(
             }
         };
         let ins = e.generate_instruction(&h, &opts, &mut on_piece)?;
-        out_string(out, serde_json::to_string(&ins).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?)
+        out_string(
+            out,
+            serde_json::to_string(&ins).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?,
+        )
     })
 }
 
 /// Fills `out` with the defaults (fsync on every append, 10,000 events per profile, no age limit).
 #[no_mangle]
-pub unsafe extern "C" fn navigen_history_default_params(out: *mut navigen_history_params) -> navigen_status {
+pub unsafe extern "C" fn navigen_history_default_params(
+    out: *mut navigen_history_params,
+) -> navigen_status {
     guard(|| {
         let d = HistoryParams::default();
-        *out_arg(out, "out")? = navigen_history_params { sync_every_append: d.sync == Sync::EveryAppend, max_items: d.max_items, max_age_ms: d.max_age_ms };
+        *out_arg(out, "out")? = navigen_history_params {
+            sync_every_append: d.sync == Sync::EveryAppend,
+            max_items: d.max_items,
+            max_age_ms: d.max_age_ms,
+        };
         Ok(())
     })
 }
 
 /// Opens (creating if needed) a history folder. `params` may be NULL for the defaults.
 #[no_mangle]
-pub unsafe extern "C" fn navigen_history_open(dir: *const c_char, params: *const navigen_history_params, out: *mut *mut navigen_history) -> navigen_status {
+pub unsafe extern "C" fn navigen_history_open(
+    dir: *const c_char,
+    params: *const navigen_history_params,
+    out: *mut *mut navigen_history,
+) -> navigen_status {
     guard(|| {
         let out = out_arg(out, "out")?;
         *out = std::ptr::null_mut();
@@ -388,12 +463,23 @@ pub unsafe extern "C" fn navigen_history_open(dir: *const c_char, params: *const
                 if p.max_age_ms < 0 {
                     return Err(invalid("max_age_ms is negative"));
                 }
-                HistoryParams { sync: if p.sync_every_append { Sync::EveryAppend } else { Sync::Os }, max_items: p.max_items, max_age_ms: p.max_age_ms }
+                HistoryParams {
+                    sync: if p.sync_every_append {
+                        Sync::EveryAppend
+                    } else {
+                        Sync::Os
+                    },
+                    max_items: p.max_items,
+                    max_age_ms: p.max_age_ms,
+                }
             }
             None => HistoryParams::default(),
         };
         let h = History::open(Path::new(dir), p)?;
-        *out = Box::into_raw(Box::new(navigen_history { magic: HISTORY_MAGIC, inner: h }));
+        *out = Box::into_raw(Box::new(navigen_history {
+            magic: HISTORY_MAGIC,
+            inner: h,
+        }));
         Ok(())
     })
 }
@@ -413,32 +499,58 @@ pub unsafe extern "C" fn navigen_history_free(history: *mut navigen_history) {
 /// Appends an event: `kind` 0 view, 1 click, 2 purchase, 3 play, 4 rate, 5 like, 255 other.
 /// Returns once the record is written (and synced, by default).
 #[no_mangle]
-pub unsafe extern "C" fn navigen_history_append(history: *const navigen_history, profile: *const c_char, item_id: *const c_char, kind: u32, timestamp_ms: i64) -> navigen_status {
+pub unsafe extern "C" fn navigen_history_append(
+    history: *const navigen_history,
+    profile: *const c_char,
+    item_id: *const c_char,
+    kind: u32,
+    timestamp_ms: i64,
+) -> navigen_status {
     guard(|| {
         let h = history_arg(history)?;
         let profile = str_arg(profile, "profile")?;
         let item = str_arg(item_id, "item_id")?;
-        let kind = u8::try_from(kind).ok().and_then(EventKind::from_code).ok_or_else(|| invalid(format!("unknown event kind {kind}")))?;
-        h.append(profile, &Event { item_id: item.to_string(), kind, timestamp_ms })?;
+        let kind = u8::try_from(kind)
+            .ok()
+            .and_then(EventKind::from_code)
+            .ok_or_else(|| invalid(format!("unknown event kind {kind}")))?;
+        h.append(
+            profile,
+            &Event {
+                item_id: item.to_string(),
+                kind,
+                timestamp_ms,
+            },
+        )?;
         Ok(())
     })
 }
 
 /// The profile's item ids, oldest first, as a JSON array of strings.
 #[no_mangle]
-pub unsafe extern "C" fn navigen_history_items(history: *const navigen_history, profile: *const c_char, out_json: *mut *mut c_char) -> navigen_status {
+pub unsafe extern "C" fn navigen_history_items(
+    history: *const navigen_history,
+    profile: *const c_char,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
     guard(|| {
         let out = out_arg(out_json, "out_json")?;
         *out = std::ptr::null_mut();
         let h = history_arg(history)?;
         let ids = h.item_ids(str_arg(profile, "profile")?)?;
-        out_string(out, serde_json::to_string(&ids).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?)
+        out_string(
+            out,
+            serde_json::to_string(&ids).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?,
+        )
     })
 }
 
 /// Removes every byte of the profile from disk.
 #[no_mangle]
-pub unsafe extern "C" fn navigen_history_forget(history: *const navigen_history, profile: *const c_char) -> navigen_status {
+pub unsafe extern "C" fn navigen_history_forget(
+    history: *const navigen_history,
+    profile: *const c_char,
+) -> navigen_status {
     guard(|| {
         history_arg(history)?.forget(str_arg(profile, "profile")?)?;
         Ok(())
@@ -448,12 +560,21 @@ pub unsafe extern "C" fn navigen_history_forget(history: *const navigen_history,
 /// The profile's events as JSON. With an engine (may be NULL), each event says whether its item is in
 /// the engine's catalog (`in_catalog`).
 #[no_mangle]
-pub unsafe extern "C" fn navigen_history_export(history: *const navigen_history, profile: *const c_char, engine: *const navigen_engine, out_json: *mut *mut c_char) -> navigen_status {
+pub unsafe extern "C" fn navigen_history_export(
+    history: *const navigen_history,
+    profile: *const c_char,
+    engine: *const navigen_engine,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
     guard(|| {
         let out = out_arg(out_json, "out_json")?;
         *out = std::ptr::null_mut();
         let h = history_arg(history)?;
-        let cat = if engine.is_null() { None } else { Some(engine_arg(engine)?.catalog()) };
+        let cat = if engine.is_null() {
+            None
+        } else {
+            Some(engine_arg(engine)?.catalog())
+        };
         out_string(out, h.export_json(str_arg(profile, "profile")?, cat)?)
     })
 }

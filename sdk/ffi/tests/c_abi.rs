@@ -25,12 +25,21 @@ fn lib_dir() -> PathBuf {
             let target = dir.parent().unwrap();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "navigen-ffi", "--lib"]).arg("--target-dir").arg(target).current_dir(root());
+            cmd.args(["build", "-p", "navigen-ffi", "--lib"])
+                .arg("--target-dir")
+                .arg(target)
+                .current_dir(root());
             if dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
-            let o = cmd.output().expect("running cargo build for the C libraries");
-            assert!(o.status.success(), "building navigen-ffi: {}", String::from_utf8_lossy(&o.stderr));
+            let o = cmd
+                .output()
+                .expect("running cargo build for the C libraries");
+            assert!(
+                o.status.success(),
+                "building navigen-ffi: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             dir
         })
         .clone()
@@ -46,47 +55,99 @@ fn bundle(dir: &Path) -> PathBuf {
     o.progress = false;
     sft::run_stage(&o).unwrap();
     let out = dir.join("bundle");
-    export(&ExportOptions { run, out: out.clone(), dtype: ExportDtype::F16, verify_prompts: 0, verify_tokens: 0 }).unwrap();
+    export(&ExportOptions {
+        run,
+        out: out.clone(),
+        dtype: ExportDtype::F16,
+        verify_prompts: 0,
+        verify_tokens: 0,
+    })
+    .unwrap();
     out
 }
 
 fn compile(src: &str, out: &Path, shared: bool) {
     let lib = lib_dir();
     let mut cmd = Command::new("gcc");
-    cmd.args(["-std=c99", "-Wall", "-Wextra", "-pedantic-errors", "-Werror", "-O1"]).arg("-I").arg(root().join("include")).arg(root().join("examples/c").join(src)).arg("-o").arg(out);
+    cmd.args([
+        "-std=c99",
+        "-Wall",
+        "-Wextra",
+        "-pedantic-errors",
+        "-Werror",
+        "-O1",
+    ])
+    .arg("-I")
+    .arg(root().join("include"))
+    .arg(root().join("examples/c").join(src))
+    .arg("-o")
+    .arg(out);
     if shared {
-        cmd.arg(format!("-L{}", lib.display())).arg("-lnavigen").arg(format!("-Wl,-rpath,{}", lib.display()));
+        cmd.arg(format!("-L{}", lib.display()))
+            .arg("-lnavigen")
+            .arg(format!("-Wl,-rpath,{}", lib.display()));
     } else {
         // llama.cpp inside the static library is C++: the C program links the C++ runtime.
-        cmd.arg(lib.join("libnavigen.a")).args(["-lstdc++", "-lm", "-lpthread", "-ldl"]);
+        cmd.arg(lib.join("libnavigen.a"))
+            .args(["-lstdc++", "-lm", "-lpthread", "-ldl"]);
     }
     let o = cmd.output().expect("gcc is needed for this test");
-    assert!(o.status.success(), "compiling {src} ({}): {}", if shared { "shared" } else { "static" }, String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "compiling {src} ({}): {}",
+        if shared { "shared" } else { "static" },
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
 fn c_programs_predict_and_instruct_through_the_c_abi() {
-    assert!(lib_dir().join("libnavigen.a").exists(), "cargo did not build libnavigen.a in {}", lib_dir().display());
+    assert!(
+        lib_dir().join("libnavigen.a").exists(),
+        "cargo did not build libnavigen.a in {}",
+        lib_dir().display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
     // A real held-out history from the test split.
     let test = std::fs::read_to_string(tmp.path().join("data/test.jsonl")).unwrap();
     let row: serde_json::Value = serde_json::from_str(test.lines().next().unwrap()).unwrap();
-    let items: Vec<String> = row["history"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let items: Vec<String> = row["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     for shared in [false, true] {
-        let exe = tmp.path().join(if shared { "demo_shared" } else { "demo_static" });
+        let exe = tmp
+            .path()
+            .join(if shared { "demo_shared" } else { "demo_static" });
         compile("navigen_demo.c", &exe, shared);
         let out = Command::new(&exe).arg(&b).args(&items).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{} failed: {stdout}\n{}", exe.display(), String::from_utf8_lossy(&out.stderr));
-        let preds = stdout.lines().find_map(|l| l.strip_prefix("predictions: ")).expect("predictions line");
+        assert!(
+            out.status.success(),
+            "{} failed: {stdout}\n{}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let preds = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("predictions: "))
+            .expect("predictions line");
         let preds: serde_json::Value = serde_json::from_str(preds).unwrap();
         assert_eq!(preds.as_array().unwrap().len(), 5);
         let cat = navigen::Catalog::open(&b.join("catalog.nvct")).unwrap();
         for p in preds.as_array().unwrap() {
-            assert!(cat.find_id(p["id"].as_str().unwrap()).is_some(), "predicted an item outside the catalog: {p}");
+            assert!(
+                cat.find_id(p["id"].as_str().unwrap()).is_some(),
+                "predicted an item outside the catalog: {p}"
+            );
         }
-        let ins = stdout.lines().find_map(|l| l.strip_prefix("instruction: ")).expect("instruction line");
+        let ins = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("instruction: "))
+            .expect("instruction line");
         let ins: serde_json::Value = serde_json::from_str(ins).unwrap();
         assert!(ins["raw"].as_str().unwrap().starts_with("<think>"));
     }
@@ -98,6 +159,15 @@ fn null_and_garbage_arguments_never_crash() {
     let b = bundle(tmp.path());
     let exe = tmp.path().join("null_args");
     compile("null_args.c", &exe, false);
-    let out = Command::new(&exe).arg(&b).arg(tmp.path().join("history")).output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&exe)
+        .arg(&b)
+        .arg(tmp.path().join("history"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -10,9 +10,15 @@ fn root() -> PathBuf {
 
 fn generate() -> String {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let mut out = Vec::new();
-    cbindgen::Builder::new().with_crate(&crate_dir).with_config(config).generate().expect("cbindgen generates the header").write(&mut out);
+    cbindgen::Builder::new()
+        .with_crate(&crate_dir)
+        .with_config(config)
+        .generate()
+        .expect("cbindgen generates the header")
+        .write(&mut out);
     String::from_utf8(out).expect("UTF-8 header")
 }
 
@@ -30,13 +36,26 @@ fn committed_header_is_current() {
 #[test]
 fn header_compiles_as_strict_c99_and_cpp() {
     let header = root().join("include/navigen.h");
-    for (compiler, args) in [("gcc", vec!["-std=c99", "-x", "c"]), ("g++", vec!["-std=c++11", "-x", "c++"])] {
+    for (compiler, args) in [
+        ("gcc", vec!["-std=c99", "-x", "c"]),
+        ("g++", vec!["-std=c++11", "-x", "c++"]),
+    ] {
         let out = Command::new(compiler)
-            .args(["-Wall", "-Wextra", "-pedantic-errors", "-Werror", "-fsyntax-only"])
+            .args([
+                "-Wall",
+                "-Wextra",
+                "-pedantic-errors",
+                "-Werror",
+                "-fsyntax-only",
+            ])
             .args(&args)
             .arg(&header)
             .output()
             .unwrap_or_else(|e| panic!("{compiler} is needed for this test: {e}"));
-        assert!(out.status.success(), "{compiler}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{compiler}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -121,24 +121,35 @@ impl Catalog {
         let c = Container::parse(all, MAGIC, &[VERSION])?;
         let meta_b = c.section(META)?;
         if meta_b.len() != std::mem::size_of::<Meta>() {
-            return Err(FormatError::Invalid(format!("META has {} bytes, expected {}", meta_b.len(), std::mem::size_of::<Meta>())));
+            return Err(FormatError::Invalid(format!(
+                "META has {} bytes, expected {}",
+                meta_b.len(),
+                std::mem::size_of::<Meta>()
+            )));
         }
         let meta: Meta = cast_records::<Meta>("META", meta_b)?[0];
         let n = meta.item_count as usize;
         let levels = meta.levels as usize;
         if levels == 0 || levels > MAX_LEVELS {
-            return Err(FormatError::Invalid(format!("{levels} CID levels (1..={MAX_LEVELS} allowed)")));
+            return Err(FormatError::Invalid(format!(
+                "{levels} CID levels (1..={MAX_LEVELS} allowed)"
+            )));
         }
         for l in 0..MAX_LEVELS {
             let k = meta.sizes[l];
             if (l < levels && (k == 0 || k > 65536)) || (l >= levels && k != 0) {
-                return Err(FormatError::Invalid(format!("codebook size {k} at level {l} is out of range")));
+                return Err(FormatError::Invalid(format!(
+                    "codebook size {k} at level {l} is out of range"
+                )));
             }
         }
         let items_b = c.section(ITEM)?;
         let items: &[ItemRecord] = cast_records("ITEM", items_b)?;
         if items.len() != n {
-            return Err(FormatError::Invalid(format!("ITEM holds {} records, META says {n}", items.len())));
+            return Err(FormatError::Invalid(format!(
+                "ITEM holds {} records, META says {n}",
+                items.len()
+            )));
         }
         let strs = c.section(STRS)?;
         let by_id_b = c.section(BYID)?;
@@ -146,13 +157,22 @@ impl Catalog {
         let by_id: &[u32] = cast_records("BYID", by_id_b)?;
         let by_cid: &[u32] = cast_records("BYCD", by_cid_b)?;
         if by_id.len() != n || by_cid.len() != n {
-            return Err(FormatError::Invalid(format!("index sizes {}/{} differ from item count {n}", by_id.len(), by_cid.len())));
+            return Err(FormatError::Invalid(format!(
+                "index sizes {}/{} differ from item count {n}",
+                by_id.len(),
+                by_cid.len()
+            )));
         }
         // Every string in bounds and UTF-8; every code inside its codebook.
         let get = |r: StrRef| -> Result<&str, FormatError> {
-            let end = (r.offset as usize).checked_add(r.len as usize).filter(|&e| e <= strs.len());
-            let end = end.ok_or_else(|| FormatError::Invalid(format!("string at {}+{} outside STRS", r.offset, r.len)))?;
-            std::str::from_utf8(&strs[r.offset as usize..end]).map_err(|_| FormatError::Invalid(format!("string at {} is not UTF-8", r.offset)))
+            let end = (r.offset as usize)
+                .checked_add(r.len as usize)
+                .filter(|&e| e <= strs.len());
+            let end = end.ok_or_else(|| {
+                FormatError::Invalid(format!("string at {}+{} outside STRS", r.offset, r.len))
+            })?;
+            std::str::from_utf8(&strs[r.offset as usize..end])
+                .map_err(|_| FormatError::Invalid(format!("string at {} is not UTF-8", r.offset)))
         };
         for (i, it) in items.iter().enumerate() {
             for r in [it.id, it.title, it.text] {
@@ -160,23 +180,32 @@ impl Catalog {
             }
             let tid = get(it.tid)?;
             if tid.split('\n').count() > MAX_TID_TERMS {
-                return Err(FormatError::Invalid(format!("item {i} has more than {MAX_TID_TERMS} TID terms")));
+                return Err(FormatError::Invalid(format!(
+                    "item {i} has more than {MAX_TID_TERMS} TID terms"
+                )));
             }
             for l in 0..MAX_LEVELS {
                 let code = it.cid[l] as u32;
                 if (l < levels && code >= meta.sizes[l]) || (l >= levels && code != 0) {
-                    return Err(FormatError::Invalid(format!("item {i}: code {code} at level {l} outside the codebook")));
+                    return Err(FormatError::Invalid(format!(
+                        "item {i}: code {code} at level {l} outside the codebook"
+                    )));
                 }
             }
             if it.flags != 0 {
-                return Err(FormatError::Invalid(format!("item {i}: unknown flags {:#x}", it.flags)));
+                return Err(FormatError::Invalid(format!(
+                    "item {i}: unknown flags {:#x}",
+                    it.flags
+                )));
             }
         }
         // Both indexes are permutations, strictly sorted: ids and CIDs are unique.
         let check_perm = |name: &str, idx: &[u32]| -> Result<(), FormatError> {
             let mut seen = vec![false; n];
             for &i in idx {
-                let slot = seen.get_mut(i as usize).ok_or_else(|| FormatError::Invalid(format!("{name}: index {i} out of range")))?;
+                let slot = seen.get_mut(i as usize).ok_or_else(|| {
+                    FormatError::Invalid(format!("{name}: index {i} out of range"))
+                })?;
                 if std::mem::replace(slot, true) {
                     return Err(FormatError::Invalid(format!("{name}: index {i} twice")));
                 }
@@ -187,12 +216,16 @@ impl Catalog {
         check_perm("BYCD", by_cid)?;
         for w in by_id.windows(2) {
             if get(items[w[0] as usize].id)? >= get(items[w[1] as usize].id)? {
-                return Err(FormatError::Invalid("BYID is not strictly sorted (duplicate or unordered ids)".into()));
+                return Err(FormatError::Invalid(
+                    "BYID is not strictly sorted (duplicate or unordered ids)".into(),
+                ));
             }
         }
         for w in by_cid.windows(2) {
             if items[w[0] as usize].cid >= items[w[1] as usize].cid {
-                return Err(FormatError::Invalid("BYCD is not strictly sorted (two items share a CID?)".into()));
+                return Err(FormatError::Invalid(
+                    "BYCD is not strictly sorted (two items share a CID?)".into(),
+                ));
             }
         }
         let info = super::container::info_json(&c)?;
@@ -233,7 +266,10 @@ impl Catalog {
     }
     /// Codebook size of each CID level.
     pub fn sizes(&self) -> Vec<usize> {
-        self.meta.sizes[..self.levels()].iter().map(|&k| k as usize).collect()
+        self.meta.sizes[..self.levels()]
+            .iter()
+            .map(|&k| k as usize)
+            .collect()
     }
     pub fn codebooks_crc(&self) -> u32 {
         self.meta.codebooks_crc
@@ -268,32 +304,48 @@ impl Catalog {
     pub fn find_id(&self, id: &str) -> Option<u32> {
         let recs = self.records();
         let idx = self.by_id_index();
-        idx.binary_search_by(|&i| self.str_at(recs[i as usize].id).cmp(id)).ok().map(|p| idx[p])
+        idx.binary_search_by(|&i| self.str_at(recs[i as usize].id).cmp(id))
+            .ok()
+            .map(|p| idx[p])
     }
 
     /// Index of the item with this CID.
     pub fn find_cid(&self, cid: &Cid) -> Option<u32> {
         let recs = self.records();
         let idx = self.by_cid_index();
-        idx.binary_search_by(|&i| self.cid_of(&recs[i as usize]).cmp(cid)).ok().map(|p| idx[p])
+        idx.binary_search_by(|&i| self.cid_of(&recs[i as usize]).cmp(cid))
+            .ok()
+            .map(|p| idx[p])
     }
 
     /// Every (CID, item index), sorted by CID: consecutive entries share prefixes, which is what a
     /// prefix trie is built from.
     pub fn cids_sorted(&self) -> impl Iterator<Item = (Cid, u32)> + '_ {
         let recs = self.records();
-        self.by_cid_index().iter().map(move |&i| (self.cid_of(&recs[i as usize]), i))
+        self.by_cid_index()
+            .iter()
+            .map(move |&i| (self.cid_of(&recs[i as usize]), i))
     }
 }
 
 /// Serialises a catalog. Fails on duplicate ids, duplicate CIDs (collisions), over-long TIDs, codes
 /// outside the codebooks or strings the format cannot hold.
-pub fn write_catalog(entries: &[ItemEntry], sizes: &[usize], codebooks_crc: u32, info: &serde_json::Value) -> Result<Vec<u8>> {
+pub fn write_catalog(
+    entries: &[ItemEntry],
+    sizes: &[usize],
+    codebooks_crc: u32,
+    info: &serde_json::Value,
+) -> Result<Vec<u8>> {
     let levels = sizes.len();
     if levels == 0 || levels > MAX_LEVELS {
         return Err(Error::InvalidArgument(format!("{levels} levels")));
     }
-    let mut meta = Meta { item_count: entries.len() as u32, levels: levels as u32, codebooks_crc, ..Default::default() };
+    let mut meta = Meta {
+        item_count: entries.len() as u32,
+        levels: levels as u32,
+        codebooks_crc,
+        ..Default::default()
+    };
     for (l, &k) in sizes.iter().enumerate() {
         if k == 0 || k > 65536 {
             return Err(Error::InvalidArgument(format!("codebook size {k}")));
@@ -302,22 +354,36 @@ pub fn write_catalog(entries: &[ItemEntry], sizes: &[usize], codebooks_crc: u32,
     }
     let mut strs: Vec<u8> = Vec::new();
     let mut push = |s: &str| -> Result<StrRef> {
-        let offset = u32::try_from(strs.len()).map_err(|_| Error::InvalidArgument("catalog strings exceed 4 GiB".into()))?;
+        let offset = u32::try_from(strs.len())
+            .map_err(|_| Error::InvalidArgument("catalog strings exceed 4 GiB".into()))?;
         strs.extend_from_slice(s.as_bytes());
-        Ok(StrRef { offset, len: s.len() as u32 })
+        Ok(StrRef {
+            offset,
+            len: s.len() as u32,
+        })
     };
     let mut records = Vec::with_capacity(entries.len());
     for e in entries {
         if e.cid.levels() != levels {
-            return Err(Error::InvalidArgument(format!("item {}: CID has {} levels, catalog {levels}", e.id, e.cid.levels())));
+            return Err(Error::InvalidArgument(format!(
+                "item {}: CID has {} levels, catalog {levels}",
+                e.id,
+                e.cid.levels()
+            )));
         }
         for (l, &c) in e.cid.codes().iter().enumerate() {
             if c as usize >= sizes[l] {
-                return Err(Error::InvalidArgument(format!("item {}: code {c} at level {l} outside codebook of {}", e.id, sizes[l])));
+                return Err(Error::InvalidArgument(format!(
+                    "item {}: code {c} at level {l} outside codebook of {}",
+                    e.id, sizes[l]
+                )));
             }
         }
         if e.tid.len() > MAX_TID_TERMS || e.tid.iter().any(|t| t.contains('\n') || t.is_empty()) {
-            return Err(Error::InvalidArgument(format!("item {}: TID must be 1..={MAX_TID_TERMS} non-empty single-line terms", e.id)));
+            return Err(Error::InvalidArgument(format!(
+                "item {}: TID must be 1..={MAX_TID_TERMS} non-empty single-line terms",
+                e.id
+            )));
         }
         let mut cid = [0u16; MAX_LEVELS];
         cid[..levels].copy_from_slice(e.cid.codes());
@@ -333,14 +399,26 @@ pub fn write_catalog(entries: &[ItemEntry], sizes: &[usize], codebooks_crc: u32,
     }
     let mut by_id: Vec<u32> = (0..entries.len() as u32).collect();
     by_id.sort_by(|&a, &b| entries[a as usize].id.cmp(&entries[b as usize].id));
-    if let Some(w) = by_id.windows(2).find(|w| entries[w[0] as usize].id == entries[w[1] as usize].id) {
-        return Err(Error::InvalidArgument(format!("duplicate item id {:?}", entries[w[0] as usize].id)));
+    if let Some(w) = by_id
+        .windows(2)
+        .find(|w| entries[w[0] as usize].id == entries[w[1] as usize].id)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "duplicate item id {:?}",
+            entries[w[0] as usize].id
+        )));
     }
     let mut by_cid: Vec<u32> = (0..entries.len() as u32).collect();
     by_cid.sort_by_key(|&i| entries[i as usize].cid);
-    if let Some(w) = by_cid.windows(2).find(|w| entries[w[0] as usize].cid == entries[w[1] as usize].cid) {
+    if let Some(w) = by_cid
+        .windows(2)
+        .find(|w| entries[w[0] as usize].cid == entries[w[1] as usize].cid)
+    {
         let (a, b) = (&entries[w[0] as usize], &entries[w[1] as usize]);
-        return Err(Error::InvalidArgument(format!("items {:?} and {:?} share the CID {}", a.id, b.id, a.cid)));
+        return Err(Error::InvalidArgument(format!(
+            "items {:?} and {:?} share the CID {}",
+            a.id, b.id, a.cid
+        )));
     }
     let mut w = ContainerWriter::new(MAGIC, VERSION);
     w.section(META, bytemuck::bytes_of(&meta).to_vec());
@@ -348,7 +426,10 @@ pub fn write_catalog(entries: &[ItemEntry], sizes: &[usize], codebooks_crc: u32,
     w.section(STRS, strs);
     w.section(BYID, bytemuck::cast_slice(&by_id).to_vec());
     w.section(BYCD, bytemuck::cast_slice(&by_cid).to_vec());
-    w.section(INFO, serde_json::to_vec(info).expect("JSON value serialises"));
+    w.section(
+        INFO,
+        serde_json::to_vec(info).expect("JSON value serialises"),
+    );
     Ok(w.finish())
 }
 
@@ -365,12 +446,22 @@ mod tests {
             cid: Cid::new(codes).unwrap(),
             popularity: id.len() as u32,
         };
-        vec![e("b", &[1, 2, 3], &["drama", "war"]), e("a", &[0, 2, 3], &["comedy"]), e("c", &[1, 2, 0], &[])]
+        vec![
+            e("b", &[1, 2, 3], &["drama", "war"]),
+            e("a", &[0, 2, 3], &["comedy"]),
+            e("c", &[1, 2, 0], &[]),
+        ]
     }
 
     #[test]
     fn round_trip_and_lookups() {
-        let bytes = write_catalog(&entries(), &[4, 4, 4], 7, &serde_json::json!({"dataset": "t"})).unwrap();
+        let bytes = write_catalog(
+            &entries(),
+            &[4, 4, 4],
+            7,
+            &serde_json::json!({"dataset": "t"}),
+        )
+        .unwrap();
         let cat = Catalog::from_bytes(&bytes).unwrap();
         assert_eq!(cat.len(), 3);
         assert_eq!(cat.codebooks_crc(), 7);
@@ -406,7 +497,10 @@ mod tests {
             assert!(Catalog::from_bytes(&b).is_err(), "flipped byte {i}");
         }
         for n in 0..bytes.len() {
-            assert!(Catalog::from_bytes(&bytes[..n]).is_err(), "truncated to {n}");
+            assert!(
+                Catalog::from_bytes(&bytes[..n]).is_err(),
+                "truncated to {n}"
+            );
         }
     }
 }

@@ -85,35 +85,64 @@ impl Codebooks {
             d => return Err(FormatError::Invalid(format!("unknown centroid dtype {d}"))),
         };
         if levels == 0 || levels > MAX_LEVELS {
-            return Err(FormatError::Invalid(format!("{levels} levels (1..={MAX_LEVELS} allowed)")));
+            return Err(FormatError::Invalid(format!(
+                "{levels} levels (1..={MAX_LEVELS} allowed)"
+            )));
         }
         if dim == 0 || dim > 1 << 16 {
-            return Err(FormatError::Invalid(format!("dimension {dim} out of range")));
+            return Err(FormatError::Invalid(format!(
+                "dimension {dim} out of range"
+            )));
         }
         if meta.len() != 4 + levels {
-            return Err(FormatError::Invalid(format!("META has {} words, expected {}", meta.len(), 4 + levels)));
+            return Err(FormatError::Invalid(format!(
+                "META has {} words, expected {}",
+                meta.len(),
+                4 + levels
+            )));
         }
         let sizes: Vec<usize> = meta[4..].iter().map(|&k| k as usize).collect();
         if let Some(k) = sizes.iter().find(|&&k| k == 0 || k > u16::MAX as usize + 1) {
-            return Err(FormatError::Invalid(format!("codebook size {k} out of range 1..=65536")));
+            return Err(FormatError::Invalid(format!(
+                "codebook size {k} out of range 1..=65536"
+            )));
         }
         let cent = c.section(CENT)?;
         let expected = sizes.iter().sum::<usize>() * dim * dtype.size();
         if cent.len() != expected {
-            return Err(FormatError::Invalid(format!("CENT has {} bytes, expected {expected}", cent.len())));
+            return Err(FormatError::Invalid(format!(
+                "CENT has {} bytes, expected {expected}",
+                cent.len()
+            )));
         }
         // Alignment is guaranteed by the container; this also proves it for the typed views below.
         match dtype {
             Dtype::F32 => drop(cast_records::<f32>("CENT", cent)?),
             Dtype::F16 => drop(cast_records::<f16>("CENT", cent)?),
         }
-        if cent.chunks_exact(dtype.size()).any(|v| !value_is_finite(dtype, v)) {
+        if cent
+            .chunks_exact(dtype.size())
+            .any(|v| !value_is_finite(dtype, v))
+        {
             return Err(FormatError::Invalid("CENT holds a non-finite value".into()));
         }
         let info = super::container::info_json(&c)?;
         let start = cent.as_ptr() as usize - all.as_ptr() as usize;
-        let cent_crc = c.sections().iter().find(|s| s.tag == CENT).map(|s| s.crc32).unwrap_or(0);
-        Ok(Codebooks { dtype, dim, sizes, cent: start..start + cent.len(), cent_crc, info, bytes })
+        let cent_crc = c
+            .sections()
+            .iter()
+            .find(|s| s.tag == CENT)
+            .map(|s| s.crc32)
+            .unwrap_or(0);
+        Ok(Codebooks {
+            dtype,
+            dim,
+            sizes,
+            cent: start..start + cent.len(),
+            cent_crc,
+            info,
+            bytes,
+        })
     }
 
     pub fn levels(&self) -> usize {
@@ -142,13 +171,21 @@ impl Codebooks {
 
     /// Copies centroid `k` of `level` into `out` as f32. Panics only on out-of-range arguments.
     pub fn centroid_into(&self, level: usize, k: usize, out: &mut [f32]) {
-        assert!(level < self.levels() && k < self.sizes[level] && out.len() == self.dim, "centroid index out of range");
+        assert!(
+            level < self.levels() && k < self.sizes[level] && out.len() == self.dim,
+            "centroid index out of range"
+        );
         let start = self.level_offset(level) + k * self.dim;
         let raw = &self.bytes.as_slice()[self.cent.clone()];
         match self.dtype {
-            Dtype::F32 => out.copy_from_slice(&bytemuck::cast_slice::<u8, f32>(raw)[start..start + self.dim]),
+            Dtype::F32 => {
+                out.copy_from_slice(&bytemuck::cast_slice::<u8, f32>(raw)[start..start + self.dim])
+            }
             Dtype::F16 => {
-                for (o, v) in out.iter_mut().zip(&bytemuck::cast_slice::<u8, f16>(raw)[start..start + self.dim]) {
+                for (o, v) in out
+                    .iter_mut()
+                    .zip(&bytemuck::cast_slice::<u8, f16>(raw)[start..start + self.dim])
+                {
                     *o = v.to_f32();
                 }
             }
@@ -181,33 +218,55 @@ impl Codebooks {
     /// Like [`Self::quantize`] but also ranks the last level: returns the greedy codes of the first
     /// levels followed by the `last_candidates` nearest last-level codes (nearest first).
     pub fn quantize_ranked(&self, x: &[f32], last_candidates: usize) -> Result<Vec<u16>> {
+        let (mut codes, dists) = self.last_level_distances(x)?;
+        let mut order: Vec<usize> = (0..dists.len()).collect();
+        // Ties go to the lower code, here and in the trainer's collision resolution.
+        order.sort_by(|&a, &b| dists[a].total_cmp(&dists[b]).then(a.cmp(&b)));
+        codes.extend(order.iter().take(last_candidates.max(1)).map(|&k| k as u16));
+        Ok(codes)
+    }
+
+    /// Greedy residual quantisation of all but the last level, then the squared distance of what is
+    /// left to every last-level centroid. This is the one place where items meet codes: the trainer
+    /// assigns the catalog's CIDs with it and the device registers new items with it.
+    pub fn last_level_distances(&self, x: &[f32]) -> Result<(Vec<u16>, Vec<f32>)> {
         if x.len() != self.dim {
-            return Err(Error::InvalidArgument(format!("vector has {} values, codebooks expect {}", x.len(), self.dim)));
+            return Err(Error::InvalidArgument(format!(
+                "vector has {} values, codebooks expect {}",
+                x.len(),
+                self.dim
+            )));
         }
         if x.iter().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidArgument("vector holds a non-finite value".into()));
+            return Err(Error::InvalidArgument(
+                "vector holds a non-finite value".into(),
+            ));
         }
         let mut residual = x.to_vec();
-        let mut codes = Vec::with_capacity(self.levels() + last_candidates);
+        let mut codes = Vec::with_capacity(self.levels());
         let mut c = vec![0f32; self.dim];
         for l in 0..self.levels() {
-            let mut dists: Vec<(f32, usize)> = (0..self.sizes[l])
+            let dists: Vec<f32> = (0..self.sizes[l])
                 .map(|k| {
                     self.centroid_into(l, k, &mut c);
-                    (residual.iter().zip(&c).map(|(r, c)| (r - c) * (r - c)).sum::<f32>(), k)
+                    residual
+                        .iter()
+                        .zip(&c)
+                        .map(|(r, c)| (r - c) * (r - c))
+                        .sum::<f32>()
                 })
                 .collect();
             if l + 1 == self.levels() {
-                dists.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                codes.extend(dists.iter().take(last_candidates.max(1)).map(|&(_, k)| k as u16));
-            } else {
-                let best = dists.iter().min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))).expect("K >= 1").1;
-                codes.push(best as u16);
-                self.centroid_into(l, best, &mut c);
-                residual.iter_mut().zip(&c).for_each(|(r, c)| *r -= c);
+                return Ok((codes, dists));
             }
+            let best = (0..dists.len())
+                .min_by(|&a, &b| dists[a].total_cmp(&dists[b]).then(a.cmp(&b)))
+                .expect("K >= 1");
+            codes.push(best as u16);
+            self.centroid_into(l, best, &mut c);
+            residual.iter_mut().zip(&c).for_each(|(r, c)| *r -= c);
         }
-        Ok(codes)
+        unreachable!("codebooks have at least one level (checked at open)")
     }
 }
 
@@ -219,18 +278,31 @@ fn value_is_finite(dtype: Dtype, v: &[u8]) -> bool {
 }
 
 /// Serialises codebooks. `levels[l]` is K_l x dim, row-major.
-pub fn write_codebooks(levels: &[Vec<f32>], dim: usize, dtype: Dtype, info: &serde_json::Value) -> Result<Vec<u8>> {
+pub fn write_codebooks(
+    levels: &[Vec<f32>],
+    dim: usize,
+    dtype: Dtype,
+    info: &serde_json::Value,
+) -> Result<Vec<u8>> {
     if levels.is_empty() || levels.len() > MAX_LEVELS || dim == 0 {
-        return Err(Error::InvalidArgument(format!("{} levels of dimension {dim}", levels.len())));
+        return Err(Error::InvalidArgument(format!(
+            "{} levels of dimension {dim}",
+            levels.len()
+        )));
     }
     let mut meta = vec![levels.len() as u32, dim as u32, dtype.code(), 0];
     let mut cent = Vec::new();
     for (l, level) in levels.iter().enumerate() {
         if level.is_empty() || level.len() % dim != 0 || level.len() / dim > u16::MAX as usize + 1 {
-            return Err(Error::InvalidArgument(format!("level {l} has {} values for dimension {dim}", level.len())));
+            return Err(Error::InvalidArgument(format!(
+                "level {l} has {} values for dimension {dim}",
+                level.len()
+            )));
         }
         if level.iter().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidArgument(format!("level {l} holds a non-finite value")));
+            return Err(Error::InvalidArgument(format!(
+                "level {l} holds a non-finite value"
+            )));
         }
         meta.push((level.len() / dim) as u32);
         for &v in level {
@@ -243,7 +315,10 @@ pub fn write_codebooks(levels: &[Vec<f32>], dim: usize, dtype: Dtype, info: &ser
     let mut w = ContainerWriter::new(MAGIC, VERSION);
     w.section(META, bytemuck::cast_slice(&meta).to_vec());
     w.section(CENT, cent);
-    w.section(INFO, serde_json::to_vec(info).expect("JSON value serialises"));
+    w.section(
+        INFO,
+        serde_json::to_vec(info).expect("JSON value serialises"),
+    );
     Ok(w.finish())
 }
 
@@ -254,7 +329,13 @@ mod tests {
     fn sample(dtype: Dtype) -> Vec<u8> {
         let l0 = vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0];
         let l1 = vec![0.1, 0.0, 0.0, 0.1];
-        write_codebooks(&[l0, l1], 2, dtype, &serde_json::json!({"embedder": "test"})).unwrap()
+        write_codebooks(
+            &[l0, l1],
+            2,
+            dtype,
+            &serde_json::json!({"embedder": "test"}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -281,7 +362,10 @@ mod tests {
             assert!(Codebooks::from_bytes(&b).is_err(), "flipped byte {i}");
         }
         for n in 0..bytes.len() {
-            assert!(Codebooks::from_bytes(&bytes[..n]).is_err(), "truncated to {n}");
+            assert!(
+                Codebooks::from_bytes(&bytes[..n]).is_err(),
+                "truncated to {n}"
+            );
         }
     }
 }

@@ -89,20 +89,32 @@ impl<'a> Container<'a> {
     /// alignment, overlaps and every section's CRC-32.
     pub fn parse(bytes: &'a [u8], magic: &[u8; 8], versions: &[u32]) -> Result<Self, FormatError> {
         if bytes.len() < HEADER_SIZE {
-            return Err(FormatError::Truncated { what: "header", need: HEADER_SIZE as u64, have: bytes.len() as u64 });
+            return Err(FormatError::Truncated {
+                what: "header",
+                need: HEADER_SIZE as u64,
+                have: bytes.len() as u64,
+            });
         }
         let header = &bytes[..HEADER_SIZE];
         let found: [u8; 8] = header[..8].try_into().expect("8 bytes");
         if &found != magic {
-            return Err(FormatError::BadMagic { expected: *magic, found });
+            return Err(FormatError::BadMagic {
+                expected: *magic,
+                found,
+            });
         }
         let version = u32_at(header, 8);
         if !versions.contains(&version) {
-            return Err(FormatError::UnsupportedVersion { found: version, supported: versions.to_vec() });
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: versions.to_vec(),
+            });
         }
         let header_size = u32_at(header, 12);
         if header_size as usize != HEADER_SIZE {
-            return Err(FormatError::Invalid(format!("header size {header_size}, expected {HEADER_SIZE}")));
+            return Err(FormatError::Invalid(format!(
+                "header size {header_size}, expected {HEADER_SIZE}"
+            )));
         }
         let count = u32_at(header, 16);
         let file_size = u64_at(header, 24);
@@ -110,26 +122,47 @@ impl<'a> Container<'a> {
         let stored_header_crc = u32_at(header, 36);
         let actual = header_crc(header);
         if actual != stored_header_crc {
-            return Err(FormatError::Checksum { what: "header".into(), stored: stored_header_crc, actual });
+            return Err(FormatError::Checksum {
+                what: "header".into(),
+                stored: stored_header_crc,
+                actual,
+            });
         }
         if file_size != bytes.len() as u64 {
             return Err(if file_size > bytes.len() as u64 {
-                FormatError::Truncated { what: "file", need: file_size, have: bytes.len() as u64 }
+                FormatError::Truncated {
+                    what: "file",
+                    need: file_size,
+                    have: bytes.len() as u64,
+                }
             } else {
-                FormatError::Invalid(format!("file has {} bytes, header says {file_size}", bytes.len()))
+                FormatError::Invalid(format!(
+                    "file has {} bytes, header says {file_size}",
+                    bytes.len()
+                ))
             });
         }
         if count > MAX_SECTIONS {
-            return Err(FormatError::Invalid(format!("{count} sections (at most {MAX_SECTIONS})")));
+            return Err(FormatError::Invalid(format!(
+                "{count} sections (at most {MAX_SECTIONS})"
+            )));
         }
         let table_end = HEADER_SIZE + count as usize * ENTRY_SIZE;
         if table_end > bytes.len() {
-            return Err(FormatError::Truncated { what: "section table", need: table_end as u64, have: bytes.len() as u64 });
+            return Err(FormatError::Truncated {
+                what: "section table",
+                need: table_end as u64,
+                have: bytes.len() as u64,
+            });
         }
         let table = &bytes[HEADER_SIZE..table_end];
         let actual = crc32fast::hash(table);
         if actual != table_crc {
-            return Err(FormatError::Checksum { what: "section table".into(), stored: table_crc, actual });
+            return Err(FormatError::Checksum {
+                what: "section table".into(),
+                stored: table_crc,
+                actual,
+            });
         }
         let mut sections = Vec::with_capacity(count as usize);
         for i in 0..count as usize {
@@ -141,40 +174,77 @@ impl<'a> Container<'a> {
                 crc32: u32_at(e, 24),
             };
             if info.offset % SECTION_ALIGN as u64 != 0 {
-                return Err(FormatError::Invalid(format!("section {} at offset {} is not {SECTION_ALIGN}-byte aligned", info.tag, info.offset)));
+                return Err(FormatError::Invalid(format!(
+                    "section {} at offset {} is not {SECTION_ALIGN}-byte aligned",
+                    info.tag, info.offset
+                )));
             }
-            let end = info.offset.checked_add(info.length).ok_or_else(|| FormatError::Invalid(format!("section {} overflows", info.tag)))?;
+            let end = info
+                .offset
+                .checked_add(info.length)
+                .ok_or_else(|| FormatError::Invalid(format!("section {} overflows", info.tag)))?;
             if info.offset < table_end as u64 || end > bytes.len() as u64 {
                 return Err(FormatError::Invalid(format!(
                     "section {} spans {}..{} outside the data area {}..{}",
-                    info.tag, info.offset, end, table_end, bytes.len()
+                    info.tag,
+                    info.offset,
+                    end,
+                    table_end,
+                    bytes.len()
                 )));
             }
             if sections.iter().any(|s: &SectionInfo| s.tag == info.tag) {
-                return Err(FormatError::Invalid(format!("section {} appears twice", info.tag)));
+                return Err(FormatError::Invalid(format!(
+                    "section {} appears twice",
+                    info.tag
+                )));
             }
-            if let Some(o) = sections.iter().find(|s: &&SectionInfo| info.offset < s.offset + s.length && s.offset < end) {
-                return Err(FormatError::Invalid(format!("sections {} and {} overlap", o.tag, info.tag)));
+            if let Some(o) = sections
+                .iter()
+                .find(|s: &&SectionInfo| info.offset < s.offset + s.length && s.offset < end)
+            {
+                return Err(FormatError::Invalid(format!(
+                    "sections {} and {} overlap",
+                    o.tag, info.tag
+                )));
             }
             let data = &bytes[info.offset as usize..end as usize];
             let actual = crc32fast::hash(data);
             if actual != info.crc32 {
-                return Err(FormatError::Checksum { what: format!("section {}", info.tag), stored: info.crc32, actual });
+                return Err(FormatError::Checksum {
+                    what: format!("section {}", info.tag),
+                    stored: info.crc32,
+                    actual,
+                });
             }
             sections.push(info);
         }
         // Bytes outside every section (alignment padding) must be zero, so that no flipped byte anywhere
         // in the file goes unnoticed.
-        let mut spans: Vec<(usize, usize)> = sections.iter().map(|s| (s.offset as usize, (s.offset + s.length) as usize)).collect();
+        let mut spans: Vec<(usize, usize)> = sections
+            .iter()
+            .map(|s| (s.offset as usize, (s.offset + s.length) as usize))
+            .collect();
         spans.sort_unstable();
         let mut at = table_end;
-        for (start, end) in spans.into_iter().chain(std::iter::once((bytes.len(), bytes.len()))) {
+        for (start, end) in spans
+            .into_iter()
+            .chain(std::iter::once((bytes.len(), bytes.len())))
+        {
             if let Some(p) = bytes[at..start].iter().position(|&b| b != 0) {
-                return Err(FormatError::Invalid(format!("non-zero padding byte at offset {}", at + p)));
+                return Err(FormatError::Invalid(format!(
+                    "non-zero padding byte at offset {}",
+                    at + p
+                )));
             }
             at = end;
         }
-        Ok(Container { bytes, magic: found, version, sections })
+        Ok(Container {
+            bytes,
+            magic: found,
+            version,
+            sections,
+        })
     }
 
     pub fn sections(&self) -> &[SectionInfo] {
@@ -183,7 +253,8 @@ impl<'a> Container<'a> {
 
     /// The bytes of a section that must exist.
     pub fn section(&self, tag: Tag) -> Result<&'a [u8], FormatError> {
-        self.optional_section(tag).ok_or(FormatError::MissingSection(tag.to_string()))
+        self.optional_section(tag)
+            .ok_or(FormatError::MissingSection(tag.to_string()))
     }
 
     pub fn optional_section(&self, tag: Tag) -> Option<&'a [u8]> {
@@ -203,7 +274,11 @@ pub struct ContainerWriter {
 
 impl ContainerWriter {
     pub fn new(magic: &[u8; 8], version: u32) -> Self {
-        ContainerWriter { magic: *magic, version, sections: Vec::new() }
+        ContainerWriter {
+            magic: *magic,
+            version,
+            sections: Vec::new(),
+        }
     }
 
     pub fn section(&mut self, tag: Tag, data: Vec<u8>) -> &mut Self {
@@ -248,18 +323,26 @@ fn align_up(n: usize) -> usize {
 /// The optional `INFO` section (JSON) of a container; `Null` when absent.
 pub fn info_json(c: &Container<'_>) -> Result<serde_json::Value, FormatError> {
     match c.optional_section(Tag::new(b"INFO")) {
-        Some(b) => serde_json::from_slice(b).map_err(|e| FormatError::Invalid(format!("INFO is not JSON: {e}"))),
+        Some(b) => serde_json::from_slice(b)
+            .map_err(|e| FormatError::Invalid(format!("INFO is not JSON: {e}"))),
         None => Ok(serde_json::Value::Null),
     }
 }
 
 /// Casts a section to a slice of plain-old-data records, in place.
-pub fn cast_records<'a, T: bytemuck::Pod>(what: &str, bytes: &'a [u8]) -> Result<&'a [T], FormatError> {
+pub fn cast_records<'a, T: bytemuck::Pod>(
+    what: &str,
+    bytes: &'a [u8],
+) -> Result<&'a [T], FormatError> {
     let size = std::mem::size_of::<T>();
     if bytes.len() % size != 0 {
-        return Err(FormatError::Invalid(format!("{what}: {} bytes is not a multiple of the record size {size}", bytes.len())));
+        return Err(FormatError::Invalid(format!(
+            "{what}: {} bytes is not a multiple of the record size {size}",
+            bytes.len()
+        )));
     }
-    bytemuck::try_cast_slice(bytes).map_err(|e| FormatError::Invalid(format!("{what}: {e:?} (buffer not aligned?)")))
+    bytemuck::try_cast_slice(bytes)
+        .map_err(|e| FormatError::Invalid(format!("{what}: {e:?} (buffer not aligned?)")))
 }
 
 #[cfg(test)]
@@ -270,7 +353,8 @@ mod tests {
 
     fn sample() -> Vec<u8> {
         let mut w = ContainerWriter::new(MAGIC, 1);
-        w.section(Tag::new(b"AAAA"), b"hello".to_vec()).section(Tag::new(b"BBBB"), vec![7u8; 100]);
+        w.section(Tag::new(b"AAAA"), b"hello".to_vec())
+            .section(Tag::new(b"BBBB"), vec![7u8; 100]);
         w.finish()
     }
 
@@ -280,7 +364,10 @@ mod tests {
         let c = Container::parse(&bytes, MAGIC, &[1]).unwrap();
         assert_eq!(c.section(Tag::new(b"AAAA")).unwrap(), b"hello");
         assert_eq!(c.section(Tag::new(b"BBBB")).unwrap(), &[7u8; 100][..]);
-        assert!(matches!(c.section(Tag::new(b"CCCC")), Err(FormatError::MissingSection(_))));
+        assert!(matches!(
+            c.section(Tag::new(b"CCCC")),
+            Err(FormatError::MissingSection(_))
+        ));
     }
 
     #[test]
@@ -297,14 +384,23 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = sample();
         for n in 0..bytes.len() {
-            assert!(Container::parse(&bytes[..n], MAGIC, &[1]).is_err(), "length {n}");
+            assert!(
+                Container::parse(&bytes[..n], MAGIC, &[1]).is_err(),
+                "length {n}"
+            );
         }
     }
 
     #[test]
     fn wrong_magic_and_version() {
         let bytes = sample();
-        assert!(matches!(Container::parse(&bytes, b"NAVGXXXX", &[1]), Err(FormatError::BadMagic { .. })));
-        assert!(matches!(Container::parse(&bytes, MAGIC, &[2]), Err(FormatError::UnsupportedVersion { .. })));
+        assert!(matches!(
+            Container::parse(&bytes, b"NAVGXXXX", &[1]),
+            Err(FormatError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            Container::parse(&bytes, MAGIC, &[2]),
+            Err(FormatError::UnsupportedVersion { .. })
+        ));
     }
 }

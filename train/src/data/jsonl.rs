@@ -13,7 +13,11 @@ use super::{IngestReport, Interaction, ItemMeta, RawDataset};
 
 /// Calls `f` with every JSON object of a JSONL file and its 1-based line number; a line that is not
 /// a JSON object is reported as bad.
-pub fn for_each_object(path: &Path, report: &mut IngestReport, mut f: impl FnMut(&Map<String, Value>, usize, &mut IngestReport)) -> Result<()> {
+pub fn for_each_object(
+    path: &Path,
+    report: &mut IngestReport,
+    mut f: impl FnMut(&Map<String, Value>, usize, &mut IngestReport),
+) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line_no = i + 1;
@@ -40,8 +44,15 @@ fn scalar_string(v: Option<&Value>) -> Option<String> {
 }
 
 pub fn load(items_path: &Path, inter_path: &Path) -> Result<RawDataset> {
-    let name = items_path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "jsonl".into());
-    let mut ds = RawDataset { name, ..Default::default() };
+    let name = items_path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "jsonl".into());
+    let mut ds = RawDataset {
+        name,
+        ..Default::default()
+    };
     let mut items = Vec::new();
     for_each_object(items_path, &mut ds.report, |obj, line, report| {
         report.item_rows += 1;
@@ -62,10 +73,25 @@ pub fn load(items_path: &Path, inter_path: &Path) -> Result<RawDataset> {
     let mut inters = Vec::new();
     for_each_object(inter_path, &mut ds.report, |obj, line, report| {
         report.interaction_rows += 1;
-        let ts = obj.get("timestamp").and_then(|t| t.as_f64()).filter(|t| t.is_finite());
-        match (scalar_string(obj.get("user")), scalar_string(obj.get("item")), ts) {
-            (Some(user), Some(item), Some(timestamp)) => inters.push(Interaction { user, item, timestamp }),
-            _ => report.bad(inter_path, line, "interaction needs user, item and a numeric timestamp"),
+        let ts = obj
+            .get("timestamp")
+            .and_then(|t| t.as_f64())
+            .filter(|t| t.is_finite());
+        match (
+            scalar_string(obj.get("user")),
+            scalar_string(obj.get("item")),
+            ts,
+        ) {
+            (Some(user), Some(item), Some(timestamp)) => inters.push(Interaction {
+                user,
+                item,
+                timestamp,
+            }),
+            _ => report.bad(
+                inter_path,
+                line,
+                "interaction needs user, item and a numeric timestamp",
+            ),
         }
     })?;
     ds.interactions = inters;

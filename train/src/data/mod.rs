@@ -73,7 +73,11 @@ impl IngestReport {
     pub fn bad(&mut self, file: &Path, line: usize, reason: impl Into<String>) {
         self.bad_rows += 1;
         if self.bad_examples.len() < MAX_BAD_EXAMPLES {
-            self.bad_examples.push(BadRow { file: file.display().to_string(), line, reason: reason.into() });
+            self.bad_examples.push(BadRow {
+                file: file.display().to_string(),
+                line,
+                reason: reason.into(),
+            });
         }
     }
 
@@ -101,12 +105,22 @@ pub struct RawDataset {
 impl RawDataset {
     /// Adds a metadata-less item for every id that only occurs in interactions (and counts them).
     pub fn complete_items(&mut self) {
-        let known: std::collections::HashSet<&str> = self.items.iter().map(|i| i.id.as_str()).collect();
-        let mut missing: Vec<String> = self.interactions.iter().filter(|i| !known.contains(i.item.as_str())).map(|i| i.item.clone()).collect();
+        let known: std::collections::HashSet<&str> =
+            self.items.iter().map(|i| i.id.as_str()).collect();
+        let mut missing: Vec<String> = self
+            .interactions
+            .iter()
+            .filter(|i| !known.contains(i.item.as_str()))
+            .map(|i| i.item.clone())
+            .collect();
         missing.sort();
         missing.dedup();
         self.report.items_without_metadata = missing.len();
-        self.items.extend(missing.into_iter().map(|id| ItemMeta { title: id.clone(), id, ..Default::default() }));
+        self.items.extend(missing.into_iter().map(|id| ItemMeta {
+            title: id.clone(),
+            id,
+            ..Default::default()
+        }));
     }
 }
 
@@ -120,14 +134,19 @@ pub enum Source {
     /// `amazon2023:META,REVIEWS`
     Amazon2023 { meta: PathBuf, reviews: PathBuf },
     /// `jsonl:DIR` (items.jsonl + interactions.jsonl) or `jsonl:ITEMS,INTERACTIONS`
-    Jsonl { items: PathBuf, interactions: PathBuf },
+    Jsonl {
+        items: PathBuf,
+        interactions: PathBuf,
+    },
 }
 
 impl std::str::FromStr for Source {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let two = |rest: &str, what: &str| -> Result<(PathBuf, PathBuf)> {
-            let (a, b) = rest.split_once(',').with_context(|| format!("expected {what}"))?;
+            let (a, b) = rest
+                .split_once(',')
+                .with_context(|| format!("expected {what}"))?;
             Ok((PathBuf::from(a), PathBuf::from(b)))
         };
         Ok(match s {
@@ -164,11 +183,17 @@ impl Source {
                 recbole::load(&dir.join(name), name)?
             }
             Source::Recbole(prefix) => {
-                let name = prefix.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "recbole".into());
+                let name = prefix
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "recbole".into());
                 recbole::load(prefix, &name)?
             }
             Source::Amazon2023 { meta, reviews } => amazon::load(meta, reviews)?,
-            Source::Jsonl { items, interactions } => jsonl::load(items, interactions)?,
+            Source::Jsonl {
+                items,
+                interactions,
+            } => jsonl::load(items, interactions)?,
         };
         ds.complete_items();
         Ok(ds)
@@ -183,7 +208,9 @@ pub fn normalise_title(title: &str) -> String {
         Some(p) if title.ends_with(')') => (&title[..p], &title[p..]),
         _ => (title, ""),
     };
-    for article in ["The", "A", "An", "Les", "La", "Le", "L'", "Il", "Das", "Die", "Der", "El", "Los", "Las"] {
+    for article in [
+        "The", "A", "An", "Les", "La", "Le", "L'", "Il", "Das", "Die", "Der", "El", "Los", "Las",
+    ] {
         if let Some(stem) = main.strip_suffix(&format!(", {article}")) {
             let sep = if article.ends_with('\'') { "" } else { " " };
             return format!("{article}{sep}{stem}{tail}");
@@ -225,22 +252,40 @@ mod tests {
     #[test]
     fn titles() {
         assert_eq!(normalise_title("Usual Suspects, The"), "The Usual Suspects");
-        assert_eq!(normalise_title("Horseman on the Roof, The (Hussard sur le toit, Le)"), "The Horseman on the Roof (Hussard sur le toit, Le)");
+        assert_eq!(
+            normalise_title("Horseman on the Roof, The (Hussard sur le toit, Le)"),
+            "The Horseman on the Roof (Hussard sur le toit, Le)"
+        );
         assert_eq!(normalise_title("Toy Story"), "Toy Story");
-        assert_eq!(normalise_title("Contender, The (2000)"), "The Contender (2000)");
+        assert_eq!(
+            normalise_title("Contender, The (2000)"),
+            "The Contender (2000)"
+        );
     }
 
     #[test]
     fn sources_parse() {
-        assert_eq!("ml-1m".parse::<Source>().unwrap(), Source::MovieLens("ml-1m"));
-        assert!(matches!("jsonl:/x".parse::<Source>().unwrap(), Source::Jsonl { .. }));
+        assert_eq!(
+            "ml-1m".parse::<Source>().unwrap(),
+            Source::MovieLens("ml-1m")
+        );
+        assert!(matches!(
+            "jsonl:/x".parse::<Source>().unwrap(),
+            Source::Jsonl { .. }
+        ));
         assert!("amazon2023:/a".parse::<Source>().is_err());
         assert!("nope".parse::<Source>().is_err());
     }
 
     #[test]
     fn text_has_fields() {
-        let it = ItemMeta { id: "1".into(), title: "Toy Story".into(), categories: vec!["Animation".into()], year: Some("1995".into()), ..Default::default() };
+        let it = ItemMeta {
+            id: "1".into(),
+            title: "Toy Story".into(),
+            categories: vec!["Animation".into()],
+            year: Some("1995".into()),
+            ..Default::default()
+        };
         assert_eq!(item_text(&it), "Toy Story (1995). Genres: Animation.");
     }
 }
@@ -256,7 +301,11 @@ impl ItemSink {
         if self.seen.insert(item.id.clone()) {
             ds.items.push(item);
         } else {
-            ds.report.bad(file, line, format!("duplicate item id {:?} (first row kept)", item.id));
+            ds.report.bad(
+                file,
+                line,
+                format!("duplicate item id {:?} (first row kept)", item.id),
+            );
         }
     }
 }

@@ -32,12 +32,18 @@ pub struct SequenceStats {
 
 /// Groups interactions by user, orders them by time (file order breaks ties), collapses consecutive
 /// repeats of one item and drops users with fewer than [`MIN_SEQUENCE`] items.
-pub fn build(interactions: &[Interaction], item_index: &HashMap<&str, u32>) -> (Vec<UserSequence>, SequenceStats) {
+pub fn build(
+    interactions: &[Interaction],
+    item_index: &HashMap<&str, u32>,
+) -> (Vec<UserSequence>, SequenceStats) {
     let mut by_user: HashMap<&str, Vec<(f64, usize, u32)>> = HashMap::new();
     let mut stats = SequenceStats::default();
     for (order, it) in interactions.iter().enumerate() {
         match item_index.get(it.item.as_str()) {
-            Some(&idx) => by_user.entry(&it.user).or_default().push((it.timestamp, order, idx)),
+            Some(&idx) => by_user
+                .entry(&it.user)
+                .or_default()
+                .push((it.timestamp, order, idx)),
             None => stats.unknown_items += 1,
         }
     }
@@ -59,7 +65,10 @@ pub fn build(interactions: &[Interaction], item_index: &HashMap<&str, u32>) -> (
             stats.users_dropped_short += 1;
             continue;
         }
-        out.push(UserSequence { user: user.to_string(), items });
+        out.push(UserSequence {
+            user: user.to_string(),
+            items,
+        });
     }
     (out, stats)
 }
@@ -99,14 +108,34 @@ impl TrainSequence {
 }
 
 /// The leave-one-out split of one user.
-pub fn split(seq: &UserSequence, ids: &[String], max_history: usize) -> (TrainSequence, Example, Example) {
+pub fn split(
+    seq: &UserSequence,
+    ids: &[String],
+    max_history: usize,
+) -> (TrainSequence, Example, Example) {
     let id = |i: &u32| ids[*i as usize].clone();
     let n = seq.items.len();
-    let tail = |end: usize| seq.items[end.saturating_sub(max_history)..end].iter().map(id).collect::<Vec<_>>();
+    let tail = |end: usize| {
+        seq.items[end.saturating_sub(max_history)..end]
+            .iter()
+            .map(id)
+            .collect::<Vec<_>>()
+    };
     (
-        TrainSequence { user: seq.user.clone(), items: seq.items[..n - 2].iter().map(id).collect() },
-        Example { user: seq.user.clone(), history: tail(n - 2), target: id(&seq.items[n - 2]) },
-        Example { user: seq.user.clone(), history: tail(n - 1), target: id(&seq.items[n - 1]) },
+        TrainSequence {
+            user: seq.user.clone(),
+            items: seq.items[..n - 2].iter().map(id).collect(),
+        },
+        Example {
+            user: seq.user.clone(),
+            history: tail(n - 2),
+            target: id(&seq.items[n - 2]),
+        },
+        Example {
+            user: seq.user.clone(),
+            history: tail(n - 1),
+            target: id(&seq.items[n - 1]),
+        },
     )
 }
 
@@ -117,7 +146,9 @@ pub const TEST_FILE: &str = "test.jsonl";
 
 pub fn write_jsonl<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     let tmp = path.with_extension("jsonl.part");
-    let mut w = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut w = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
     for r in rows {
         serde_json::to_writer(&mut w, r)?;
         w.write_all(b"\n")?;
@@ -135,7 +166,9 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?);
+        out.push(
+            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?,
+        );
     }
     Ok(out)
 }
@@ -145,13 +178,21 @@ mod tests {
     use super::*;
 
     fn inter(user: &str, item: &str, t: f64) -> Interaction {
-        Interaction { user: user.into(), item: item.into(), timestamp: t }
+        Interaction {
+            user: user.into(),
+            item: item.into(),
+            timestamp: t,
+        }
     }
 
     #[test]
     fn sequences_and_split() {
         let ids: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
-        let index: HashMap<&str, u32> = ids.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
+        let index: HashMap<&str, u32> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i as u32))
+            .collect();
         let rows = vec![
             inter("1", "c", 3.0),
             inter("1", "a", 1.0),
@@ -163,13 +204,36 @@ mod tests {
             inter("1", "zzz", 5.0),
         ];
         let (seqs, stats) = build(&rows, &index);
-        assert_eq!(seqs, vec![UserSequence { user: "1".into(), items: vec![0, 1, 2, 3] }]);
-        assert_eq!((stats.users_dropped_short, stats.repeats_collapsed, stats.unknown_items), (1, 1, 1));
+        assert_eq!(
+            seqs,
+            vec![UserSequence {
+                user: "1".into(),
+                items: vec![0, 1, 2, 3]
+            }]
+        );
+        assert_eq!(
+            (
+                stats.users_dropped_short,
+                stats.repeats_collapsed,
+                stats.unknown_items
+            ),
+            (1, 1, 1)
+        );
         let (train, valid, test) = split(&seqs[0], &ids, 20);
         assert_eq!(train.items, vec!["a", "b"]);
-        assert_eq!((valid.history.clone(), valid.target.as_str()), (vec!["a".to_string(), "b".into()], "c"));
+        assert_eq!(
+            (valid.history.clone(), valid.target.as_str()),
+            (vec!["a".to_string(), "b".into()], "c")
+        );
         assert_eq!((test.history.len(), test.target.as_str()), (3, "d"));
         let ex: Vec<Example> = train.examples(1).collect();
-        assert_eq!(ex, vec![Example { user: "1".into(), history: vec!["a".into()], target: "b".into() }]);
+        assert_eq!(
+            ex,
+            vec![Example {
+                user: "1".into(),
+                history: vec!["a".into()],
+                target: "b".into()
+            }]
+        );
     }
 }

@@ -52,14 +52,20 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, s, h) = x.dims3()?;
         let hd = h / self.heads;
-        let split = |t: Tensor| t.reshape((b, s, self.heads, hd))?.transpose(1, 2)?.contiguous();
+        let split = |t: Tensor| {
+            t.reshape((b, s, self.heads, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
         let q = split(self.query.forward(x)?)?;
         let k = split(self.key.forward(x)?)?;
         let v = split(self.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let x = self.attn_norm.forward(&(self.attn_out.forward(&ctx)? + x)?)?;
+        let x = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + x)?)?;
         let inner = self.inter.forward(&x)?.gelu_erf()?;
         self.out_norm.forward(&(self.out.forward(&inner)? + x)?)
     }
@@ -80,10 +86,16 @@ impl Bert {
         let e = vb.pp("embeddings");
         Ok(Bert {
             word: embedding(config.vocab_size, h, e.pp("word_embeddings"))?,
-            position: embedding(config.max_position_embeddings, h, e.pp("position_embeddings"))?,
+            position: embedding(
+                config.max_position_embeddings,
+                h,
+                e.pp("position_embeddings"),
+            )?,
             token_type: embedding(config.type_vocab_size, h, e.pp("token_type_embeddings"))?,
             norm: layer_norm(h, config.layer_norm_eps, e.pp("LayerNorm"))?,
-            layers: (0..config.num_hidden_layers).map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), &config)).collect::<Result<_>>()?,
+            layers: (0..config.num_hidden_layers)
+                .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), &config))
+                .collect::<Result<_>>()?,
             config,
         })
     }
@@ -95,10 +107,16 @@ impl Bert {
         let dev = ids.device();
         let positions = Tensor::arange(0u32, s as u32, dev)?.unsqueeze(0)?;
         let types = ids.zeros_like()?;
-        let x = self.word.forward(ids)?.broadcast_add(&self.position.forward(&positions)?)?.add(&self.token_type.forward(&types)?)?;
+        let x = self
+            .word
+            .forward(ids)?
+            .broadcast_add(&self.position.forward(&positions)?)?
+            .add(&self.token_type.forward(&types)?)?;
         let mut x = self.norm.forward(&x)?;
         let maskf = attention.to_dtype(DType::F32)?;
-        let additive = ((maskf.ones_like()? - &maskf)? * -1e9)?.unsqueeze(1)?.unsqueeze(1)?;
+        let additive = ((maskf.ones_like()? - &maskf)? * -1e9)?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
         for layer in &self.layers {
             x = layer.forward(&x, &additive)?;
         }
@@ -106,7 +124,11 @@ impl Bert {
         let summed = x.broadcast_mul(&m)?.sum(1)?;
         let counts = m.sum(1)?.clamp(1e-9, f64::INFINITY)?;
         let mean = summed.broadcast_div(&counts)?;
-        let norm = mean.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+        let norm = mean
+            .sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-12, f64::INFINITY)?;
         mean.broadcast_div(&norm)
     }
 }

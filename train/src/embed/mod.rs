@@ -1,7 +1,12 @@
-//! Sentence embeddings of item text with all-MiniLM-L6-v2: batched, with a progress bar, cached as
-//! safetensors keyed by the model's and the texts' hashes.
+//! Sentence embeddings of item text with all-MiniLM-L6-v2, cached as safetensors keyed by the model's
+//! and the texts' hashes.
+//!
+//! The catalog is embedded on llama.cpp through the device's own embedder ([`embed_on_device`]) so
+//! that CIDs given on the device match the trainer's. The candle model ([`Embedder`]) is the reference
+//! the exported GGUF is checked against.
 
 pub mod bert;
+pub mod export;
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +18,7 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
 use crate::assets;
 use crate::progress;
+pub use export::{cached_minilm_gguf, export_embedder};
 pub use navigen::embedding::{EMBEDDER_NAME, MAX_TOKENS};
 
 pub struct Embedder {
@@ -32,21 +38,51 @@ impl Embedder {
 
     /// A BERT folder with `config.json`, `model.safetensors` and `tokenizer.json`.
     pub fn load(dir: &Path, model_key: &str, device: &Device) -> Result<Self> {
-        let config: bert::BertConfig = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?).context("reading the BERT config.json")?;
+        let config: bert::BertConfig =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
+                .context("reading the BERT config.json")?;
         // SAFETY: the weights file is in our cache and not modified while mapped.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, device)? };
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                device,
+            )?
+        };
         let model = bert::Bert::load(vb, config)?;
-        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| anyhow::anyhow!("tokenizer.json: {e}"))?;
         // The shipped tokenizer pads every input to 128; pad per batch instead (pooling uses the mask).
-        tokenizer.with_padding(Some(PaddingParams { strategy: tokenizers::PaddingStrategy::BatchLongest, ..Default::default() }));
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: tokenizers::PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Embedder { model, tokenizer, device: device.clone(), model_key: model_key.to_string() })
+        Ok(Embedder {
+            model,
+            tokenizer,
+            device: device.clone(),
+            model_key: model_key.to_string(),
+        })
     }
 
     pub fn dim(&self) -> usize {
         self.model.config.hidden_size
+    }
+
+    /// Token ids of one text as this model sees it ([CLS] … [SEP], truncated).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Embeds one batch; rows are L2-normalised.
@@ -54,13 +90,23 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let s = enc[0].get_ids().len();
         let ids: Vec<u32> = enc.iter().flat_map(|e| e.get_ids().to_vec()).collect();
-        let mask: Vec<u32> = enc.iter().flat_map(|e| e.get_attention_mask().to_vec()).collect();
+        let mask: Vec<u32> = enc
+            .iter()
+            .flat_map(|e| e.get_attention_mask().to_vec())
+            .collect();
         let ids = Tensor::from_vec(ids, (texts.len(), s), &self.device)?;
         let mask = Tensor::from_vec(mask, (texts.len(), s), &self.device)?;
-        Ok(self.model.embed(&ids, &mask)?.to_dtype(DType::F32)?.to_vec2()?)
+        Ok(self
+            .model
+            .embed(&ids, &mask)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?)
     }
 
     /// Embeds many texts in batches of similar length, with a progress bar; output in input order.
@@ -93,15 +139,41 @@ impl Embedder {
     }
 
     fn cache_path(&self, texts: &[String]) -> PathBuf {
-        let mut h = Sha256::new();
-        for t in texts {
-            h.update((t.len() as u64).to_le_bytes());
-            h.update(t.as_bytes());
-        }
-        h.update((MAX_TOKENS as u64).to_le_bytes());
-        let key = assets::hex(&h.finalize());
-        assets::cache_dir().join("embeddings").join(format!("{}-{}.safetensors", &self.model_key[..16.min(self.model_key.len())], &key[..32]))
+        cache_path(&self.model_key, texts)
     }
+}
+
+fn cache_path(model_key: &str, texts: &[String]) -> PathBuf {
+    let mut h = Sha256::new();
+    for t in texts {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    }
+    h.update((MAX_TOKENS as u64).to_le_bytes());
+    let key = assets::hex(&h.finalize());
+    assets::cache_dir().join("embeddings").join(format!(
+        "{}-{}.safetensors",
+        &model_key[..16.min(model_key.len())],
+        &key[..32]
+    ))
+}
+
+/// Embeddings of `texts` through the device embedder GGUF at `gguf` on llama.cpp (what
+/// `register_item` runs), served from the cache when these texts were embedded with this exact file.
+/// Returns the vectors, whether they came from the cache, and the file's sha256.
+pub fn embed_on_device(gguf: &Path, texts: &[String]) -> Result<(Vec<Vec<f32>>, bool, String)> {
+    let sha = navigen::bundle::sha256_file(gguf)?;
+    let path = cache_path(&sha, texts);
+    let e = navigen::embedding::TextEmbedder::open(gguf, 0)?;
+    if let Ok(v) = load_matrix(&path, texts.len(), e.dim()) {
+        return Ok((v, true, sha));
+    }
+    let bar = progress::bar(texts.len() as u64, "embedding items (llama.cpp)");
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let v = e.embed_many(&refs, &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    save_matrix(&path, &v, e.dim())?;
+    Ok((v, false, sha))
 }
 
 fn save_matrix(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
@@ -109,7 +181,10 @@ fn save_matrix(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     let t = Tensor::from_vec(flat, (rows.len(), dim), &Device::Cpu)?;
     let tmp = path.with_extension("part");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("embeddings".to_string(), t)]), &tmp)?;
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("embeddings".to_string(), t)]),
+        &tmp,
+    )?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -117,7 +192,12 @@ fn save_matrix(path: &Path, rows: &[Vec<f32>], dim: usize) -> Result<()> {
 fn load_matrix(path: &Path, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
     let map = candle_core::safetensors::load(path, &Device::Cpu)?;
     let t = map.get("embeddings").context("no embeddings tensor")?;
-    anyhow::ensure!(t.dims() == [n, dim], "cached shape {:?} != {:?}", t.dims(), [n, dim]);
+    anyhow::ensure!(
+        t.dims() == [n, dim],
+        "cached shape {:?} != {:?}",
+        t.dims(),
+        [n, dim]
+    );
     Ok(t.to_vec2()?)
 }
 

@@ -50,7 +50,11 @@ impl ModelConfig {
             Some("llama") => Arch::Llama,
             other => bail!("model_type {other:?} is not supported (qwen3 or llama)"),
         };
-        let get = |k: &str| v[k].as_u64().map(|x| x as usize).with_context(|| format!("config.json lacks {k}"));
+        let get = |k: &str| {
+            v[k].as_u64()
+                .map(|x| x as usize)
+                .with_context(|| format!("config.json lacks {k}"))
+        };
         let hidden = get("hidden_size")?;
         let heads = get("num_attention_heads")?;
         let c = ModelConfig {
@@ -60,8 +64,14 @@ impl ModelConfig {
             intermediate_size: get("intermediate_size")?,
             num_hidden_layers: get("num_hidden_layers")?,
             num_attention_heads: heads,
-            num_key_value_heads: v["num_key_value_heads"].as_u64().map(|x| x as usize).unwrap_or(heads),
-            head_dim: v["head_dim"].as_u64().map(|x| x as usize).unwrap_or(hidden / heads.max(1)),
+            num_key_value_heads: v["num_key_value_heads"]
+                .as_u64()
+                .map(|x| x as usize)
+                .unwrap_or(heads),
+            head_dim: v["head_dim"]
+                .as_u64()
+                .map(|x| x as usize)
+                .unwrap_or(hidden / heads.max(1)),
             rope_theta: v["rope_theta"].as_f64().unwrap_or(10_000.0),
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             max_position_embeddings: get("max_position_embeddings").unwrap_or(4096),
@@ -72,8 +82,15 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0 {
-            bail!("{} attention heads are not a multiple of {} key/value heads", self.num_attention_heads, self.num_key_value_heads);
+        if self.num_attention_heads == 0
+            || self.num_key_value_heads == 0
+            || self.num_attention_heads % self.num_key_value_heads != 0
+        {
+            bail!(
+                "{} attention heads are not a multiple of {} key/value heads",
+                self.num_attention_heads,
+                self.num_key_value_heads
+            );
         }
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             bail!("head_dim {} must be even", self.head_dim);
@@ -106,7 +123,16 @@ impl ModelConfig {
         let h = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * h + if self.arch.qk_norm() { 2 * self.head_dim } else { 0 };
+        let per_layer = h * q
+            + 2 * h * kv
+            + q * h
+            + 3 * h * self.intermediate_size
+            + 2 * h
+            + if self.arch.qk_norm() {
+                2 * self.head_dim
+            } else {
+                0
+            };
         let embed = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
         embed + self.num_hidden_layers * per_layer + h
     }

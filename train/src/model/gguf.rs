@@ -48,23 +48,30 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 fn permute(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let hd = out / heads;
-    Ok(w.reshape((heads, 2, hd / 2, inp))?.transpose(1, 2)?.reshape((out, inp))?)
+    Ok(w.reshape((heads, 2, hd / 2, inp))?
+        .transpose(1, 2)?
+        .reshape((out, inp))?)
 }
 
 /// The inverse (GGUF -> HF).
 fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let hd = out / heads;
-    Ok(w.reshape((heads, hd / 2, 2, inp))?.transpose(1, 2)?.reshape((out, inp))?)
+    Ok(w.reshape((heads, hd / 2, 2, inp))?
+        .transpose(1, 2)?
+        .reshape((out, inp))?)
 }
 
 fn meta_u(meta: &HashMap<String, gguf_file::Value>, key: &str) -> Result<usize> {
     let v = meta.get(key).with_context(|| format!("GGUF lacks {key}"))?;
-    Ok(v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize))?)
+    Ok(v.to_u32()
+        .map(|x| x as usize)
+        .or_else(|_| v.to_u64().map(|x| x as usize))?)
 }
 
 fn meta_f(meta: &HashMap<String, gguf_file::Value>, key: &str) -> Option<f64> {
-    meta.get(key).and_then(|v| v.to_f32().map(|x| x as f64).or_else(|_| v.to_f64()).ok())
+    meta.get(key)
+        .and_then(|v| v.to_f32().map(|x| x as f64).or_else(|_| v.to_f64()).ok())
 }
 
 /// A model read from GGUF.
@@ -76,9 +83,14 @@ pub struct Imported {
 
 pub fn import(path: &Path) -> Result<Imported> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let content = gguf_file::Content::read(&mut f).with_context(|| format!("{} is not a GGUF file", path.display()))?;
+    let content = gguf_file::Content::read(&mut f)
+        .with_context(|| format!("{} is not a GGUF file", path.display()))?;
     let meta = &content.metadata;
-    let arch_name = meta.get("general.architecture").and_then(|v| v.to_string().ok()).cloned().unwrap_or_default();
+    let arch_name = meta
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
     let arch = match arch_name.as_str() {
         "llama" => Arch::Llama,
         "qwen3" => Arch::Qwen3,
@@ -99,7 +111,9 @@ pub fn import(path: &Path) -> Result<Imported> {
         num_hidden_layers: meta_u(meta, &k("block_count"))?,
         num_attention_heads: heads,
         num_key_value_heads: meta_u(meta, &k("attention.head_count_kv")).unwrap_or(heads),
-        head_dim: meta_u(meta, &k("attention.key_length")).or_else(|_| meta_u(meta, &k("rope.dimension_count"))).unwrap_or(hidden / heads),
+        head_dim: meta_u(meta, &k("attention.key_length"))
+            .or_else(|_| meta_u(meta, &k("rope.dimension_count")))
+            .unwrap_or(hidden / heads),
         rope_theta: meta_f(meta, &k("rope.freq_base")).unwrap_or(10_000.0),
         rms_norm_eps: meta_f(meta, &k("attention.layer_norm_rms_epsilon")).unwrap_or(1e-6),
         max_position_embeddings: meta_u(meta, &k("context_length")).unwrap_or(4096),
@@ -109,7 +123,9 @@ pub fn import(path: &Path) -> Result<Imported> {
     let mut tensors = BTreeMap::new();
     for (hf, _) in super::weights::Weights::expected_shapes(&config) {
         let g = gguf_name(&hf).expect("every expected tensor has a GGUF name");
-        let q = content.tensor(&mut f, &g, &Device::Cpu).with_context(|| format!("reading {g}"))?;
+        let q = content
+            .tensor(&mut f, &g, &Device::Cpu)
+            .with_context(|| format!("reading {g}"))?;
         let mut t = q.dequantize(&Device::Cpu)?.to_dtype(DType::F32)?;
         if arch == Arch::Llama {
             if hf.ends_with("q_proj.weight") {
@@ -120,7 +136,11 @@ pub fn import(path: &Path) -> Result<Imported> {
         }
         tensors.insert(hf, t);
     }
-    Ok(Imported { config, tensors, metadata: content.metadata })
+    Ok(Imported {
+        config,
+        tensors,
+        metadata: content.metadata,
+    })
 }
 
 /// Element type of exported matrices (norms always stay f32).
@@ -151,8 +171,15 @@ impl ExportDtype {
             ExportDtype::Q8_0 => GgmlDType::Q8_0,
         }
     }
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportDtype::F32 => "f32",
+            ExportDtype::F16 => "f16",
+            ExportDtype::Q8_0 => "q8_0",
+        }
+    }
     /// llama.cpp's `general.file_type` (LLAMA_FTYPE_*).
-    fn file_type(self) -> u32 {
+    pub fn file_type(self) -> u32 {
         match self {
             ExportDtype::F32 => 0,
             ExportDtype::F16 => 1,
@@ -163,7 +190,14 @@ impl ExportDtype {
 
 /// Writes a GGUF that stock llama.cpp loads: tensors under llama.cpp names, every hyper-parameter key,
 /// plus `extra` metadata (tokenizer, navigen keys).
-pub fn export(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Tensor>, dtype: ExportDtype, name: &str, extra: Vec<(String, gguf_file::Value)>) -> Result<()> {
+pub fn export(
+    path: &Path,
+    config: &ModelConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    dtype: ExportDtype,
+    name: &str,
+    extra: Vec<(String, gguf_file::Value)>,
+) -> Result<()> {
     use gguf_file::Value as V;
     let a = config.arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
@@ -171,15 +205,30 @@ pub fn export(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Tens
         ("general.architecture".into(), V::String(a.into())),
         ("general.name".into(), V::String(name.into())),
         ("general.file_type".into(), V::U32(dtype.file_type())),
-        (k("context_length"), V::U32(config.max_position_embeddings as u32)),
+        (
+            k("context_length"),
+            V::U32(config.max_position_embeddings as u32),
+        ),
         (k("embedding_length"), V::U32(config.hidden_size as u32)),
         (k("block_count"), V::U32(config.num_hidden_layers as u32)),
-        (k("feed_forward_length"), V::U32(config.intermediate_size as u32)),
-        (k("attention.head_count"), V::U32(config.num_attention_heads as u32)),
-        (k("attention.head_count_kv"), V::U32(config.num_key_value_heads as u32)),
+        (
+            k("feed_forward_length"),
+            V::U32(config.intermediate_size as u32),
+        ),
+        (
+            k("attention.head_count"),
+            V::U32(config.num_attention_heads as u32),
+        ),
+        (
+            k("attention.head_count_kv"),
+            V::U32(config.num_key_value_heads as u32),
+        ),
         (k("attention.key_length"), V::U32(config.head_dim as u32)),
         (k("attention.value_length"), V::U32(config.head_dim as u32)),
-        (k("attention.layer_norm_rms_epsilon"), V::F32(config.rms_norm_eps as f32)),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            V::F32(config.rms_norm_eps as f32),
+        ),
         (k("rope.freq_base"), V::F32(config.rope_theta as f32)),
         (k("rope.dimension_count"), V::U32(config.head_dim as u32)),
         (k("vocab_size"), V::U32(config.vocab_size as u32)),
@@ -199,27 +248,48 @@ pub fn export(path: &Path, config: &ModelConfig, tensors: &BTreeMap<String, Tens
                 t = permute(&t, config.num_key_value_heads)?;
             }
         }
-        let q = if t.rank() == 1 {
-            QTensor::quantize(&t, GgmlDType::F32)?
-        } else {
-            let d = dtype.ggml();
-            if t.dims()[1] % d.block_size() != 0 {
-                bail!("{hf}: row length {} is not a multiple of the {d:?} block size", t.dims()[1]);
-            }
-            QTensor::quantize(&t, d)?
-        };
+        let q = quantize(hf, &t, dtype)?;
         qtensors.push((g, q));
     }
+    write(path, &meta, &qtensors)
+}
+
+/// A tensor in the file's element type: vectors (norms, biases) always f32, matrices in `dtype`.
+pub fn quantize(name: &str, t: &Tensor, dtype: ExportDtype) -> Result<QTensor> {
+    let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    if t.rank() == 1 {
+        return Ok(QTensor::quantize(&t, GgmlDType::F32)?);
+    }
+    let d = dtype.ggml();
+    if t.dims()[1] % d.block_size() != 0 {
+        bail!(
+            "{name}: row length {} is not a multiple of the {d:?} block size",
+            t.dims()[1]
+        );
+    }
+    Ok(QTensor::quantize(&t, d)?)
+}
+
+/// Writes a GGUF file atomically (temporary file, fsync, rename).
+pub fn write(
+    path: &Path,
+    meta: &[(String, gguf_file::Value)],
+    tensors: &[(String, QTensor)],
+) -> Result<()> {
     let tmp = path.with_extension("gguf.part");
     {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-        let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let t_refs: Vec<(&str, &QTensor)> = qtensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        let meta_refs: Vec<(&str, &gguf_file::Value)> =
+            meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
         gguf_file::write(&mut f, &meta_refs, &t_refs)?;
         use std::io::Write;
         f.flush()?;
         f.get_ref().sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
     Ok(())
 }

@@ -92,14 +92,21 @@ pub fn tiny_corpus(cat: &Catalog) -> Vec<String> {
     let views: Vec<ItemView> = cat.items().take(400).map(ItemView::from).collect();
     for w in views.windows(4) {
         let s = OfflineTeacher.supervise(&w[..3], &w[3]);
-        texts.push(format!("<think>\n{}\n</think>\n\n{}", s.reasoning, prompt::answer_json_ins(&s.target_tid, &s.instruction)));
+        texts.push(format!(
+            "<think>\n{}\n</think>\n\n{}",
+            s.reasoning,
+            prompt::answer_json_ins(&s.target_tid, &s.instruction)
+        ));
     }
     texts
 }
 
 /// Every CID token of the catalog (sorted by level then code) and the markers.
 pub fn cid_tokens(cat: &Catalog) -> Vec<String> {
-    let mut toks = vec![navigen::cid::CID_BEGIN.to_string(), navigen::cid::CID_END.to_string()];
+    let mut toks = vec![
+        navigen::cid::CID_BEGIN.to_string(),
+        navigen::cid::CID_END.to_string(),
+    ];
     for (l, &k) in cat.sizes().iter().enumerate() {
         for c in 0..k {
             toks.push(navigen::cid::code_token(l, c as u16));
@@ -108,44 +115,95 @@ pub fn cid_tokens(cat: &Catalog) -> Vec<String> {
     toks
 }
 
-fn raw_base(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed: u64) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+fn raw_base(
+    preset: &Preset,
+    cat: &Catalog,
+    device: &Device,
+    dtype: DType,
+    seed: u64,
+) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
     match preset {
         Preset::Tiny => {
             let tok = tk::train_bpe(&tiny_corpus(cat), TINY_BPE_VOCAB)?;
             let config = ModelConfig::tiny(tok.get_vocab_size(true));
             let w = Weights::random(&config, device, dtype, seed)?;
-            Ok((w, tok, tk::SMOLLM_PRE.to_string(), None, "navigen-tiny".into()))
+            Ok((
+                w,
+                tok,
+                tk::SMOLLM_PRE.to_string(),
+                None,
+                "navigen-tiny".into(),
+            ))
         }
         Preset::Smollm2_135m => {
             let dir = crate::assets::SMOLLM2.ensure()?;
             let p = dir.join(crate::assets::SMOLLM2.members[0].1);
             from_gguf(&p, device, dtype, "navigen-smollm2-135m")
         }
-        Preset::Gguf(p) => from_gguf(p, device, dtype, &format!("navigen-{}", p.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default())),
+        Preset::Gguf(p) => from_gguf(
+            p,
+            device,
+            dtype,
+            &format!(
+                "navigen-{}",
+                p.file_stem()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        ),
         Preset::Hf(dir) => from_hf(dir, device, dtype),
     }
 }
 
-fn from_gguf(p: &Path, device: &Device, dtype: DType, name: &str) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+fn from_gguf(
+    p: &Path,
+    device: &Device,
+    dtype: DType,
+    name: &str,
+) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
     let imp = gguf::import(p)?;
     let (tok, pre) = tk::from_gguf(&imp.metadata)?;
-    let types = imp.metadata.get("tokenizer.ggml.token_type").and_then(|v| v.to_vec().ok()).map(|v| v.iter().map(|x| x.to_i32().unwrap_or(TOKEN_NORMAL)).collect());
+    let types = imp
+        .metadata
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.to_vec().ok())
+        .map(|v| {
+            v.iter()
+                .map(|x| x.to_i32().unwrap_or(TOKEN_NORMAL))
+                .collect()
+        });
     let w = Weights::from_map(imp.config, imp.tensors, device, dtype)?;
     Ok((w, tok, pre, types, name.to_string()))
 }
 
-fn from_hf(dir: &Path, device: &Device, dtype: DType) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
-    let config = ModelConfig::from_hf_json(&std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json", dir.display()))?)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+fn from_hf(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+    let config = ModelConfig::from_hf_json(
+        &std::fs::read_to_string(dir.join("config.json"))
+            .with_context(|| format!("reading {}/config.json", dir.display()))?,
+    )?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
     files.sort();
     if files.is_empty() {
         bail!("{} has no .safetensors files", dir.display());
     }
-    let tok = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow::anyhow!("{}/tokenizer.json: {e}", dir.display()))?;
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| anyhow::anyhow!("{}/tokenizer.json: {e}", dir.display()))?;
     let pre = llama_cpp_pre(&tok, config.arch)?;
     // Checkpoints may have more embedding rows than tokens (padding); the tokenizer decides.
     let w = Weights::from_safetensors(config, &files, device, dtype)?;
-    let name = format!("navigen-{}", dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default());
+    let name = format!(
+        "navigen-{}",
+        dir.file_name()
+            .map(|s| s.to_string_lossy())
+            .unwrap_or_default()
+    );
     Ok((w, tok, pre, None, name))
 }
 
@@ -154,10 +212,14 @@ fn from_hf(dir: &Path, device: &Device, dtype: DType) -> Result<(Weights, Tokeni
 /// "qwen2"; plain byte-level with its regex is "gpt2". Anything else is refused rather than exported with
 /// a tokenizer llama.cpp would apply differently.
 pub fn llama_cpp_pre(tok: &Tokenizer, arch: Arch) -> Result<String> {
-    let json: serde_json::Value = serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&tok.to_string(false).map_err(|e| anyhow::anyhow!("{e}"))?)?;
     let pre = &json["pre_tokenizer"];
     let kinds: Vec<&str> = match pre["type"].as_str() {
-        Some("Sequence") => pre["pretokenizers"].as_array().map(|a| a.iter().filter_map(|p| p["type"].as_str()).collect()).unwrap_or_default(),
+        Some("Sequence") => pre["pretokenizers"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["type"].as_str()).collect())
+            .unwrap_or_default(),
         Some(t) => vec![t],
         None => vec![],
     };
@@ -177,11 +239,22 @@ pub fn llama_cpp_pre(tok: &Tokenizer, arch: Arch) -> Result<String> {
 /// embedding space, so this starts the token near their shared meaning); markers and reasoning tokens
 /// start at the mean of all rows. The output head (when untied) is initialised the same way from its
 /// own rows.
-pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed: u64) -> Result<Base> {
-    let (mut weights, mut tokenizer, gguf_pre, original_types, name) = raw_base(preset, cat, device, dtype, seed)?;
+pub fn load(
+    preset: &Preset,
+    cat: &Catalog,
+    device: &Device,
+    dtype: DType,
+    seed: u64,
+) -> Result<Base> {
+    let (mut weights, mut tokenizer, gguf_pre, original_types, name) =
+        raw_base(preset, cat, device, dtype, seed)?;
     let base_tok_vocab = tokenizer.get_vocab_size(true);
     if weights.config.vocab_size < base_tok_vocab {
-        bail!("the model has {} embedding rows but its tokenizer {} tokens", weights.config.vocab_size, base_tok_vocab);
+        bail!(
+            "the model has {} embedding rows but its tokenizer {} tokens",
+            weights.config.vocab_size,
+            base_tok_vocab
+        );
     }
     // Keep the tokenizer and the matrix the same size: drop padding rows past the tokenizer.
     if weights.config.vocab_size > base_tok_vocab {
@@ -191,17 +264,39 @@ pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed:
     let added_from = tk::add_navigen_tokens(&mut tokenizer, &cids)? as usize;
     // A base that already knows navigen's tokens (a navigen model trained further) trains them again
     // in stage 1: they start at the lowest id among them.
-    let first_new = cids.iter().chain(navigen::prompt::THINK_TOKENS.iter().map(|s| s.to_string()).collect::<Vec<_>>().iter()).filter_map(|t| tokenizer.token_to_id(t)).map(|i| i as usize).min().unwrap_or(added_from).min(added_from);
+    let first_new = cids
+        .iter()
+        .chain(
+            navigen::prompt::THINK_TOKENS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .iter(),
+        )
+        .filter_map(|t| tokenizer.token_to_id(t))
+        .map(|i| i as usize)
+        .min()
+        .unwrap_or(added_from)
+        .min(added_from);
     let total = tokenizer.get_vocab_size(true);
     let merged = weights.merged()?;
     let embed: Vec<Vec<f32>> = merged[EMBED].to_dtype(DType::F32)?.to_vec2()?;
-    let head: Option<Vec<Vec<f32>>> = merged.get(HEAD).map(|h| h.to_dtype(DType::F32)?.to_vec2()).transpose()?;
+    let head: Option<Vec<Vec<f32>>> = merged
+        .get(HEAD)
+        .map(|h| h.to_dtype(DType::F32)?.to_vec2())
+        .transpose()?;
     let mean = |rows: &[Vec<f32>], ids: &[u32]| -> Vec<f32> {
         let h = rows[0].len();
         let mut m = vec![0f32; h];
-        let ids: Vec<u32> = if ids.is_empty() { (0..rows.len() as u32).collect() } else { ids.to_vec() };
+        let ids: Vec<u32> = if ids.is_empty() {
+            (0..rows.len() as u32).collect()
+        } else {
+            ids.to_vec()
+        };
         for &i in &ids {
-            m.iter_mut().zip(&rows[i as usize]).for_each(|(a, b)| *a += b);
+            m.iter_mut()
+                .zip(&rows[i as usize])
+                .for_each(|(a, b)| *a += b);
         }
         m.iter_mut().for_each(|a| *a /= ids.len() as f32);
         m
@@ -209,9 +304,15 @@ pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed:
     // Title tokens of the items behind each code.
     let mut by_code: std::collections::HashMap<String, Vec<u32>> = std::collections::HashMap::new();
     for it in cat.items() {
-        let ids: Vec<u32> = tk::encode(&tokenizer, it.title)?.into_iter().filter(|&i| (i as usize) < first_new).collect();
+        let ids: Vec<u32> = tk::encode(&tokenizer, it.title)?
+            .into_iter()
+            .filter(|&i| (i as usize) < first_new)
+            .collect();
         for (l, &c) in it.cid.codes().iter().enumerate() {
-            by_code.entry(navigen::cid::code_token(l, c)).or_default().extend(&ids);
+            by_code
+                .entry(navigen::cid::code_token(l, c))
+                .or_default()
+                .extend(&ids);
         }
     }
     let mut new_embed = Vec::with_capacity(total - added_from);
@@ -224,6 +325,17 @@ pub fn load(preset: &Preset, cat: &Catalog, device: &Device, dtype: DType, seed:
             new_head.push(mean(h, &ids));
         }
     }
-    weights.grow_vocab(total, &new_embed, head.as_ref().map(|_| new_head.as_slice()))?;
-    Ok(Base { weights, tokenizer, gguf_pre, original_types, first_new_row: first_new, name })
+    weights.grow_vocab(
+        total,
+        &new_embed,
+        head.as_ref().map(|_| new_head.as_slice()),
+    )?;
+    Ok(Base {
+        weights,
+        tokenizer,
+        gguf_pre,
+        original_types,
+        first_new_row: first_new,
+        name,
+    })
 }

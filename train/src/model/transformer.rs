@@ -20,7 +20,9 @@ pub struct Rope {
 impl Rope {
     pub fn new(c: &ModelConfig, device: &Device, dtype: DType) -> Result<Self> {
         let half = c.head_dim / 2;
-        let inv: Vec<f32> = (0..half).map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / c.head_dim as f32)).collect();
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / c.head_dim as f32))
+            .collect();
         let n = c.max_position_embeddings;
         let mut cos = Vec::with_capacity(n * c.head_dim);
         let mut sin = Vec::with_capacity(n * c.head_dim);
@@ -44,7 +46,10 @@ impl Rope {
         let (b, t) = positions.dims2()?;
         let d = self.cos.dim(1)?;
         let flat = positions.flatten_all()?;
-        Ok((self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d))?, self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d))?))
+        Ok((
+            self.cos.index_select(&flat, 0)?.reshape((b, 1, t, d))?,
+            self.sin.index_select(&flat, 0)?.reshape((b, 1, t, d))?,
+        ))
     }
 }
 
@@ -82,7 +87,9 @@ fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
         return Ok(x);
     }
     let (b, h, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?.broadcast_as((b, h, rep, t, d))?.reshape((b, h * rep, t, d))?)
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, h, rep, t, d))?
+        .reshape((b, h * rep, t, d))?)
 }
 
 /// Additive attention mask for packed rows: a token attends to earlier tokens of its own segment.
@@ -109,17 +116,40 @@ struct AttnOut {
     v: Tensor,
 }
 
-fn attention(w: &Weights, rope: &(Tensor, Tensor), i: usize, x: &Tensor, mask: Option<&Tensor>, past: Option<&(Tensor, Tensor)>) -> Result<AttnOut> {
+fn attention(
+    w: &Weights,
+    rope: &(Tensor, Tensor),
+    i: usize,
+    x: &Tensor,
+    mask: Option<&Tensor>,
+    past: Option<&(Tensor, Tensor)>,
+) -> Result<AttnOut> {
     let c = &w.config;
     let (b, t, _) = x.dims3()?;
     let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-    let heads = |y: Tensor, n: usize| -> Result<Tensor> { Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) };
+    let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+        Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
+    };
     let mut q = heads(linear(x, w.get(&layer(i, "self_attn.q_proj.weight"))?)?, nh)?;
-    let mut k = heads(linear(x, w.get(&layer(i, "self_attn.k_proj.weight"))?)?, nkv)?;
-    let v = heads(linear(x, w.get(&layer(i, "self_attn.v_proj.weight"))?)?, nkv)?;
+    let mut k = heads(
+        linear(x, w.get(&layer(i, "self_attn.k_proj.weight"))?)?,
+        nkv,
+    )?;
+    let v = heads(
+        linear(x, w.get(&layer(i, "self_attn.v_proj.weight"))?)?,
+        nkv,
+    )?;
     if c.arch.qk_norm() {
-        q = rms_norm(&q, w.get(&layer(i, "self_attn.q_norm.weight"))?, c.rms_norm_eps)?;
-        k = rms_norm(&k, w.get(&layer(i, "self_attn.k_norm.weight"))?, c.rms_norm_eps)?;
+        q = rms_norm(
+            &q,
+            w.get(&layer(i, "self_attn.q_norm.weight"))?,
+            c.rms_norm_eps,
+        )?;
+        k = rms_norm(
+            &k,
+            w.get(&layer(i, "self_attn.k_norm.weight"))?,
+            c.rms_norm_eps,
+        )?;
     }
     let q = apply_rope(&q, rope)?;
     let k = apply_rope(&k, rope)?;
@@ -135,9 +165,17 @@ fn attention(w: &Weights, rope: &(Tensor, Tensor), i: usize, x: &Tensor, mask: O
         scores = scores.broadcast_add(m)?;
     }
     // Softmax in f32, from differentiable primitives.
-    let probs = candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?;
-    let ctx = probs.matmul(&vr)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-    Ok(AttnOut { out: linear(&ctx, w.get(&layer(i, "self_attn.o_proj.weight"))?)?, k: k_all, v: v_all })
+    let probs =
+        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?;
+    let ctx = probs
+        .matmul(&vr)?
+        .transpose(1, 2)?
+        .reshape((b, t, nh * hd))?;
+    Ok(AttnOut {
+        out: linear(&ctx, w.get(&layer(i, "self_attn.o_proj.weight"))?)?,
+        k: k_all,
+        v: v_all,
+    })
 }
 
 fn mlp(w: &Weights, i: usize, x: &Tensor) -> Result<Tensor> {
@@ -150,21 +188,38 @@ fn mlp(w: &Weights, i: usize, x: &Tensor) -> Result<Tensor> {
 fn embed(w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let e = w.embedding()?;
-    Ok(e.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, e.dim(1)?))?)
+    Ok(e.index_select(&ids.flatten_all()?, 0)?
+        .reshape((b, t, e.dim(1)?))?)
 }
 
 /// Final-normed hidden states (B, T, H) of packed rows. `mask` from [`packed_mask`].
-pub fn hidden_states(w: &Weights, rope: &Rope, ids: &Tensor, positions: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub fn hidden_states(
+    w: &Weights,
+    rope: &Rope,
+    ids: &Tensor,
+    positions: &Tensor,
+    mask: &Tensor,
+) -> Result<Tensor> {
     let c = &w.config;
     let mut x = embed(w, ids)?;
     let tables = rope.at(positions)?;
     // Expanded once to all heads: each layer's add is then a plain contiguous add.
     let (b, _, t, _) = mask.dims4()?;
-    let mask = mask.broadcast_as((b, c.num_attention_heads, t, t))?.contiguous()?;
+    let mask = mask
+        .broadcast_as((b, c.num_attention_heads, t, t))?
+        .contiguous()?;
     for i in 0..c.num_hidden_layers {
-        let h = rms_norm(&x, w.get(&layer(i, "input_layernorm.weight"))?, c.rms_norm_eps)?;
+        let h = rms_norm(
+            &x,
+            w.get(&layer(i, "input_layernorm.weight"))?,
+            c.rms_norm_eps,
+        )?;
         x = (x + attention(w, &tables, i, &h, Some(&mask), None)?.out)?;
-        let h = rms_norm(&x, w.get(&layer(i, "post_attention_layernorm.weight"))?, c.rms_norm_eps)?;
+        let h = rms_norm(
+            &x,
+            w.get(&layer(i, "post_attention_layernorm.weight"))?,
+            c.rms_norm_eps,
+        )?;
         x = (x + mlp(w, i, &h)?)?;
     }
     rms_norm(&x, w.get(FINAL_NORM)?, c.rms_norm_eps)
@@ -178,10 +233,19 @@ pub struct KvCache {
 }
 
 /// Feeds `tokens` after what the cache holds; returns the logits (vocab,) of the last token, in f32.
-pub fn forward_cached(w: &Weights, rope: &Rope, head: &Tensor, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+pub fn forward_cached(
+    w: &Weights,
+    rope: &Rope,
+    head: &Tensor,
+    tokens: &[u32],
+    cache: &mut KvCache,
+) -> Result<Tensor> {
     let c = &w.config;
     anyhow::ensure!(!tokens.is_empty(), "no tokens to feed");
-    anyhow::ensure!(cache.len + tokens.len() <= c.max_position_embeddings, "sequence longer than max_position_embeddings");
+    anyhow::ensure!(
+        cache.len + tokens.len() <= c.max_position_embeddings,
+        "sequence longer than max_position_embeddings"
+    );
     if cache.layers.len() != c.num_hidden_layers {
         cache.layers = vec![None; c.num_hidden_layers];
     }
@@ -194,7 +258,11 @@ pub fn forward_cached(w: &Weights, rope: &Rope, head: &Tensor, tokens: &[u32], c
     let mask = if n > 1 {
         let past = cache.len;
         let total = past + n;
-        let m: Vec<f32> = (0..n).flat_map(|i| (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })).collect();
+        let m: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
+            })
+            .collect();
         Some(Tensor::from_vec(m, (1, 1, n, total), dev)?.to_dtype(w.dtype)?)
     } else {
         None
@@ -202,20 +270,38 @@ pub fn forward_cached(w: &Weights, rope: &Rope, head: &Tensor, tokens: &[u32], c
     let mut x = embed(w, &ids)?;
     let tables = rope.at(&positions)?;
     for i in 0..c.num_hidden_layers {
-        let h = rms_norm(&x, w.get(&layer(i, "input_layernorm.weight"))?, c.rms_norm_eps)?;
+        let h = rms_norm(
+            &x,
+            w.get(&layer(i, "input_layernorm.weight"))?,
+            c.rms_norm_eps,
+        )?;
         let a = attention(w, &tables, i, &h, mask.as_ref(), cache.layers[i].as_ref())?;
         cache.layers[i] = Some((a.k, a.v));
         x = (x + a.out)?;
-        let h = rms_norm(&x, w.get(&layer(i, "post_attention_layernorm.weight"))?, c.rms_norm_eps)?;
+        let h = rms_norm(
+            &x,
+            w.get(&layer(i, "post_attention_layernorm.weight"))?,
+            c.rms_norm_eps,
+        )?;
         x = (x + mlp(w, i, &h)?)?;
     }
     cache.len += n;
-    let last = rms_norm(&x.i((0, n - 1))?.unsqueeze(0)?, w.get(FINAL_NORM)?, c.rms_norm_eps)?;
+    let last = rms_norm(
+        &x.i((0, n - 1))?.unsqueeze(0)?,
+        w.get(FINAL_NORM)?,
+        c.rms_norm_eps,
+    )?;
     Ok(last.matmul(&head.t()?)?.squeeze(0)?.to_dtype(DType::F32)?)
 }
 
 /// Greedy decoding with the KV cache: up to `max_new` tokens, stopping after any of `stop`.
-pub fn greedy(w: &Weights, rope: &Rope, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>> {
+pub fn greedy(
+    w: &Weights,
+    rope: &Rope,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+) -> Result<Vec<u32>> {
     let head = w.head()?;
     let mut cache = KvCache::default();
     let mut logits = forward_cached(w, rope, &head, prompt, &mut cache)?;

@@ -55,8 +55,15 @@ fn normal(n: usize, std: f32, rng: &mut rand_chacha::ChaCha8Rng) -> Vec<f32> {
 impl Weights {
     /// The tensor names and shapes a config implies.
     pub fn expected_shapes(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-        let (h, q, kv) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        let mut v = vec![(EMBED.to_string(), vec![c.vocab_size, h]), (FINAL_NORM.to_string(), vec![h])];
+        let (h, q, kv) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let mut v = vec![
+            (EMBED.to_string(), vec![c.vocab_size, h]),
+            (FINAL_NORM.to_string(), vec![h]),
+        ];
         if !c.tie_word_embeddings {
             v.push((HEAD.to_string(), vec![c.vocab_size, h]));
         }
@@ -71,9 +78,15 @@ impl Weights {
                 v.push((layer(i, "self_attn.q_norm.weight"), vec![c.head_dim]));
                 v.push((layer(i, "self_attn.k_norm.weight"), vec![c.head_dim]));
             }
-            v.push((layer(i, "mlp.gate_proj.weight"), vec![c.intermediate_size, h]));
+            v.push((
+                layer(i, "mlp.gate_proj.weight"),
+                vec![c.intermediate_size, h],
+            ));
             v.push((layer(i, "mlp.up_proj.weight"), vec![c.intermediate_size, h]));
-            v.push((layer(i, "mlp.down_proj.weight"), vec![h, c.intermediate_size]));
+            v.push((
+                layer(i, "mlp.down_proj.weight"),
+                vec![h, c.intermediate_size],
+            ));
         }
         v
     }
@@ -95,7 +108,12 @@ impl Weights {
     }
 
     /// Takes a full set of tensors, checking names and shapes against the config.
-    pub fn from_map(config: ModelConfig, mut tensors: BTreeMap<String, Tensor>, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn from_map(
+        config: ModelConfig,
+        mut tensors: BTreeMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         config.validate()?;
         if config.tie_word_embeddings {
             // Some checkpoints store a copy of the tied head; it is the embedding.
@@ -103,13 +121,22 @@ impl Weights {
         }
         let expected = Self::expected_shapes(&config);
         for (name, shape) in &expected {
-            let t = tensors.get(name).with_context(|| format!("missing tensor {name}"))?;
+            let t = tensors
+                .get(name)
+                .with_context(|| format!("missing tensor {name}"))?;
             if t.dims() != shape.as_slice() {
-                bail!("tensor {name} has shape {:?}, config implies {shape:?}", t.dims());
+                bail!(
+                    "tensor {name} has shape {:?}, config implies {shape:?}",
+                    t.dims()
+                );
             }
         }
         let known: std::collections::HashSet<&String> = expected.iter().map(|(n, _)| n).collect();
-        let extra: Vec<String> = tensors.keys().filter(|k| !known.contains(k)).cloned().collect();
+        let extra: Vec<String> = tensors
+            .keys()
+            .filter(|k| !known.contains(k))
+            .cloned()
+            .collect();
         for k in &extra {
             // e.g. rotary caches of some checkpoints: derived, not weights.
             tensors.remove(k);
@@ -118,14 +145,28 @@ impl Weights {
         for (k, t) in tensors {
             out.insert(k, t.to_device(device)?.to_dtype(dtype)?);
         }
-        Ok(Weights { config, dtype, device: device.clone(), tensors: out, vars: BTreeMap::new(), split: None })
+        Ok(Weights {
+            config,
+            dtype,
+            device: device.clone(),
+            tensors: out,
+            vars: BTreeMap::new(),
+            split: None,
+        })
     }
 
     /// Loads safetensors files (sharded checkpoints too) holding Hugging Face names.
-    pub fn from_safetensors(config: ModelConfig, files: &[std::path::PathBuf], device: &Device, dtype: DType) -> Result<Self> {
+    pub fn from_safetensors(
+        config: ModelConfig,
+        files: &[std::path::PathBuf],
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let mut map = BTreeMap::new();
         for f in files {
-            for (k, t) in candle_core::safetensors::load(f, &Device::Cpu).with_context(|| format!("reading {}", f.display()))? {
+            for (k, t) in candle_core::safetensors::load(f, &Device::Cpu)
+                .with_context(|| format!("reading {}", f.display()))?
+            {
                 map.insert(k, t.to_dtype(DType::F32)?);
             }
         }
@@ -155,14 +196,20 @@ impl Weights {
                     bail!("no new rows to train: first new row {first_new_row}, vocabulary {v}");
                 }
                 let base = embed.narrow(0, 0, first_new_row)?.contiguous()?;
-                let new = Var::from_tensor(&embed.narrow(0, first_new_row, v - first_new_row)?.contiguous()?)?;
+                let new = Var::from_tensor(
+                    &embed
+                        .narrow(0, first_new_row, v - first_new_row)?
+                        .contiguous()?,
+                )?;
                 self.tensors.insert(EMBED.to_string(), base);
-                self.tensors.insert(NEW_ROWS.to_string(), new.as_tensor().clone());
+                self.tensors
+                    .insert(NEW_ROWS.to_string(), new.as_tensor().clone());
                 self.vars.insert(NEW_ROWS.to_string(), new);
                 self.split = Some(first_new_row);
                 if let Some(head) = self.tensors.remove(HEAD) {
                     let var = Var::from_tensor(&head)?;
-                    self.tensors.insert(HEAD.to_string(), var.as_tensor().clone());
+                    self.tensors
+                        .insert(HEAD.to_string(), var.as_tensor().clone());
                     self.vars.insert(HEAD.to_string(), var);
                 }
             }
@@ -171,7 +218,9 @@ impl Weights {
     }
 
     pub fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors.get(name).with_context(|| format!("no tensor {name}"))
+        self.tensors
+            .get(name)
+            .with_context(|| format!("no tensor {name}"))
     }
 
     /// The full embedding matrix (base and new rows concatenated in stage 1).
@@ -222,11 +271,19 @@ impl Weights {
 
     /// Grows the vocabulary to `new_vocab` rows; `init(row)` gives the embedding (and head) values of each
     /// new row.
-    pub fn grow_vocab(&mut self, new_vocab: usize, init_embed: &[Vec<f32>], init_head: Option<&[Vec<f32>]>) -> Result<()> {
+    pub fn grow_vocab(
+        &mut self,
+        new_vocab: usize,
+        init_embed: &[Vec<f32>],
+        init_head: Option<&[Vec<f32>]>,
+    ) -> Result<()> {
         let merged = self.merged()?;
         let old = self.config.vocab_size;
         if new_vocab < old || init_embed.len() != new_vocab - old {
-            bail!("cannot grow vocabulary from {old} to {new_vocab} with {} rows", init_embed.len());
+            bail!(
+                "cannot grow vocabulary from {old} to {new_vocab} with {} rows",
+                init_embed.len()
+            );
         }
         let h = self.config.hidden_size;
         let rows = |r: &[Vec<f32>]| -> Result<Tensor> {
@@ -240,10 +297,14 @@ impl Weights {
             return Ok(());
         }
         let e = self.tensors.remove(EMBED).expect("embedding exists");
-        self.tensors.insert(EMBED.to_string(), Tensor::cat(&[&e, &rows(init_embed)?], 0)?);
+        self.tensors.insert(
+            EMBED.to_string(),
+            Tensor::cat(&[&e, &rows(init_embed)?], 0)?,
+        );
         if let Some(head) = self.tensors.remove(HEAD) {
             let extra = rows(init_head.unwrap_or(init_embed))?;
-            self.tensors.insert(HEAD.to_string(), Tensor::cat(&[&head, &extra], 0)?);
+            self.tensors
+                .insert(HEAD.to_string(), Tensor::cat(&[&head, &extra], 0)?);
         }
         self.config.vocab_size = new_vocab;
         Ok(())

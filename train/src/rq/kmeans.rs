@@ -18,7 +18,12 @@ pub struct KMeansConfig {
 
 impl Default for KMeansConfig {
     fn default() -> Self {
-        KMeansConfig { k: 256, iterations: 20, seed: 42, block: 8192 }
+        KMeansConfig {
+            k: 256,
+            iterations: 20,
+            seed: 42,
+            block: 8192,
+        }
     }
 }
 
@@ -38,7 +43,8 @@ pub struct KMeans {
 pub fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             // SAFETY: the CPU supports the features this function was compiled for (checked above).
             return unsafe { sq_dist_avx2(a, b) };
         }
@@ -71,29 +77,54 @@ fn sq_dist_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Nearest centroid of every row: (index, squared distance). Uses a matrix product per block.
-pub fn assign(data: &[f32], dim: usize, centroids: &[f32], block: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+pub fn assign(
+    data: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    block: usize,
+) -> Result<(Vec<u32>, Vec<f32>)> {
     let n = data.len() / dim;
     let x = Tensor::from_slice(data, (n, dim), &Device::Cpu)?;
-    let x_norm: Vec<f32> = data.par_chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let x_norm: Vec<f32> = data
+        .par_chunks_exact(dim)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect();
     assign_prepared(&x, &x_norm, dim, centroids, block)
 }
 
 /// [`assign`] with the rows already in a tensor and their squared norms computed (done once per k-means).
-fn assign_prepared(x: &Tensor, x_norm: &[f32], dim: usize, centroids: &[f32], block: usize) -> Result<(Vec<u32>, Vec<f32>)> {
+fn assign_prepared(
+    x: &Tensor,
+    x_norm: &[f32],
+    dim: usize,
+    centroids: &[f32],
+    block: usize,
+) -> Result<(Vec<u32>, Vec<f32>)> {
     let n = x_norm.len();
     let k = centroids.len() / dim;
-    let ct = Tensor::from_slice(centroids, (k, dim), &Device::Cpu)?.t()?.contiguous()?;
-    let c_norm: Vec<f32> = centroids.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let ct = Tensor::from_slice(centroids, (k, dim), &Device::Cpu)?
+        .t()?
+        .contiguous()?;
+    let c_norm: Vec<f32> = centroids
+        .chunks_exact(dim)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect();
     let mut idx = vec![0u32; n];
     let mut dist = vec![0f32; n];
     let block = block.max(1);
     for start in (0..n).step_by(block) {
         let rows = (n - start).min(block);
-        let xb = if rows == n { x.clone() } else { x.narrow(0, start, rows)? };
+        let xb = if rows == n {
+            x.clone()
+        } else {
+            x.narrow(0, start, rows)?
+        };
         let dots = xb.matmul(&ct)?;
         let dots = dots.flatten_all()?;
         let dots = dots.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*dots.0 else { anyhow::bail!("k-means runs on the CPU") };
+        let candle_core::Storage::Cpu(cpu) = &*dots.0 else {
+            anyhow::bail!("k-means runs on the CPU")
+        };
         let dots = &cpu.as_slice::<f32>()?[dots.1.start_offset()..];
         idx[start..start + rows]
             .par_iter_mut()
@@ -123,7 +154,10 @@ fn seed_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> V
     let mut centroids = Vec::with_capacity(k * dim);
     let first = rng.gen_range(0..n);
     centroids.extend_from_slice(row(first));
-    let mut d2: Vec<f32> = (0..n).into_par_iter().map(|i| sq_dist(row(i), row(first))).collect();
+    let mut d2: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| sq_dist(row(i), row(first)))
+        .collect();
     for _ in 1..k {
         let total: f64 = d2.iter().map(|&v| v as f64).sum();
         let pick = if total <= 0.0 {
@@ -141,7 +175,9 @@ fn seed_plus_plus(data: &[f32], dim: usize, k: usize, rng: &mut ChaCha8Rng) -> V
             pick
         };
         let c = row(pick).to_vec();
-        d2.par_iter_mut().enumerate().for_each(|(i, d)| *d = d.min(sq_dist(row(i), &c)));
+        d2.par_iter_mut()
+            .enumerate()
+            .for_each(|(i, d)| *d = d.min(sq_dist(row(i), &c)));
         centroids.extend_from_slice(&c);
     }
     centroids
@@ -166,11 +202,22 @@ struct Scores<'a> {
 impl<'a> Scores<'a> {
     fn new(x: &'a Tensor, x_norm: &'a [f32], k: usize, dim: usize, block: usize) -> Self {
         let keep = x_norm.len().saturating_mul(k) <= MAX_SCORE_ENTRIES;
-        Scores { x, x_norm, k, dim, s: keep.then(|| vec![0f32; x_norm.len() * k]), block }
+        Scores {
+            x,
+            x_norm,
+            k,
+            dim,
+            s: keep.then(|| vec![0f32; x_norm.len() * k]),
+            block,
+        }
     }
 
     /// Recomputes the given columns (all when `cols` is `None`), then assigns every row.
-    fn assign(&mut self, centroids: &[f32], cols: Option<&[usize]>) -> Result<(Vec<u32>, Vec<f32>)> {
+    fn assign(
+        &mut self,
+        centroids: &[f32],
+        cols: Option<&[usize]>,
+    ) -> Result<(Vec<u32>, Vec<f32>)> {
         let (k, dim) = (self.k, self.dim);
         let Some(s) = self.s.as_mut() else {
             return assign_prepared(self.x, self.x_norm, dim, centroids, self.block);
@@ -185,18 +232,30 @@ impl<'a> Scores<'a> {
         };
         if !cols.is_empty() {
             let m = cols.len();
-            let sub: Vec<f32> = cols.iter().flat_map(|&j| centroids[j * dim..(j + 1) * dim].iter().copied()).collect();
-            let cn: Vec<f32> = sub.chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
-            let ct = Tensor::from_vec(sub, (m, dim), &Device::Cpu)?.t()?.contiguous()?;
+            let sub: Vec<f32> = cols
+                .iter()
+                .flat_map(|&j| centroids[j * dim..(j + 1) * dim].iter().copied())
+                .collect();
+            let cn: Vec<f32> = sub
+                .chunks_exact(dim)
+                .map(|r| r.iter().map(|v| v * v).sum())
+                .collect();
+            let ct = Tensor::from_vec(sub, (m, dim), &Device::Cpu)?
+                .t()?
+                .contiguous()?;
             let dots = self.x.matmul(&ct)?;
             let guard = dots.storage_and_layout();
-            let candle_core::Storage::Cpu(cpu) = &*guard.0 else { anyhow::bail!("k-means runs on the CPU") };
+            let candle_core::Storage::Cpu(cpu) = &*guard.0 else {
+                anyhow::bail!("k-means runs on the CPU")
+            };
             let dots = &cpu.as_slice::<f32>()?[guard.1.start_offset()..];
-            s.par_chunks_exact_mut(k).zip(dots.par_chunks_exact(m)).for_each(|(row, d)| {
-                for (t, &j) in cols.iter().enumerate() {
-                    row[j] = cn[t] - 2.0 * d[t];
-                }
-            });
+            s.par_chunks_exact_mut(k)
+                .zip(dots.par_chunks_exact(m))
+                .for_each(|(row, d)| {
+                    for (t, &j) in cols.iter().enumerate() {
+                        row[j] = cn[t] - 2.0 * d[t];
+                    }
+                });
         }
         let x_norm = self.x_norm;
         Ok(s.par_chunks_exact(k)
@@ -218,13 +277,19 @@ impl<'a> Scores<'a> {
 /// Runs k-means. With fewer distinct rows than `k`, some centroids duplicate rows (still valid codes).
 pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
     let n = data.len() / dim;
-    anyhow::ensure!(n > 0 && data.len() == n * dim, "k-means needs a non-empty n x {dim} matrix");
+    anyhow::ensure!(
+        n > 0 && data.len() == n * dim,
+        "k-means needs a non-empty n x {dim} matrix"
+    );
     anyhow::ensure!(cfg.k >= 1, "k must be at least 1");
     let k = cfg.k;
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut centroids = seed_plus_plus(data, dim, k, &mut rng);
     let x = Tensor::from_slice(data, (n, dim), &Device::Cpu)?;
-    let x_norm: Vec<f32> = data.par_chunks_exact(dim).map(|r| r.iter().map(|v| v * v).sum()).collect();
+    let x_norm: Vec<f32> = data
+        .par_chunks_exact(dim)
+        .map(|r| r.iter().map(|v| v * v).sum())
+        .collect();
     let mut scores = Scores::new(&x, &x_norm, k, dim, cfg.block);
     let (mut assignments, mut sq_errors) = scores.assign(&centroids, None)?;
     // Cluster sums in f64, updated by the rows that move.
@@ -232,7 +297,10 @@ pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
     let mut counts = vec![0usize; k];
     for (i, &a) in assignments.iter().enumerate() {
         counts[a as usize] += 1;
-        sums[a as usize * dim..(a as usize + 1) * dim].iter_mut().zip(&data[i * dim..(i + 1) * dim]).for_each(|(s, &v)| *s += v as f64);
+        sums[a as usize * dim..(a as usize + 1) * dim]
+            .iter_mut()
+            .zip(&data[i * dim..(i + 1) * dim])
+            .for_each(|(s, &v)| *s += v as f64);
     }
     let mut dirty = vec![true; k];
     let mut iterations_run = 0;
@@ -241,7 +309,10 @@ pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
         iterations_run += 1;
         // Update step: each changed cluster moves to the mean of its members.
         for j in (0..k).filter(|&j| dirty[j] && counts[j] > 0) {
-            for (c, s) in centroids[j * dim..(j + 1) * dim].iter_mut().zip(&sums[j * dim..(j + 1) * dim]) {
+            for (c, s) in centroids[j * dim..(j + 1) * dim]
+                .iter_mut()
+                .zip(&sums[j * dim..(j + 1) * dim])
+            {
                 *c = (*s / counts[j] as f64) as f32;
             }
         }
@@ -250,7 +321,10 @@ pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
         if !empties.is_empty() {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| sq_errors[b].total_cmp(&sq_errors[a]).then(a.cmp(&b)));
-            let far = order.into_iter().filter(|&i| counts[assignments[i] as usize] > 1).take(empties.len());
+            let far = order
+                .into_iter()
+                .filter(|&i| counts[assignments[i] as usize] > 1)
+                .take(empties.len());
             for (&j, i) in empties.iter().zip(far) {
                 centroids[j * dim..(j + 1) * dim].copy_from_slice(&data[i * dim..(i + 1) * dim]);
                 dirty[j] = true;
@@ -270,8 +344,14 @@ pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
                 let row = &data[i * dim..(i + 1) * dim];
                 counts[old as usize] -= 1;
                 counts[new as usize] += 1;
-                sums[old as usize * dim..(old as usize + 1) * dim].iter_mut().zip(row).for_each(|(s, &v)| *s -= v as f64);
-                sums[new as usize * dim..(new as usize + 1) * dim].iter_mut().zip(row).for_each(|(s, &v)| *s += v as f64);
+                sums[old as usize * dim..(old as usize + 1) * dim]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(s, &v)| *s -= v as f64);
+                sums[new as usize * dim..(new as usize + 1) * dim]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(s, &v)| *s += v as f64);
                 dirty[old as usize] = true;
                 dirty[new as usize] = true;
             }
@@ -282,7 +362,13 @@ pub fn kmeans(data: &[f32], dim: usize, cfg: &KMeansConfig) -> Result<KMeans> {
             break;
         }
     }
-    Ok(KMeans { centroids, assignments, sq_errors, iterations_run, empty_reseeded })
+    Ok(KMeans {
+        centroids,
+        assignments,
+        sq_errors,
+        iterations_run,
+        empty_reseeded,
+    })
 }
 
 #[cfg(test)]
@@ -299,7 +385,12 @@ mod tests {
             data.push(c[0] + rng.gen::<f32>() - 0.5);
             data.push(c[1] + rng.gen::<f32>() - 0.5);
         }
-        let cfg = KMeansConfig { k: 3, iterations: 20, seed: 7, block: 64 };
+        let cfg = KMeansConfig {
+            k: 3,
+            iterations: 20,
+            seed: 7,
+            block: 64,
+        };
         let a = kmeans(&data, 2, &cfg).unwrap();
         let b = kmeans(&data, 2, &cfg).unwrap();
         assert_eq!(a.assignments, b.assignments);
@@ -317,7 +408,17 @@ mod tests {
     #[test]
     fn more_clusters_than_distinct_rows() {
         let data = vec![1.0f32, 1.0, 1.0, 1.0, 2.0, 2.0];
-        let r = kmeans(&data, 2, &KMeansConfig { k: 4, iterations: 5, seed: 0, block: 2 }).unwrap();
+        let r = kmeans(
+            &data,
+            2,
+            &KMeansConfig {
+                k: 4,
+                iterations: 5,
+                seed: 0,
+                block: 2,
+            },
+        )
+        .unwrap();
         assert_eq!(r.centroids.len(), 8);
         assert!(r.sq_errors.iter().all(|&e| e < 1e-6));
     }

@@ -3,4 +3,6 @@
 pub mod kmeans;
 pub mod residual;
 
-pub use residual::{auto_codebook_size, train, RqConfig, RqResult, RqStats};
+pub use residual::{
+    assign, auto_codebook_size, train, train_codebooks, RqConfig, RqResult, RqStats, Trained,
+};

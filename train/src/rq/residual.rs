@@ -61,65 +61,138 @@ fn count_collisions(codes: &[Vec<u16>]) -> usize {
     codes.iter().filter(|c| !seen.insert(c.as_slice())).count()
 }
 
-pub fn train(data: &[f32], dim: usize, cfg: &RqConfig) -> Result<RqResult> {
-    let n = data.len() / dim;
+/// Codebooks of every level, trained on `data` (n x dim), before any item is assigned.
+pub struct Trained {
+    pub codebooks: Vec<Vec<f32>>,
+    pub iterations_run: Vec<usize>,
+    pub empty_reseeded: Vec<usize>,
+}
+
+/// Trains the codebooks level by level: level l clusters what the levels before it left over.
+pub fn train_codebooks(data: &[f32], dim: usize, cfg: &RqConfig) -> Result<Trained> {
     let levels = cfg.sizes.len();
-    anyhow::ensure!((1..=navigen::cid::MAX_LEVELS).contains(&levels), "1..={} levels", navigen::cid::MAX_LEVELS);
-    anyhow::ensure!(cfg.sizes.iter().all(|&k| (1..=65536).contains(&k)), "codebook sizes must be in 1..=65536");
+    anyhow::ensure!(
+        (1..=navigen::cid::MAX_LEVELS).contains(&levels),
+        "1..={} levels",
+        navigen::cid::MAX_LEVELS
+    );
+    anyhow::ensure!(
+        cfg.sizes.iter().all(|&k| (1..=65536).contains(&k)),
+        "codebook sizes must be in 1..=65536"
+    );
     let mut residual = data.to_vec();
-    let mut codebooks = Vec::with_capacity(levels);
-    let mut codes = vec![Vec::with_capacity(levels); n];
+    let mut t = Trained {
+        codebooks: Vec::with_capacity(levels),
+        iterations_run: Vec::new(),
+        empty_reseeded: Vec::new(),
+    };
+    for (l, &k) in cfg.sizes.iter().enumerate() {
+        let km = kmeans(
+            &residual,
+            dim,
+            &KMeansConfig {
+                k,
+                iterations: cfg.iterations,
+                seed: cfg.seed.wrapping_add(l as u64),
+                ..Default::default()
+            },
+        )?;
+        if l + 1 < levels {
+            residual
+                .par_chunks_exact_mut(dim)
+                .zip(km.assignments.par_iter())
+                .for_each(|(r, &a)| {
+                    let c = &km.centroids[a as usize * dim..(a as usize + 1) * dim];
+                    r.iter_mut().zip(c).for_each(|(r, c)| *r -= c);
+                });
+        }
+        t.iterations_run.push(km.iterations_run);
+        t.empty_reseeded.push(km.empty_reseeded);
+        t.codebooks.push(km.centroids);
+    }
+    Ok(t)
+}
+
+/// Assigns every item its CID with the device's own quantiser ([`navigen::Codebooks`], so the trainer
+/// and `register_item` agree bit for bit on the same file), then resolves collisions (module comment).
+pub fn assign(
+    data: &[f32],
+    cb: &navigen::Codebooks,
+    trained: &Trained,
+) -> Result<(Vec<Vec<u16>>, RqStats)> {
+    let dim = cb.dim();
+    let levels = cb.levels();
+    let k_last = cb.sizes()[levels - 1];
+    let mut codes: Vec<Vec<u16>> = data
+        .par_chunks_exact(dim)
+        .map(|x| cb.quantize_ranked(x, 1))
+        .collect::<navigen::Result<_>>()?;
     let mut stats = RqStats {
-        collisions_before: 0,
+        collisions_before: count_collisions(&codes),
         collisions_after: 0,
         reassigned: 0,
         utilisation: Vec::new(),
         recon_mse: Vec::new(),
-        iterations_run: Vec::new(),
-        empty_reseeded: Vec::new(),
+        iterations_run: trained.iterations_run.clone(),
+        empty_reseeded: trained.empty_reseeded.clone(),
     };
-    // Residual entering the last level, kept for collision resolution.
-    let mut last_input = Vec::new();
-    for (l, &k) in cfg.sizes.iter().enumerate() {
-        if l + 1 == levels {
-            last_input = residual.clone();
-        }
-        let km = kmeans(&residual, dim, &KMeansConfig { k, iterations: cfg.iterations, seed: cfg.seed.wrapping_add(l as u64), ..Default::default() })?;
-        residual.par_chunks_exact_mut(dim).zip(km.assignments.par_iter()).for_each(|(r, &a)| {
-            let c = &km.centroids[a as usize * dim..(a as usize + 1) * dim];
-            r.iter_mut().zip(c).for_each(|(r, c)| *r -= c);
-        });
-        for (item, &a) in codes.iter_mut().zip(&km.assignments) {
-            item.push(a as u16);
-        }
-        stats.iterations_run.push(km.iterations_run);
-        stats.empty_reseeded.push(km.empty_reseeded);
-        codebooks.push(km.centroids);
-    }
-    stats.collisions_before = count_collisions(&codes);
     if stats.collisions_before > 0 {
-        stats.reassigned = resolve_collisions(&mut codes, &last_input, dim, &codebooks[levels - 1], cfg.sizes[levels - 1])?;
+        stats.reassigned = resolve_collisions(&mut codes, data, cb, k_last)?;
     }
     stats.collisions_after = count_collisions(&codes);
-    // Statistics on the final codes.
+    let n = codes.len();
     let mut recon = vec![0f32; n * dim];
+    let mut c = vec![0f32; dim];
     for l in 0..levels {
-        let k = cfg.sizes[l];
-        let mut used = vec![false; k];
-        for (i, c) in codes.iter().enumerate() {
-            used[c[l] as usize] = true;
-            let cent = &codebooks[l][c[l] as usize * dim..(c[l] as usize + 1) * dim];
-            recon[i * dim..(i + 1) * dim].iter_mut().zip(cent).for_each(|(r, c)| *r += c);
+        let mut used = vec![false; cb.sizes()[l]];
+        for (i, code) in codes.iter().enumerate() {
+            used[code[l] as usize] = true;
+            cb.centroid_into(l, code[l] as usize, &mut c);
+            recon[i * dim..(i + 1) * dim]
+                .iter_mut()
+                .zip(&c)
+                .for_each(|(r, c)| *r += c);
         }
-        stats.utilisation.push(used.iter().filter(|&&u| u).count() as f64 / k as f64);
-        let err: f64 = data.par_chunks_exact(dim).zip(recon.par_chunks_exact(dim)).map(|(x, r)| sq_dist(x, r) as f64).sum();
+        stats
+            .utilisation
+            .push(used.iter().filter(|&&u| u).count() as f64 / used.len() as f64);
+        let err: f64 = data
+            .par_chunks_exact(dim)
+            .zip(recon.par_chunks_exact(dim))
+            .map(|(x, r)| sq_dist(x, r) as f64)
+            .sum();
         stats.recon_mse.push(err / n as f64);
     }
-    Ok(RqResult { codebooks, codes, stats })
+    Ok((codes, stats))
+}
+
+/// Trains codebooks and assigns CIDs with f32 codebooks held in memory (tests and benchmarks; `prepare`
+/// assigns with the codebooks file it writes, whose element type may be f16).
+pub fn train(data: &[f32], dim: usize, cfg: &RqConfig) -> Result<RqResult> {
+    let trained = train_codebooks(data, dim, cfg)?;
+    let bytes = navigen::format::codebooks::write_codebooks(
+        &trained.codebooks,
+        dim,
+        navigen::format::codebooks::Dtype::F32,
+        &serde_json::json!({}),
+    )?;
+    let cb = navigen::Codebooks::from_bytes(&bytes)?;
+    let (codes, stats) = assign(data, &cb, &trained)?;
+    Ok(RqResult {
+        codebooks: trained.codebooks,
+        codes,
+        stats,
+    })
 }
 
 /// Gives every item of a colliding prefix group a distinct last code (see the module comment).
-fn resolve_collisions(codes: &mut [Vec<u16>], last_input: &[f32], dim: usize, last_book: &[f32], k: usize) -> Result<usize> {
+fn resolve_collisions(
+    codes: &mut [Vec<u16>],
+    data: &[f32],
+    cb: &navigen::Codebooks,
+    k: usize,
+) -> Result<usize> {
+    let dim = cb.dim();
     let levels = codes[0].len();
     let mut groups: HashMap<Vec<u16>, Vec<usize>> = HashMap::new();
     for (i, c) in codes.iter().enumerate() {
@@ -143,10 +216,8 @@ fn resolve_collisions(codes: &mut [Vec<u16>], last_input: &[f32], dim: usize, la
         }
         let mut pairs: Vec<(f32, usize, u16)> = Vec::with_capacity(members.len() * k);
         for &i in &members {
-            let x = &last_input[i * dim..(i + 1) * dim];
-            for c in 0..k {
-                pairs.push((sq_dist(x, &last_book[c * dim..(c + 1) * dim]), i, c as u16));
-            }
+            let (_, dists) = cb.last_level_distances(&data[i * dim..(i + 1) * dim])?;
+            pairs.extend(dists.iter().enumerate().map(|(c, &d)| (d, i, c as u16)));
         }
         pairs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let mut taken = vec![false; k];
@@ -186,10 +257,23 @@ mod tests {
         for _ in 0..10 {
             data.extend_from_slice(&dup);
         }
-        let r = train(&data, dim, &RqConfig { sizes: vec![8, 8, 16], iterations: 10, seed: 1 }).unwrap();
+        let r = train(
+            &data,
+            dim,
+            &RqConfig {
+                sizes: vec![8, 8, 16],
+                iterations: 10,
+                seed: 1,
+            },
+        )
+        .unwrap();
         assert!(r.stats.collisions_before >= 10);
         assert_eq!(r.stats.collisions_after, 0);
-        assert!(r.stats.recon_mse.windows(2).all(|w| w[1] < w[0]), "{:?}", r.stats.recon_mse);
+        assert!(
+            r.stats.recon_mse.windows(2).all(|w| w[1] < w[0]),
+            "{:?}",
+            r.stats.recon_mse
+        );
         assert_eq!(auto_codebook_size(1682), 128);
         assert_eq!(auto_codebook_size(10), 16);
     }
@@ -197,6 +281,15 @@ mod tests {
     #[test]
     fn too_many_duplicates_is_an_error() {
         let data = vec![0.5f32; 4 * 20];
-        assert!(train(&data, 4, &RqConfig { sizes: vec![2, 2], iterations: 3, seed: 0 }).is_err());
+        assert!(train(
+            &data,
+            4,
+            &RqConfig {
+                sizes: vec![2, 2],
+                iterations: 3,
+                seed: 0
+            }
+        )
+        .is_err());
     }
 }

@@ -18,7 +18,11 @@ pub struct Tokenized {
 }
 
 /// Tokenises examples; those longer than `max_len` are skipped and counted.
-pub fn tokenize_all(tok: &Tokenizer, examples: &[SftExample], max_len: usize) -> Result<(Vec<Tokenized>, usize)> {
+pub fn tokenize_all(
+    tok: &Tokenizer,
+    examples: &[SftExample],
+    max_len: usize,
+) -> Result<(Vec<Tokenized>, usize)> {
     let mut out = Vec::with_capacity(examples.len());
     let mut too_long = 0;
     for ex in examples {
@@ -52,7 +56,8 @@ impl Row {
             self.segments.push(segment);
             // Position i predicts token i+1 when that token belongs to the answer.
             let next = i + 1;
-            self.targets.push((next < ex.ids.len() && next >= ex.prompt_len).then(|| ex.ids[next]));
+            self.targets
+                .push((next < ex.ids.len() && next >= ex.prompt_len).then(|| ex.ids[next]));
         }
     }
     pub fn len(&self) -> usize {
@@ -131,7 +136,11 @@ pub fn make_batch(rows: &[Row], pad: u32, device: &Device, dtype: DType) -> Resu
         mask: packed_mask(&segs, device, dtype)?,
         loss_tokens: tgt.len(),
         target_index: Tensor::from_vec(tidx, tgt.len(), device)?,
-        targets: Tensor::from_vec(tgt, rows.iter().map(Row::loss_tokens).sum::<usize>(), device)?,
+        targets: Tensor::from_vec(
+            tgt,
+            rows.iter().map(Row::loss_tokens).sum::<usize>(),
+            device,
+        )?,
         tokens: rows.iter().map(Row::len).sum(),
     })
 }
@@ -142,15 +151,24 @@ mod tests {
 
     #[test]
     fn packing_keeps_examples_apart() {
-        let a = Tokenized { ids: vec![1, 2, 3, 4], prompt_len: 2 };
-        let b = Tokenized { ids: vec![5, 6, 7], prompt_len: 1 };
+        let a = Tokenized {
+            ids: vec![1, 2, 3, 4],
+            prompt_len: 2,
+        };
+        let b = Tokenized {
+            ids: vec![5, 6, 7],
+            prompt_len: 1,
+        };
         let rows = pack(&[a.clone(), b.clone(), a.clone()], 8);
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].ids, vec![1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(rows[0].positions, vec![0, 1, 2, 3, 0, 1, 2]);
         assert_eq!(rows[0].segments, vec![0, 0, 0, 0, 1, 1, 1]);
         // Targets: answer tokens only (a: tokens 3,4 predicted from positions 1,2; b: 6,7 from 0,1).
-        assert_eq!(rows[0].targets, vec![None, Some(3), Some(4), None, Some(6), Some(7), None]);
+        assert_eq!(
+            rows[0].targets,
+            vec![None, Some(3), Some(4), None, Some(6), Some(7), None]
+        );
         let batch = make_batch(&rows, 0, &Device::Cpu, DType::F32).unwrap();
         assert_eq!(batch.ids.dims(), &[2, 7]);
         assert_eq!(batch.loss_tokens, 6);

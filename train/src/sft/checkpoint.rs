@@ -45,7 +45,10 @@ pub fn save(dir: &Path, state: &State, w: &Weights, opt: &AdamW, keep: usize) ->
     for (k, t) in &opt.v {
         moments.insert(format!("v.{k}"), t.to_device(&Device::Cpu)?);
     }
-    moments.insert("adam_step".into(), Tensor::new(&[opt.step as u32], &Device::Cpu)?);
+    moments.insert(
+        "adam_step".into(),
+        Tensor::new(&[opt.step as u32], &Device::Cpu)?,
+    );
     candle_core::safetensors::save(&moments, tmp.join("optimizer.safetensors"))?;
     std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
     for f in ["weights.safetensors", "optimizer.safetensors", "state.json"] {
@@ -55,7 +58,14 @@ pub fn save(dir: &Path, state: &State, w: &Weights, opt: &AdamW, keep: usize) ->
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir)?;
     sync_dir(dir);
-    navigen::format::write_atomic(&dir.join("latest"), final_dir.file_name().expect("named").to_string_lossy().as_bytes())?;
+    navigen::format::write_atomic(
+        &dir.join("latest"),
+        final_dir
+            .file_name()
+            .expect("named")
+            .to_string_lossy()
+            .as_bytes(),
+    )?;
     // Keep the newest `keep` checkpoints.
     let mut all = list(dir)?;
     all.sort_unstable();
@@ -68,8 +78,18 @@ pub fn save(dir: &Path, state: &State, w: &Weights, opt: &AdamW, keep: usize) ->
 
 /// Steps of the complete checkpoints in `dir`.
 pub fn list(dir: &Path) -> Result<Vec<usize>> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
-    Ok(rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("step-")).and_then(|s| s.parse().ok())).collect())
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    Ok(rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("step-"))
+                .and_then(|s| s.parse().ok())
+        })
+        .collect())
 }
 
 /// The step `latest` points at, if any.
@@ -82,17 +102,32 @@ pub fn latest(dir: &Path) -> Result<Option<usize>> {
 }
 
 /// Restores weights (trainable set kept as configured) and optimiser state; returns the training state.
-pub fn load(dir: &Path, step: usize, w: &mut Weights, opt: &mut AdamW, device: &Device, dtype: DType) -> Result<State> {
+pub fn load(
+    dir: &Path,
+    step: usize,
+    w: &mut Weights,
+    opt: &mut AdamW,
+    device: &Device,
+    dtype: DType,
+) -> Result<State> {
     let d = step_dir(dir, step);
-    let state: State = serde_json::from_slice(&std::fs::read(d.join("state.json")).with_context(|| format!("no checkpoint at {}", d.display()))?)?;
+    let state: State = serde_json::from_slice(
+        &std::fs::read(d.join("state.json"))
+            .with_context(|| format!("no checkpoint at {}", d.display()))?,
+    )?;
     let trainable_names: Vec<String> = w.trainable().keys().cloned().collect();
     let loaded = candle_core::safetensors::load(d.join("weights.safetensors"), device)?;
     let mut merged = w.merged()?;
     for (k, t) in loaded {
         merged.insert(k, t.to_dtype(dtype)?);
     }
-    let was = if trainable_names.iter().any(|n| n == crate::model::weights::NEW_ROWS) {
-        crate::model::Trainable::NewRowsAndHead { first_new_row: w.get(crate::model::weights::EMBED)?.dim(0)? }
+    let was = if trainable_names
+        .iter()
+        .any(|n| n == crate::model::weights::NEW_ROWS)
+    {
+        crate::model::Trainable::NewRowsAndHead {
+            first_new_row: w.get(crate::model::weights::EMBED)?.dim(0)?,
+        }
     } else if trainable_names.is_empty() {
         crate::model::Trainable::None
     } else {

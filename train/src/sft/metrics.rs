@@ -30,7 +30,10 @@ pub const PLOT: &str = "loss.png";
 
 /// Appends one record (flushed and synced: a kill loses at most the line being written).
 pub fn append(run: &Path, r: &Record) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(run.join(FILE))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.join(FILE))?;
     let mut line = serde_json::to_vec(r)?;
     line.push(b'\n');
     f.write_all(&line)?;
@@ -45,12 +48,18 @@ pub fn read(run: &Path) -> Result<Vec<Record>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
 }
 
 /// Drops records of `stage` after `step` (a resumed run rewrites them).
 pub fn truncate_after(run: &Path, stage: u8, step: usize) -> Result<()> {
-    let keep: Vec<Record> = read(run)?.into_iter().filter(|r| r.stage != stage || r.step <= step).collect();
+    let keep: Vec<Record> = read(run)?
+        .into_iter()
+        .filter(|r| r.stage != stage || r.step <= step)
+        .collect();
     let mut out = Vec::new();
     for r in &keep {
         out.extend(serde_json::to_vec(r)?);
@@ -74,7 +83,13 @@ fn font() -> bool {
         for p in CANDIDATES {
             if let Ok(bytes) = std::fs::read(p) {
                 let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
+                if plotters::style::register_font(
+                    "sans-serif",
+                    plotters::style::FontStyle::Normal,
+                    bytes,
+                )
+                .is_ok()
+                {
                     return true;
                 }
             }
@@ -107,15 +122,37 @@ pub fn plot(run: &Path) -> Result<()> {
         let mut acc = 0usize;
         for s in &stages {
             offset.insert(*s, acc);
-            acc += records.iter().filter(|r| r.stage == *s).map(|r| r.step).max().unwrap_or(0) + 1;
+            acc += records
+                .iter()
+                .filter(|r| r.stage == *s)
+                .map(|r| r.step)
+                .max()
+                .unwrap_or(0)
+                + 1;
         }
         let xs = |r: &Record| (offset[&r.stage] + r.step) as f64;
-        let vals: Vec<f64> = records.iter().flat_map(|r| [r.loss, r.val_loss]).flatten().filter(|v| v.is_finite()).collect();
-        let (lo, hi) = vals.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
-        let (lo, hi) = if lo < hi { (lo * 0.95, hi * 1.05) } else { (lo - 1.0, hi + 1.0) };
+        let vals: Vec<f64> = records
+            .iter()
+            .flat_map(|r| [r.loss, r.val_loss])
+            .flatten()
+            .filter(|v| v.is_finite())
+            .collect();
+        let (lo, hi) = vals
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let (lo, hi) = if lo < hi {
+            (lo * 0.95, hi * 1.05)
+        } else {
+            (lo - 1.0, hi + 1.0)
+        };
         let labels = font();
         let mut builder = ChartBuilder::on(&root);
-        builder.margin(20).x_label_area_size(if labels { 40 } else { 5 }).y_label_area_size(if labels { 60 } else { 5 });
+        builder
+            .margin(20)
+            .x_label_area_size(if labels { 40 } else { 5 })
+            .y_label_area_size(if labels { 60 } else { 5 });
         if labels {
             builder.caption("navigen SFT loss", ("sans-serif", 22));
         }
@@ -130,20 +167,37 @@ pub fn plot(run: &Path) -> Result<()> {
         let colours = [BLUE, RED, GREEN, MAGENTA];
         for (i, s) in stages.iter().enumerate() {
             let c = colours[i % colours.len()];
-            let train: Vec<(f64, f64)> = records.iter().filter(|r| r.stage == *s).filter_map(|r| r.loss.map(|l| (xs(r), l))).collect();
-            let val: Vec<(f64, f64)> = records.iter().filter(|r| r.stage == *s).filter_map(|r| r.val_loss.map(|l| (xs(r), l))).collect();
+            let train: Vec<(f64, f64)> = records
+                .iter()
+                .filter(|r| r.stage == *s)
+                .filter_map(|r| r.loss.map(|l| (xs(r), l)))
+                .collect();
+            let val: Vec<(f64, f64)> = records
+                .iter()
+                .filter(|r| r.stage == *s)
+                .filter_map(|r| r.val_loss.map(|l| (xs(r), l)))
+                .collect();
             let series = chart.draw_series(LineSeries::new(train, c.stroke_width(1)))?;
             if labels {
-                series.label(format!("stage {s} train")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+                series
+                    .label(format!("stage {s} train"))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
             }
             let vs = chart.draw_series(LineSeries::new(val.clone(), c.mix(0.6).stroke_width(3)))?;
             if labels {
-                vs.label(format!("stage {s} validation")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.mix(0.6).stroke_width(3)));
+                vs.label(format!("stage {s} validation"))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.mix(0.6).stroke_width(3))
+                    });
             }
             chart.draw_series(val.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
         }
         if labels {
-            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
         }
         root.present().context("writing the loss plot")?;
     }

@@ -54,7 +54,11 @@ pub struct RunInfo {
 impl RunInfo {
     pub fn read(run: &Path) -> Result<Self> {
         let p = run.join(RUN_FILE);
-        serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {} (is this a run folder?)", p.display()))?).with_context(|| format!("parsing {}", p.display()))
+        serde_json::from_slice(
+            &std::fs::read(&p)
+                .with_context(|| format!("reading {} (is this a run folder?)", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))
     }
     fn write(&self, run: &Path) -> Result<()> {
         write_atomic(&run.join(RUN_FILE), &serde_json::to_vec_pretty(self)?)?;
@@ -102,7 +106,12 @@ pub enum Resume {
 
 impl SftOptions {
     /// Defaults for a preset (the tiny one trains from scratch and takes a larger learning rate).
-    pub fn new(data: impl Into<PathBuf>, run: impl Into<PathBuf>, preset: Option<preset::Preset>, stage: u8) -> Self {
+    pub fn new(
+        data: impl Into<PathBuf>,
+        run: impl Into<PathBuf>,
+        preset: Option<preset::Preset>,
+        stage: u8,
+    ) -> Self {
         let tiny = matches!(preset, Some(preset::Preset::Tiny) | None);
         SftOptions {
             data: data.into(),
@@ -161,23 +170,41 @@ pub struct SftSummary {
 }
 
 /// The model the run holds after its latest finished stage (or the base model).
-pub fn load_run_model(run: &Path, device: &Device, dtype: DType) -> Result<(Weights, Tokenizer, RunInfo, u8)> {
+pub fn load_run_model(
+    run: &Path,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Weights, Tokenizer, RunInfo, u8)> {
     let info = RunInfo::read(run)?;
     let config: ModelConfig = serde_json::from_slice(&std::fs::read(run.join(CONFIG_FILE))?)?;
-    let tok = Tokenizer::from_file(run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{}: {e}", run.join(TOKENIZER_FILE).display()))?;
+    let tok = Tokenizer::from_file(run.join(TOKENIZER_FILE))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", run.join(TOKENIZER_FILE).display()))?;
     let stage = info.stages_done.iter().copied().max().unwrap_or(0);
-    let file = if stage == 0 { BASE_WEIGHTS.to_string() } else { stage_weights(stage) };
+    let file = if stage == 0 {
+        BASE_WEIGHTS.to_string()
+    } else {
+        stage_weights(stage)
+    };
     let w = Weights::from_safetensors(config, &[run.join(&file)], device, dtype)?;
     Ok((w, tok, info, stage))
 }
 
 fn create_run(opts: &SftOptions, cat: &Catalog) -> Result<()> {
     let preset = opts.preset.clone().context("a new run needs --preset")?;
-    eprintln!("navigen: creating run {} from preset {:?}", opts.run.display(), preset);
+    eprintln!(
+        "navigen: creating run {} from preset {:?}",
+        opts.run.display(),
+        preset
+    );
     let base = preset::load(&preset, cat, &Device::Cpu, DType::F32, opts.seed)?;
     std::fs::create_dir_all(&opts.run)?;
-    base.tokenizer.save(opts.run.join(TOKENIZER_FILE), false).map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
-    write_atomic(&opts.run.join(CONFIG_FILE), &serde_json::to_vec_pretty(&base.weights.config)?)?;
+    base.tokenizer
+        .save(opts.run.join(TOKENIZER_FILE), false)
+        .map_err(|e| anyhow::anyhow!("saving tokenizer: {e}"))?;
+    write_atomic(
+        &opts.run.join(CONFIG_FILE),
+        &serde_json::to_vec_pretty(&base.weights.config)?,
+    )?;
     let tmp = opts.run.join(".base.part.safetensors");
     base.weights.save(&tmp)?;
     std::fs::rename(&tmp, opts.run.join(BASE_WEIGHTS))?;
@@ -198,11 +225,19 @@ fn create_run(opts: &SftOptions, cat: &Catalog) -> Result<()> {
 /// state beyond the step).
 fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1))));
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+        seed ^ (0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)),
+    ));
     order
 }
 
-fn mean_loss(w: &Weights, rope: &Rope, rows: &[batch::Row], opts: &SftOptions, pad: u32) -> Result<f64> {
+fn mean_loss(
+    w: &Weights,
+    rope: &Rope,
+    rows: &[batch::Row],
+    opts: &SftOptions,
+    pad: u32,
+) -> Result<f64> {
     let mut total = 0f64;
     let mut n = 0usize;
     for chunk in rows.chunks(opts.batch_rows.max(1)) {
@@ -224,7 +259,10 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let cat = Catalog::open(&opts.data.join(catalog::FILE_NAME))?;
     if !opts.run.join(RUN_FILE).exists() {
         if opts.stage != 1 {
-            bail!("{} is not a run yet: start with --stage 1", opts.run.display());
+            bail!(
+                "{} is not a run yet: start with --stage 1",
+                opts.run.display()
+            );
         }
         create_run(opts, &cat)?;
     }
@@ -234,16 +272,34 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     }
     // Start from the previous stage's model.
     let config: ModelConfig = serde_json::from_slice(&std::fs::read(opts.run.join(CONFIG_FILE))?)?;
-    let start_file = if opts.stage == 1 { BASE_WEIGHTS.to_string() } else { stage_weights(opts.stage - 1) };
-    let mut w = Weights::from_safetensors(config, &[opts.run.join(&start_file)], &opts.device, opts.dtype)?;
-    let tok = Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pad = tok.token_to_id(crate::tokenizer::END_OF_TEXT).or_else(|| tok.token_to_id(navigen::prompt::IM_END)).unwrap_or(0);
+    let start_file = if opts.stage == 1 {
+        BASE_WEIGHTS.to_string()
+    } else {
+        stage_weights(opts.stage - 1)
+    };
+    let mut w = Weights::from_safetensors(
+        config,
+        &[opts.run.join(&start_file)],
+        &opts.device,
+        opts.dtype,
+    )?;
+    let tok =
+        Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pad = tok
+        .token_to_id(crate::tokenizer::END_OF_TEXT)
+        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
+        .unwrap_or(0);
 
     // Data.
     let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
     let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
     let teacher = OfflineTeacher;
-    let mix = MixOptions { stage: opts.stage, max_history: sequences::DEFAULT_MAX_HISTORY, windows_per_user: opts.windows_per_user, seed: opts.seed };
+    let mix = MixOptions {
+        stage: opts.stage,
+        max_history: sequences::DEFAULT_MAX_HISTORY,
+        windows_per_user: opts.windows_per_user,
+        seed: opts.seed,
+    };
     let examples = tasks::training_examples(&cat, &train, &mix, &teacher);
     let (tokenized, too_long) = batch::tokenize_all(&tok, &examples, opts.max_len)?;
     let rows = batch::pack(&tokenized, opts.max_len);
@@ -251,16 +307,30 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let (val_tok, _) = batch::tokenize_all(&tok, &val_ex, opts.max_len)?;
     let val_rows = batch::pack(&val_tok, opts.max_len);
     if rows.is_empty() {
-        bail!("no training rows (examples longer than --max-len {}?)", opts.max_len);
+        bail!(
+            "no training rows (examples longer than --max-len {}?)",
+            opts.max_len
+        );
     }
     let per_step = opts.batch_rows.max(1) * opts.grad_accum.max(1);
     let steps_per_epoch = rows.len().div_ceil(per_step);
-    let total = opts.max_steps.unwrap_or(((opts.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
+    let total = opts
+        .max_steps
+        .unwrap_or(((opts.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
     let warmup = ((opts.warmup_frac * total as f64).ceil() as usize).max(1);
 
-    w.set_trainable(if opts.stage == 1 { Trainable::NewRowsAndHead { first_new_row: info.first_new_row } } else { Trainable::All })?;
+    w.set_trainable(if opts.stage == 1 {
+        Trainable::NewRowsAndHead {
+            first_new_row: info.first_new_row,
+        }
+    } else {
+        Trainable::All
+    })?;
     let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
-    let mut opt = optim::AdamW::new(optim::AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() });
+    let mut opt = optim::AdamW::new(optim::AdamWConfig {
+        weight_decay: opts.weight_decay,
+        ..Default::default()
+    });
     let ckpt_dir = opts.run.join("checkpoints");
     let mut step = 0usize;
     let mut best_val: Option<f64> = None;
@@ -280,9 +350,23 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
             eprintln!("navigen: resumed stage {} at step {step}", opts.stage);
         } else {
             // A checkpoint of another stage: start this stage afresh.
-            w = Weights::from_safetensors(w.config.clone(), &[opts.run.join(&start_file)], &opts.device, opts.dtype)?;
-            w.set_trainable(if opts.stage == 1 { Trainable::NewRowsAndHead { first_new_row: info.first_new_row } } else { Trainable::All })?;
-            opt = optim::AdamW::new(optim::AdamWConfig { weight_decay: opts.weight_decay, ..Default::default() });
+            w = Weights::from_safetensors(
+                w.config.clone(),
+                &[opts.run.join(&start_file)],
+                &opts.device,
+                opts.dtype,
+            )?;
+            w.set_trainable(if opts.stage == 1 {
+                Trainable::NewRowsAndHead {
+                    first_new_row: info.first_new_row,
+                }
+            } else {
+                Trainable::All
+            })?;
+            opt = optim::AdamW::new(optim::AdamWConfig {
+                weight_decay: opts.weight_decay,
+                ..Default::default()
+            });
         }
     }
     if resumed_from.is_none() {
@@ -304,7 +388,11 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     );
 
     let bar = crate::progress::bar(total as u64, &format!("stage {}", opts.stage));
-    bar.set_style(indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}").expect("valid template").progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
     if !opts.progress {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
@@ -362,21 +450,57 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         tokens_done += step_tokens;
         let tps = step_tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
         if step % opts.log_every.max(1) == 0 || step == total {
-            metrics::append(&opts.run, &metrics::Record { stage: opts.stage, step, loss: Some(loss), lr: Some(lr), grad_norm: Some(norm), tokens_per_s: Some(tps), elapsed_s: Some(t0.elapsed().as_secs_f64()), ..Default::default() })?;
+            metrics::append(
+                &opts.run,
+                &metrics::Record {
+                    stage: opts.stage,
+                    step,
+                    loss: Some(loss),
+                    lr: Some(lr),
+                    grad_norm: Some(norm),
+                    tokens_per_s: Some(tps),
+                    elapsed_s: Some(t0.elapsed().as_secs_f64()),
+                    ..Default::default()
+                },
+            )?;
         }
-        bar.set_message(format!("stage {} loss {loss:.4} {tps:.0} tok/s", opts.stage));
+        bar.set_message(format!(
+            "stage {} loss {loss:.4} {tps:.0} tok/s",
+            opts.stage
+        ));
         bar.set_position(step as u64);
-        let eval_now = !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total);
+        let eval_now =
+            !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total);
         if eval_now {
             let v = mean_loss(&w, &rope, &val_rows, opts, pad)?;
-            metrics::append(&opts.run, &metrics::Record { stage: opts.stage, step, val_loss: Some(v), ..Default::default() })?;
+            metrics::append(
+                &opts.run,
+                &metrics::Record {
+                    stage: opts.stage,
+                    step,
+                    val_loss: Some(v),
+                    ..Default::default()
+                },
+            )?;
             if best_val.is_none_or(|b| v < b) {
                 best_val = Some(v);
                 save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
             }
         }
         if step % opts.save_every.max(1) == 0 || step == total {
-            checkpoint::save(&ckpt_dir, &checkpoint::State { stage: opts.stage, step, best_val_loss: best_val, seed: opts.seed, total_steps: total }, &w, &opt, opts.keep_checkpoints)?;
+            checkpoint::save(
+                &ckpt_dir,
+                &checkpoint::State {
+                    stage: opts.stage,
+                    step,
+                    best_val_loss: best_val,
+                    seed: opts.seed,
+                    total_steps: total,
+                },
+                &w,
+                &opt,
+                opts.keep_checkpoints,
+            )?;
             let _ = metrics::plot(&opts.run);
         }
     }

@@ -17,7 +17,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -31,11 +36,21 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            config,
+            step: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// One update with learning rate `lr`. Weight decay applies to matrices, not to norm vectors.
-    pub fn update(&mut self, vars: &BTreeMap<String, Var>, grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+    pub fn update(
+        &mut self,
+        vars: &BTreeMap<String, Var>,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<()> {
         self.step += 1;
         let c = &self.config;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
@@ -53,7 +68,11 @@ impl AdamW {
             };
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
             let w = var.as_tensor().to_dtype(DType::F32)?;
-            let decay = if w.rank() >= 2 { 1.0 - lr * c.weight_decay } else { 1.0 };
+            let decay = if w.rank() >= 2 {
+                1.0 - lr * c.weight_decay
+            } else {
+                1.0
+            };
             let new = ((w * decay)? - (update * lr)?)?;
             var.set(&new.to_dtype(var.dtype())?)?;
             self.m.insert(name.clone(), m);
@@ -77,7 +96,12 @@ pub fn lr_at(step: usize, total: usize, warmup: usize, peak: f64, floor: f64) ->
 pub fn clip(grads: &mut BTreeMap<String, Tensor>, max_norm: f64) -> Result<f64> {
     let mut sq = 0f64;
     for g in grads.values() {
-        sq += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>().context("gradient norm")? as f64;
+        sq += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()
+            .context("gradient norm")? as f64;
     }
     let norm = sq.sqrt();
     if norm.is_finite() && norm > max_norm && max_norm > 0.0 {
@@ -106,7 +130,10 @@ mod tests {
     fn adamw_minimises_a_quadratic() {
         let x = Var::from_tensor(&Tensor::new(&[3.0f32, -2.0], &Device::Cpu).unwrap()).unwrap();
         let vars = BTreeMap::from([("x".to_string(), x.clone())]);
-        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.0, ..Default::default() });
+        let mut opt = AdamW::new(AdamWConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        });
         for _ in 0..300 {
             let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
             let g = loss.backward().unwrap();
