@@ -213,6 +213,17 @@ enum navigen_status navigen_predict_next(const struct navigen_engine *engine,
                                          char **out_json);
 
 /*
+ Gives a new item (its text: title, description, genres) a CID with the bundle's embedder and
+ codebooks, as the trainer did for the catalog. `*out_json` receives
+ `{"cid":"<s_a_..>..","taken_by":{"id","title"}|null,"free_cid":"..."|null,"distance":float}`:
+ `taken_by` names the catalog item that already holds `cid`; `free_cid` is the nearest CID with the
+ same prefix that no item holds. NAVIGEN_ERR_NOT_SUPPORTED when the bundle has no embedder.
+ */
+enum navigen_status navigen_register_item(const struct navigen_engine *engine,
+                                          const char *text,
+                                          char **out_json);
+
+/*
  Fills `out` with the defaults.
  */
 enum navigen_status navigen_instruction_default_params(struct navigen_instruction_params *out);

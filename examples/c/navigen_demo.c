@@ -1,6 +1,7 @@
 /* A desktop program that uses only include/navigen.h and the navigen library:
  *   navigen_demo BUNDLE_DIR ITEM_ID [ITEM_ID...]
- * predicts the next items after the given history and streams a creation instruction. */
+ * predicts the next items after the given history, streams a creation instruction, and registers a
+ * new item (gives its text a CID on the device). */
 #include <stdio.h>
 #include <string.h>
 
@@ -53,6 +54,12 @@ int main(int argc, char **argv) {
     s = navigen_generate_instruction(engine, (const char *const *)(argv + 2), (size_t)(argc - 2), &iparams, print_piece, &pieces, &json);
     if (s != NAVIGEN_OK) return fail("navigen_generate_instruction", s);
     printf("\ninstruction: %s\npieces streamed: %zu\n", json, pieces);
+    navigen_string_free(json);
+    json = NULL;
+
+    s = navigen_register_item(engine, "Moonlit Harbour (2026). A slow, tender drama about a lighthouse keeper.", &json);
+    if (s != NAVIGEN_OK) return fail("navigen_register_item", s);
+    printf("registered: %s\n", json);
     navigen_string_free(json);
     navigen_engine_free(engine);
     return pieces > 0 ? 0 : 4;

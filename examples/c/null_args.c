@@ -48,6 +48,7 @@ int main(int argc, char **argv) {
     expect("cancel(NULL)", navigen_cancel(NULL), BAD);
     expect("predict(NULL engine)", navigen_predict_next(NULL, items, 3, 5, &json), BAD);
     expect("instruction(NULL engine)", navigen_generate_instruction(NULL, items, 3, NULL, NULL, NULL, &json), BAD);
+    expect("register(NULL engine)", navigen_register_item(NULL, "a film", &json), BAD);
     navigen_engine_free(NULL);
     navigen_string_free(NULL);
     if (strcmp(navigen_status_string(12345), "NAVIGEN_UNKNOWN_STATUS") != 0) failures++;
@@ -59,6 +60,9 @@ int main(int argc, char **argv) {
     expect("predict(NULL item)", navigen_predict_next(engine, bad_items, 2, 5, &json), BAD);
     expect("predict(k = 0)", navigen_predict_next(engine, items, 3, 0, &json), BAD);
     expect("predict(empty history)", navigen_predict_next(engine, items, 0, 5, &json), BAD);
+    expect("register(NULL text)", navigen_register_item(engine, NULL, &json), BAD);
+    expect("register(bad utf8)", navigen_register_item(engine, bad_utf8, &json), BAD);
+    expect("register(NULL out)", navigen_register_item(engine, "a film", NULL), BAD);
     navigen_instruction_default_params(&ip);
     ip.max_answer_tokens = 0;
     expect("instruction(bad params)", navigen_generate_instruction(engine, items, 3, &ip, NULL, NULL, &json), BAD);
@@ -85,6 +89,7 @@ int main(int argc, char **argv) {
     expect("export(NULL out)", navigen_history_export(history, "p", engine, NULL), BAD);
     /* Handles of the wrong kind are recognised. */
     expect("predict(history as engine)", navigen_predict_next((const struct navigen_engine *)history, items, 3, 5, &json), BAD);
+    expect("register(history as engine)", navigen_register_item((const struct navigen_engine *)history, "a film", &json), BAD);
     expect("append(engine as history)", navigen_history_append((const struct navigen_history *)engine, "p", "1", 0, 1), BAD);
     expect("export", navigen_history_export(history, "p", engine, &json), NAVIGEN_OK);
     if (json == NULL || strstr(json, "\"in_catalog\":false") == NULL) { fprintf(stderr, "FAIL export flags: %s\n", json ? json : "(null)"); failures++; }

@@ -51,6 +51,13 @@ enum Cmd {
         #[command(flatten)]
         who: Who,
     },
+    /// Give a new item (its text) a CID on the device and say whether a catalog item holds it.
+    Register {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The item's text: title, description, genres (as the catalog's items were described).
+        text: String,
+    },
     /// The local history store.
     History {
         #[arg(long)]
@@ -214,6 +221,25 @@ fn run(cli: Cli) -> Result<()> {
                     ins.target_tid.join(", "),
                     ins.target_ins
                 );
+            }
+        }
+        Cmd::Register { bundle, text } => {
+            let e = open(&bundle, cli.threads)?;
+            let r = e.register_item(&text)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                match &r.taken_by {
+                    Some(t) => println!(
+                        "{}  taken by {} ({}); nearest free: {}",
+                        r.cid,
+                        t.title,
+                        t.id,
+                        r.free_cid.as_deref().unwrap_or("none under this prefix")
+                    ),
+                    None => println!("{}  free", r.cid),
+                }
+                println!("squared distance to the code: {:.4}", r.distance);
             }
         }
         Cmd::History { dir, op } => {

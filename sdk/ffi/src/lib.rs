@@ -363,6 +363,30 @@ pub unsafe extern "C" fn navigen_predict_next(
     })
 }
 
+/// Gives a new item (its text: title, description, genres) a CID with the bundle's embedder and
+/// codebooks, as the trainer did for the catalog. `*out_json` receives
+/// `{"cid":"<s_a_..>..","taken_by":{"id","title"}|null,"free_cid":"..."|null,"distance":float}`:
+/// `taken_by` names the catalog item that already holds `cid`; `free_cid` is the nearest CID with the
+/// same prefix that no item holds. NAVIGEN_ERR_NOT_SUPPORTED when the bundle has no embedder.
+#[no_mangle]
+pub unsafe extern "C" fn navigen_register_item(
+    engine: *const navigen_engine,
+    text: *const c_char,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
+    guard(|| {
+        let out = out_arg(out_json, "out_json")?;
+        *out = std::ptr::null_mut();
+        let e = engine_arg(engine)?;
+        let text = str_arg(text, "text")?;
+        let r = e.register_item(text)?;
+        out_string(
+            out,
+            serde_json::to_string(&r).map_err(|e| Fail(NAVIGEN_ERR_INTERNAL, e.to_string()))?,
+        )
+    })
+}
+
 /// Fills `out` with the defaults.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_instruction_default_params(

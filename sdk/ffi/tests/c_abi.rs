@@ -150,6 +150,14 @@ fn c_programs_predict_and_instruct_through_the_c_abi() {
             .expect("instruction line");
         let ins: serde_json::Value = serde_json::from_str(ins).unwrap();
         assert!(ins["raw"].as_str().unwrap().starts_with("<think>"));
+        let reg = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("registered: "))
+            .expect("registered line");
+        let reg: serde_json::Value = serde_json::from_str(reg).unwrap();
+        let cid = navigen::Cid::parse(reg["cid"].as_str().unwrap()).expect("a CID");
+        assert_eq!(cid.levels(), cat.levels());
+        assert_eq!(reg["taken_by"].is_null(), cat.find_cid(&cid).is_none());
     }
 }
 
