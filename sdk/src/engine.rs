@@ -18,6 +18,8 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +103,33 @@ pub struct Timings {
     pub prompt_ms: f64,
     pub generated_tokens: u32,
     pub generate_ms: f64,
+    /// Of `generate_ms`: time in llama.cpp's decode.
+    #[serde(default)]
+    pub decode_ms: f64,
+    /// Of `generate_ms`: time choosing tokens, the JSON grammar included.
+    #[serde(default)]
+    pub sample_ms: f64,
+    /// Of `sample_ms`: the answer phase, under the grammar.
+    #[serde(default)]
+    pub grammar_sample_ms: f64,
+    /// Tokens sampled in the answer phase.
+    #[serde(default)]
+    pub grammar_tokens: u32,
+}
+
+/// Where the time of a [`Engine::predict_next_timed`] call went.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PredictTimings {
+    pub prompt_tokens: u32,
+    pub prompt_ms: f64,
+    /// Beam steps: time in llama.cpp's decode.
+    pub decode_ms: f64,
+    /// Normalising logits to log-probabilities (any beam search pays it).
+    pub normalize_ms: f64,
+    /// The trie constraint: allowed codes of each beam, candidate scores and ranking. This is what
+    /// constrained decoding adds to the model's own cost.
+    pub constrain_ms: f64,
+    pub total_ms: f64,
 }
 
 /// A generated instruction.
@@ -169,6 +198,12 @@ pub struct Engine {
     /// Opened on the first `register_item` (most calls never need it).
     embedder: Mutex<Option<Arc<TextEmbedder>>>,
 }
+
+/// Prompt chunks: first and smallest size, largest size (llama.cpp's default micro-batch), and the
+/// time one chunk should take (the worst-case delay of a cancel during a prompt).
+const CHUNK_MIN: usize = 64;
+const CHUNK_MAX: usize = 512;
+const CHUNK_TARGET_S: f64 = 0.25;
 
 fn llama_err(e: impl std::fmt::Display) -> Error {
     Error::Llama(e.to_string())
@@ -418,29 +453,31 @@ impl Engine {
     }
 
     /// Decodes `tokens` at positions from `start` on sequence 0 in chunks, checking for cancellation
-    /// between chunks; logits only for the last token.
-    fn feed(
-        &self,
-        ctx: &mut LlamaContext<'_>,
-        tokens: &[i32],
-        start: i32,
-        epoch: u64,
-    ) -> Result<()> {
-        const CHUNK: usize = 64;
-        let mut batch = LlamaBatch::new(CHUNK, 1);
-        for (c, chunk) in tokens.chunks(CHUNK).enumerate() {
+    /// between chunks; logits only for the last token, whose batch index is returned. Chunks start
+    /// at 64 tokens and are then sized from the measured speed to take about [`CHUNK_TARGET_S`]: a
+    /// cancel is honoured that fast on a slow device, while a fast one feeds big, efficient batches.
+    fn feed(&self, ctx: &mut LlamaContext<'_>, tokens: &[i32], start: i32, epoch: u64) -> Result<i32> {
+        let mut chunk = CHUNK_MIN;
+        let mut batch = LlamaBatch::new(CHUNK_MAX, 1);
+        let mut done = 0;
+        let mut last = 0;
+        while done < tokens.len() {
             self.check(epoch)?;
+            let n = chunk.min(tokens.len() - done);
             batch.clear();
-            for (i, &t) in chunk.iter().enumerate() {
-                let pos = start + (c * CHUNK + i) as i32;
-                let last = c * CHUNK + i + 1 == tokens.len();
-                batch
-                    .add(LlamaToken(t), pos, &[0], last)
-                    .map_err(llama_err)?;
+            for (i, &t) in tokens[done..done + n].iter().enumerate() {
+                let is_last = done + i + 1 == tokens.len();
+                batch.add(LlamaToken(t), start + (done + i) as i32, &[0], is_last).map_err(llama_err)?;
             }
+            let t = Instant::now();
             ctx.decode(&mut batch).map_err(llama_err)?;
+            ctx.synchronize();
+            let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
+            chunk = ((rate * CHUNK_TARGET_S) as usize).clamp(CHUNK_MIN, CHUNK_MAX);
+            last = n as i32 - 1;
+            done += n;
         }
-        Ok(())
+        Ok(last)
     }
 
     fn check(&self, epoch: u64) -> Result<()> {
@@ -459,6 +496,17 @@ impl Engine {
         k: usize,
         beams: usize,
     ) -> Result<Vec<Prediction>> {
+        Ok(self.predict_next_timed(history, k, beams)?.0)
+    }
+
+    /// [`Self::predict_next`] with the time split between the model and the constraint.
+    pub fn predict_next_timed(
+        &self,
+        history: &[&str],
+        k: usize,
+        beams: usize,
+    ) -> Result<(Vec<Prediction>, PredictTimings)> {
+        let t_all = Instant::now();
         let toks = self.cid_tokens.as_ref().ok_or_else(|| {
             Error::NotSupported(
                 "next-item prediction needs a fine-tuned bundle (CID tokens)".into(),
@@ -482,20 +530,28 @@ impl Engine {
         let levels = self.trie.levels();
         let n_ctx = (tokens.len() + width * levels + 16) as u32;
         let mut ctx = self.context(n_ctx, width as u32 + 1)?;
-        self.feed(&mut ctx, &tokens, 0, epoch)?;
+        let t0 = Instant::now();
+        let last = self.feed(&mut ctx, &tokens, 0, epoch)?;
+        let mut tm = PredictTimings { prompt_tokens: tokens.len() as u32, prompt_ms: ms(t0), ..Default::default() };
         let base = tokens.len() as i32;
         // Level 0 from the prompt's logits.
-        let first = log_softmax(last_logits(&ctx, tokens.len()));
+        let t_norm = Instant::now();
+        let first = ctx.get_logits_ith(last);
+        let lse = log_sum_exp(first);
+        tm.normalize_ms += ms(t_norm);
+        let t_host = Instant::now();
         let mut beams_now: Vec<(Vec<u16>, f32)> = self
             .trie
             .allowed(&[])
             .iter()
-            .map(|&c| (vec![c], first[toks.codes[0][c as usize] as usize]))
+            .map(|&c| (vec![c], first[toks.codes[0][c as usize] as usize] - lse))
             .collect();
         top(&mut beams_now, width);
+        tm.constrain_ms += ms(t_host);
         let mut batch = LlamaBatch::new(width * levels, width as i32 + 1);
         for level in 1..levels {
             self.check(epoch)?;
+            let t_dec = Instant::now();
             batch.clear();
             let mut last_index = Vec::with_capacity(beams_now.len());
             for (j, (codes, _)) in beams_now.iter().enumerate() {
@@ -520,19 +576,29 @@ impl Engine {
                 }
             }
             ctx.decode(&mut batch).map_err(llama_err)?;
+            // Logits are read lazily: synchronise so the decode's time is not billed to the constraint.
+            ctx.synchronize();
+            tm.decode_ms += ms(t_dec);
             let mut next: Vec<(Vec<u16>, f32)> = Vec::new();
             for (j, (codes, score)) in beams_now.iter().enumerate() {
-                let lp = log_softmax(ctx.get_logits_ith(last_index[j]));
+                let t_norm = Instant::now();
+                let logits = ctx.get_logits_ith(last_index[j]);
+                let lse = log_sum_exp(logits);
+                tm.normalize_ms += ms(t_norm);
+                let t_host = Instant::now();
                 for &c in self.trie.allowed(codes) {
                     let mut n = codes.clone();
                     n.push(c);
-                    next.push((n, score + lp[toks.codes[level][c as usize] as usize]));
+                    next.push((n, score + logits[toks.codes[level][c as usize] as usize] - lse));
                 }
+                tm.constrain_ms += ms(t_host);
             }
+            let t_host = Instant::now();
             top(&mut next, width);
             beams_now = next;
+            tm.constrain_ms += ms(t_host);
         }
-        Ok(beams_now
+        let preds = beams_now
             .into_iter()
             .take(k)
             .filter_map(|(codes, score)| {
@@ -544,19 +610,20 @@ impl Engine {
                     score,
                 })
             })
-            .collect())
+            .collect();
+        tm.total_ms = ms(t_all);
+        Ok((preds, tm))
     }
 }
 
-/// The logits of the last token of a prompt fed by [`Engine::feed`] (the last batch's last entry).
-fn last_logits<'a>(ctx: &'a LlamaContext<'_>, n: usize) -> &'a [f32] {
-    ctx.get_logits_ith(last_logits_index(n))
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// log(sum(exp(logits))): a token's log-probability is its logit minus this.
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-    logits.iter().map(|&x| x - lse).collect()
+    max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
 }
 
 /// Keeps the `n` best (highest score; ties by codes for determinism).
@@ -614,19 +681,16 @@ pub fn answer_grammar(prefix: &str) -> Result<String> {
 }
 
 impl Engine {
-    fn sampler(&self, opts: &InstructionOptions, grammar: Option<&str>) -> Result<LlamaSampler> {
-        let mut chain = Vec::new();
-        if let Some(g) = grammar {
-            chain.push(LlamaSampler::grammar(&self.model, g, "root").map_err(llama_err)?);
+    fn sampler(&self, opts: &InstructionOptions, grammar: Option<&str>) -> Result<Chooser> {
+        let grammar = grammar.map(|g| LlamaSampler::grammar(&self.model, g, "root").map_err(llama_err)).transpose()?;
+        if opts.temperature <= 0.0 {
+            return Ok(Chooser::Greedy(grammar));
         }
-        if opts.temperature > 0.0 {
-            chain.push(LlamaSampler::top_p(opts.top_p.clamp(0.0, 1.0), 1));
-            chain.push(LlamaSampler::temp(opts.temperature));
-            chain.push(LlamaSampler::dist(self.params.seed));
-        } else {
-            chain.push(LlamaSampler::greedy());
-        }
-        Ok(LlamaSampler::chain_simple(chain))
+        let mut chain: Vec<LlamaSampler> = grammar.into_iter().collect();
+        chain.push(LlamaSampler::top_p(opts.top_p.clamp(0.0, 1.0), 1));
+        chain.push(LlamaSampler::temp(opts.temperature));
+        chain.push(LlamaSampler::dist(self.params.seed));
+        Ok(Chooser::Chain(LlamaSampler::chain_simple(chain)))
     }
 
     fn piece(&self, t: i32) -> Vec<u8> {
@@ -682,7 +746,7 @@ impl Engine {
         let n_ctx = tokens.len() as u32 + opts.max_think_tokens + opts.max_answer_tokens + 16;
         let mut ctx = self.context(n_ctx, 1)?;
         let t0 = Instant::now();
-        self.feed(&mut ctx, &tokens, 0, epoch)?;
+        let last = self.feed(&mut ctx, &tokens, 0, epoch)?;
         let mut timings = Timings {
             prompt_tokens: tokens.len() as u32,
             prompt_ms: t0.elapsed().as_secs_f64() * 1e3,
@@ -703,10 +767,12 @@ impl Engine {
             ctx,
             batch: LlamaBatch::new(8, 1),
             pos: tokens.len() as i32,
-            last: last_logits_index(tokens.len()),
+            last,
             raw,
             stream: Utf8Stream::default(),
             generated: 0,
+            decode_ms: 0.0,
+            sample_ms: 0.0,
         };
         // Phase one: reasoning, bounded; the end marker is forced when the bound is reached.
         if think {
@@ -729,8 +795,8 @@ impl Engine {
                 }
             }
         }
-        // Phase two: the JSON answer under the grammar (`sample` accepts the token itself: never
-        // call `accept` again, llama.cpp aborts on it).
+        let (think_sample_ms, think_tokens) = (d.sample_ms, d.generated);
+        // Phase two: the JSON answer under the grammar (see `Chooser` for how the grammar is applied).
         let grammar = answer_grammar(if think { "\n\n" } else { "" })?;
         let mut sampler = self.sampler(opts, Some(&grammar))?;
         self.sample_phase(
@@ -742,6 +808,10 @@ impl Engine {
             on_piece,
         )?;
         timings.generated_tokens = d.generated;
+        timings.decode_ms = d.decode_ms;
+        timings.sample_ms = d.sample_ms;
+        timings.grammar_sample_ms = d.sample_ms - think_sample_ms;
+        timings.grammar_tokens = d.generated - think_tokens;
         let (mut raw, mut stream) = (d.raw, d.stream);
         let tail = stream.finish();
         if !tail.is_empty() {
@@ -765,6 +835,55 @@ impl Engine {
     }
 }
 
+/// How the next token is chosen.
+enum Chooser {
+    /// Temperature sampling: a llama.cpp sampler chain, the grammar first when there is one
+    /// (`sample` accepts the token itself: never `accept` again, llama.cpp aborts on it).
+    Chain(LlamaSampler),
+    /// Greedy. Under a grammar the best token is checked against the grammar alone first and the
+    /// whole vocabulary is filtered only when it is refused (as llama.cpp's common sampler does): the
+    /// same token as filtering first, at a small fraction of the cost (filtering 49k candidates took
+    /// 70% of a SmolLM2 decode step).
+    Greedy(Option<LlamaSampler>),
+}
+
+impl Chooser {
+    fn choose(&mut self, ctx: &LlamaContext<'_>, idx: i32, model: &LlamaModel) -> Result<i32> {
+        let grammar = match self {
+            Chooser::Chain(s) => return Ok(s.sample(ctx, idx).0),
+            Chooser::Greedy(None) => return Ok(llm::argmax(ctx.get_logits_ith(idx))),
+            Chooser::Greedy(Some(g)) => g,
+        };
+        let logits = ctx.get_logits_ith(idx);
+        let best = llm::argmax(logits);
+        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(LlamaToken(best), logits[best as usize], 0.0)], false);
+        grammar.apply(&mut one);
+        let token = if one.data[0].logit() > f32::NEG_INFINITY {
+            best
+        } else {
+            let mut all = LlamaTokenDataArray::from_iter(
+                logits.iter().enumerate().map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0)),
+                false,
+            );
+            grammar.apply(&mut all);
+            // The first of the best allowed tokens, as llama.cpp's greedy sampler picks.
+            let mut pick: Option<(i32, f32)> = None;
+            for d in &all.data {
+                if d.logit() > f32::NEG_INFINITY && pick.is_none_or(|(_, l)| d.logit() > l) {
+                    pick = Some((d.id().0, d.logit()));
+                }
+            }
+            pick.ok_or_else(|| Error::Llama("the JSON grammar allows no token here".into()))?.0
+        };
+        // End of generation is never fed back, and accepting it into a grammar that is not complete
+        // would abort inside llama.cpp.
+        if !model.vocab().is_eog(LlamaToken(token)) {
+            grammar.try_accept(LlamaToken(token)).map_err(llama_err)?;
+        }
+        Ok(token)
+    }
+}
+
 /// State of one generation: the context, where the next token goes, and the text so far.
 struct Decoding<'m> {
     ctx: LlamaContext<'m>,
@@ -775,6 +894,8 @@ struct Decoding<'m> {
     raw: String,
     stream: Utf8Stream,
     generated: u32,
+    decode_ms: f64,
+    sample_ms: f64,
 }
 
 impl Engine {
@@ -794,7 +915,10 @@ impl Engine {
         d.batch
             .add(LlamaToken(t), d.pos, &[0], true)
             .map_err(llama_err)?;
+        let t = Instant::now();
         d.ctx.decode(&mut d.batch).map_err(llama_err)?;
+        d.ctx.synchronize();
+        d.decode_ms += ms(t);
         d.pos += 1;
         d.last = 0;
         Ok(())
@@ -805,7 +929,7 @@ impl Engine {
     fn sample_phase(
         &self,
         d: &mut Decoding<'_>,
-        sampler: &mut LlamaSampler,
+        sampler: &mut Chooser,
         max: u32,
         stop: Option<i32>,
         epoch: u64,
@@ -813,7 +937,9 @@ impl Engine {
     ) -> Result<bool> {
         for _ in 0..max {
             self.check(epoch)?;
-            let t = sampler.sample(&d.ctx, d.last).0;
+            let t0 = Instant::now();
+            let t = sampler.choose(&d.ctx, d.last, &self.model)?;
+            d.sample_ms += ms(t0);
             d.generated += 1;
             if self.model.vocab().is_eog(LlamaToken(t)) {
                 return Ok(false);
@@ -827,6 +953,58 @@ impl Engine {
     }
 }
 
-fn last_logits_index(n: usize) -> i32 {
-    ((n - 1) % 64) as i32
+impl Engine {
+    /// One speed measurement through the engine's own loops, under llama-bench's protocol so the two
+    /// compare: prefill = `n_prompt` tokens into an empty context (fed as every call feeds prompts, in
+    /// chunks); decode = `n_gen` steps from an empty context, each choosing its token with the greedy
+    /// sampler and streaming its text as `generate_instruction` does (end-of-generation ignored).
+    /// Returns (prefill tokens/s, decode tokens/s).
+    pub fn measure_speed(&self, n_prompt: usize, n_gen: usize) -> Result<(f64, f64)> {
+        let epoch = self.cancel_epoch.load(Ordering::SeqCst);
+        // Deterministic ordinary tokens (llama-bench uses random ones: content does not matter).
+        let n_vocab = self.model.n_vocab().max(2) as u64;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let prompt: Vec<i32> = (0..n_prompt.max(1))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % n_vocab) as i32
+            })
+            .collect();
+        // One context for both tests, warmed up first (llama.cpp sizes its compute buffers on the
+        // first decode), then emptied before each test, as llama-bench does.
+        let mut ctx = self.context((prompt.len() + n_gen) as u32 + 8, 1)?;
+        self.feed(&mut ctx, &prompt, 0, epoch)?;
+        ctx.clear_kv_cache();
+        let t = Instant::now();
+        self.feed(&mut ctx, &prompt, 0, epoch)?;
+        ctx.synchronize();
+        let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+        ctx.clear_kv_cache();
+
+        let mut d = Decoding {
+            ctx,
+            batch: LlamaBatch::new(8, 1),
+            pos: 0,
+            last: 0,
+            raw: String::new(),
+            stream: Utf8Stream::default(),
+            generated: 0,
+            decode_ms: 0.0,
+            sample_ms: 0.0,
+        };
+        let mut sampler = self.sampler(&InstructionOptions::default(), None)?;
+        let first = self.model.vocab().bos().0;
+        let t = Instant::now();
+        self.emit_and_feed(&mut d, first, &mut |_| true)?;
+        for _ in 1..n_gen {
+            self.check(epoch)?;
+            let tok = sampler.choose(&d.ctx, d.last, &self.model)?;
+            self.emit_and_feed(&mut d, tok, &mut |_| true)?;
+        }
+        let decode = n_gen as f64 / t.elapsed().as_secs_f64();
+        Ok((prefill, decode))
+    }
 }
+

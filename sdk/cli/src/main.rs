@@ -1,6 +1,8 @@
 //! `navigen`: the SDK on the desktop. Predict the next items, stream a creation instruction, keep a local
 //! history, and run the end-to-end demo on a held-out user.
 
+mod bench;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,8 +75,19 @@ enum Cmd {
         /// Item ids of a history to use (default: the first items of the catalog).
         #[arg(long, value_delimiter = ',')]
         items: Vec<String>,
+        /// Prompt tokens of the prefill test (llama-bench -p).
+        #[arg(long, default_value_t = 512)]
+        prompt: usize,
+        /// Generated tokens of the decode test (llama-bench -n).
         #[arg(long, default_value_t = 128)]
         gen: usize,
+        /// Measured repetitions of each test (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// A llama-bench binary built against the same llama.cpp (scripts/build-llama-bench.sh):
+        /// runs it on the same GGUF and threads in this run and reports the ratios.
+        #[arg(long)]
+        llama_bench: Option<PathBuf>,
     },
     /// The end-to-end demo on a held-out user of a prepared dataset.
     Demo {
@@ -140,7 +153,7 @@ enum HistoryOp {
     },
 }
 
-fn open(bundle: &PathBuf, threads: u32) -> Result<Engine> {
+pub(crate) fn open(bundle: &PathBuf, threads: u32) -> Result<Engine> {
     Engine::open(
         bundle,
         EngineParams {
@@ -287,7 +300,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Bench { bundle, items, gen } => bench(&bundle, &items, gen, cli.threads)?,
+        Cmd::Bench { bundle, items, prompt, gen, reps, llama_bench } => {
+            let o = bench::BenchOptions { bundle, items, prompt, gen, reps, llama_bench, threads: cli.threads };
+            let r = bench::run(&o)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                bench::print(&r);
+            }
+        }
         Cmd::Demo {
             bundle,
             zero_shot,
@@ -411,79 +432,11 @@ fn demo(
     Ok(())
 }
 
-fn rss_kib() -> Option<u64> {
+pub(crate) fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn bench(bundle: &PathBuf, items: &[String], gen: usize, threads: u32) -> Result<()> {
-    use std::time::Instant;
-    let before = rss_kib();
-    let t = Instant::now();
-    let e = open(bundle, threads)?;
-    let open_s = t.elapsed().as_secs_f64();
-    let after = rss_kib();
-    let items: Vec<String> = if items.is_empty() {
-        e.catalog()
-            .items()
-            .take(20)
-            .map(|i| i.id.to_string())
-            .collect()
-    } else {
-        items.to_vec()
-    };
-    let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-    let prompt_text = match e.kind() {
-        navigen::engine::Kind::Finetuned => {
-            let h: Vec<navigen::Cid> = refs
-                .iter()
-                .filter_map(|id| e.catalog().find_id(id))
-                .filter_map(|i| e.catalog().item(i))
-                .map(|it| it.cid)
-                .collect();
-            navigen::prompt::prompt_cid2ins(&h, navigen::prompt::Mode::Think)
-        }
-        navigen::engine::Kind::ZeroShot => {
-            let h: Vec<(String, Vec<String>)> = refs
-                .iter()
-                .filter_map(|id| e.catalog().find_id(id))
-                .filter_map(|i| e.catalog().item(i))
-                .map(|it| (it.title.to_string(), it.tid_vec()))
-                .collect();
-            navigen::prompt::zero_shot_prompt(&h)
-        }
-    };
-    let prompt = navigen::llm::tokenize(e.model(), &prompt_text);
-    let th = if threads == 0 {
-        navigen::llm::default_threads()
-    } else {
-        threads as i32
-    };
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        runs.push(navigen::llm::measure_speed(e.model(), &prompt, gen, th)?);
-    }
-    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let (prefill, decode) = runs[1];
-    let predict_ms = if e.kind() == navigen::engine::Kind::Finetuned {
-        let t = Instant::now();
-        for _ in 0..3 {
-            e.predict_next(&refs, 20, 20)?;
-        }
-        Some(t.elapsed().as_secs_f64() * 1e3 / 3.0)
-    } else {
-        None
-    };
-    let report = serde_json::json!({
-        "bundle": bundle, "threads": th, "prompt_tokens": prompt.len(), "generated_tokens": gen,
-        "open_s": open_s, "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
-        "predict_next_k20_ms": predict_ms,
-        "rss_growth_at_open_kib": match (before, after) { (Some(b), Some(a)) => Some(a.saturating_sub(b)), _ => None },
-    });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
 }
 
 fn main() -> ExitCode {

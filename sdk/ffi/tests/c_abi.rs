@@ -87,9 +87,10 @@ fn compile(src: &str, out: &Path, shared: bool) {
             .arg("-lnavigen")
             .arg(format!("-Wl,-rpath,{}", lib.display()));
     } else {
-        // llama.cpp inside the static library is C++: the C program links the C++ runtime.
+        // llama.cpp inside the static library is C++ with OpenMP (the default `openmp` feature): the C
+        // program links the C++ and OpenMP runtimes.
         cmd.arg(lib.join("libnavigen.a"))
-            .args(["-lstdc++", "-lm", "-lpthread", "-ldl"]);
+            .args(["-lstdc++", "-lgomp", "-lm", "-lpthread", "-ldl"]);
     }
     let o = cmd.output().expect("gcc is needed for this test");
     assert!(
