@@ -172,6 +172,12 @@ fn broken_bundles_are_refused_with_clear_errors() {
     ] {
         std::fs::copy(f.bundle.join(name), copy.join(name)).unwrap();
     }
+    // A file the manifest lists is missing: the error names it.
+    let err = Engine::open(&copy, EngineParams::default())
+        .err()
+        .expect("a missing embedder is refused");
+    assert!(err.to_string().contains("embedder.gguf"), "{err}");
+    std::fs::copy(f.bundle.join("embedder.gguf"), copy.join("embedder.gguf")).unwrap();
     // A flipped byte in the catalog.
     let mut cat = std::fs::read(copy.join("catalog.nvct")).unwrap();
     let mid = cat.len() / 2;
