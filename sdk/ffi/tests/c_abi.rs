@@ -15,7 +15,10 @@ fn root() -> PathBuf {
 }
 
 /// target/<profile>, where libnavigen.a and libnavigen.so are. `cargo test` does not (re)build a
-/// staticlib/cdylib for integration tests, so the test builds them itself (once per run).
+/// staticlib/cdylib for integration tests, so the test builds them itself (once per run). It builds
+/// the whole workspace with all targets: that is the dependency graph `cargo test --workspace`
+/// resolved, so llama.cpp is reused; `-p navigen-ffi` alone resolves build-dependency features
+/// differently and compiled llama.cpp a second time (minutes on a 2-core CI machine).
 fn lib_dir() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -25,7 +28,7 @@ fn lib_dir() -> PathBuf {
             let target = dir.parent().unwrap();
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "navigen-ffi", "--lib"])
+            cmd.args(["build", "--workspace", "--all-targets"])
                 .arg("--target-dir")
                 .arg(target)
                 .current_dir(root());
