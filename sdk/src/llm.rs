@@ -119,3 +119,24 @@ pub fn argmax(v: &[f32]) -> i32 {
     }
     best as i32
 }
+
+/// A compute device llama.cpp can use in this build (the CPU, and Vulkan or Metal devices when built
+/// with those features).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Device {
+    /// e.g. "CPU", "Vulkan0".
+    pub name: String,
+    pub description: String,
+    /// e.g. "CPU", "Vulkan", "Metal".
+    pub backend: String,
+}
+
+/// The devices llama.cpp sees. A CPU-type Vulkan device (Mesa's lavapipe) is listed only when
+/// `GGML_VK_VISIBLE_DEVICES` names it.
+pub fn devices() -> Result<Vec<Device>> {
+    backend()?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| Device { name: d.name, description: d.description, backend: d.backend })
+        .collect())
+}
