@@ -7,7 +7,7 @@
 #   come from Debian 13 (trixie), downloaded with apt into a private list folder and unpacked with
 #   `dpkg -x` into ~/.cache/navigen/vulkan-prefix: nothing of Debian 13 is installed system-wide.
 #
-#   eval "$(scripts/vulkan-prefix.sh)"     # exports CXXFLAGS, CMAKE_PREFIX_PATH, GGML_VK_VISIBLE_DEVICES
+#   eval "$(scripts/vulkan-prefix.sh)"     # exports CXXFLAGS, CMAKE_PREFIX_PATH, LIBRARY_PATH, GGML_VK_VISIBLE_DEVICES
 set -euo pipefail
 
 CACHE="${NAVIGEN_CACHE:-$HOME/.cache/navigen}"
@@ -32,13 +32,20 @@ if [ ! -f "$PREFIX/usr/include/vulkan/vulkan.hpp" ] || [ ! -d "$PREFIX/usr/inclu
   apt_opts=(-o "Dir::Etc::SourceList=$work/trixie.list" -o "Dir::Etc::SourceParts=-" -o "Dir::State::Lists=$work/lists")
   echo "vulkan-prefix: fetching libvulkan-dev and spirv-headers from Debian 13" >&2
   apt-get "${apt_opts[@]}" update -qq >&2
-  (cd "$work/debs" && apt-get "${apt_opts[@]}" download libvulkan-dev libvulkan1 spirv-headers >&2)
+  (cd "$work/debs" && apt-get "${apt_opts[@]}" download libvulkan-dev spirv-headers >&2)
   mkdir -p "$PREFIX"
   for d in "$work"/debs/*.deb; do dpkg -x "$d" "$PREFIX"; done
   rm -rf "$work"
 fi
+# Link against the system's loader (Debian 13's needs a newer glibc); its ABI is stable.
+lib="$PREFIX/usr/lib/x86_64-linux-gnu"
+mkdir -p "$lib"
+rm -f "$lib/libvulkan.so.1"*
+ln -sf "$(ls /usr/lib/x86_64-linux-gnu/libvulkan.so.1 | head -1)" "$lib/libvulkan.so"
 
 echo "export CXXFLAGS=\"-I$PREFIX/usr/include\""
 echo "export CMAKE_PREFIX_PATH=\"$PREFIX/usr\""
+# The link step needs libvulkan.so (the -dev symlink); at run time the system's libvulkan.so.1 loads.
+echo "export LIBRARY_PATH=\"$PREFIX/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}\""
 # ggml skips CPU-type Vulkan devices (lavapipe) unless they are named.
 echo "export GGML_VK_VISIBLE_DEVICES=0"

@@ -13,6 +13,7 @@ fn vulkan_gives_the_cpus_greedy_tokens() {
         devices.iter().any(|d| d.backend == "Vulkan"),
         "no Vulkan device in {devices:?}: lavapipe needs GGML_VK_VISIBLE_DEVICES=0"
     );
+    eprintln!("llama.cpp devices: {devices:?}");
     let f = trained_bundle(20);
     let cpu = Engine::open(&f.bundle, EngineParams::default()).unwrap();
     let histories = test_histories(&f.data, 2);
