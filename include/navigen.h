@@ -31,7 +31,7 @@
 /*
  Version of this C ABI; bumped on any incompatible change. navigen_abi_version() returns it.
  */
-#define NAVIGEN_ABI_VERSION 1
+#define NAVIGEN_ABI_VERSION 2
 
 /*
  Result of every call.
@@ -102,6 +102,11 @@ typedef struct navigen_engine_params {
    Sampling seed (used with a temperature).
    */
   uint32_t seed;
+  /*
+   Time one chunk of a prompt should take, in ms (0 = 250): a cancel during a prompt is honoured
+   within about this long. Larger values feed bigger batches (faster prompts on slow CPUs).
+   */
+  uint32_t prompt_chunk_ms;
   /*
    Offload large batches to a GPU; keep false unless a real GPU is present.
    */

@@ -1,6 +1,9 @@
 //! `navigen bench`: the runtime's speed on a bundle, and the same GGUF under llama.cpp's own
 //! `llama-bench` in the same run (same threads, same prompt and generation lengths) for the ratios.
 //!
+//! Measurements alternate: each round runs ours once and llama-bench once (`-r 1`), and the ratio is
+//! the mean of the per-round ratios, which cancels most of a shared machine's drift.
+//!
 //! Our prefill and decode follow llama-bench's protocol (empty context, `-p` tokens in, `-n` single
 //! steps) but run the engine's own loops: prompts fed in the engine's chunks, every step's token chosen
 //! by the greedy sampler and streamed. The cost of constrained decoding is measured inside real calls:
@@ -22,7 +25,7 @@ pub struct BenchOptions {
     pub gen: usize,
     pub reps: usize,
     pub llama_bench: Option<PathBuf>,
-    pub threads: u32,
+    pub params: navigen::engine::EngineParams,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -34,12 +37,13 @@ fn stddev(v: &[f64]) -> f64 {
     (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64).sqrt()
 }
 
-/// Runs llama-bench and returns (prefill tokens/s samples, decode tokens/s samples).
+/// Runs llama-bench once (one warm-up, one measured repetition) and returns its (prefill tokens/s
+/// samples, decode tokens/s samples, build).
 fn llama_bench(bin: &PathBuf, model: &PathBuf, o: &BenchOptions, threads: i32) -> Result<(Vec<f64>, Vec<f64>, String)> {
     let out = Command::new(bin)
         .args(["-m", &model.display().to_string()])
         .args(["-p", &o.prompt.to_string(), "-n", &o.gen.to_string()])
-        .args(["-t", &threads.to_string(), "-r", &o.reps.to_string(), "-o", "json"])
+        .args(["-t", &threads.to_string(), "-r", "1", "-o", "json"])
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
@@ -62,36 +66,33 @@ fn llama_bench(bin: &PathBuf, model: &PathBuf, o: &BenchOptions, threads: i32) -
 pub fn run(o: &BenchOptions) -> Result<Value> {
     let before = crate::rss_kib();
     let t = Instant::now();
-    let e = crate::open(&o.bundle, o.threads)?;
+    let e = crate::open(&o.bundle, &o.params)?;
     let open_s = t.elapsed().as_secs_f64();
     let after = crate::rss_kib();
-    let threads = if o.threads == 0 { navigen::llm::default_threads() } else { o.threads as i32 };
+    let threads = if o.params.threads == 0 { navigen::llm::default_threads() } else { o.params.threads as i32 };
     let items: Vec<String> =
         if o.items.is_empty() { e.catalog().items().take(20).map(|i| i.id.to_string()).collect() } else { o.items.clone() };
     let refs: Vec<&str> = items.iter().map(String::as_str).collect();
     let reps = o.reps.max(1);
 
-    // Ours, then llama-bench, then ours again: drift of the machine shows as a gap between halves.
+    // Rounds of (ours, llama-bench) back to back: the machine's drift (other load, clocks) hits both
+    // sides of a round alike, and the ratio is taken per round.
     e.measure_speed(o.prompt, o.gen)?; // warm-up
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
-    let ours = |pp: &mut Vec<f64>, tg: &mut Vec<f64>, n: usize| -> Result<()> {
-        for _ in 0..n {
-            let (p, d) = e.measure_speed(o.prompt, o.gen)?;
-            pp.push(p);
-            tg.push(d);
+    let model = e.dir().join(&e.manifest().model.name);
+    let (mut pp, mut tg, mut lpp, mut ltg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut build = String::new();
+    for _ in 0..reps {
+        let (p, d) = e.measure_speed(o.prompt, o.gen)?;
+        pp.push(p);
+        tg.push(d);
+        if let Some(bin) = &o.llama_bench {
+            let (a, b, v) = llama_bench(bin, &model, o, threads)?;
+            lpp.extend(a);
+            ltg.extend(b);
+            build = v;
         }
-        Ok(())
-    };
-    ours(&mut pp, &mut tg, reps.div_ceil(2))?;
-    let reference = match &o.llama_bench {
-        Some(bin) => {
-            let model = e.dir().join(&e.manifest().model.name);
-            Some(llama_bench(bin, &model, o, threads)?)
-        }
-        None => None,
-    };
-    ours(&mut pp, &mut tg, reps / 2)?;
-
+    }
+    let reference = o.llama_bench.as_ref().map(|_| (lpp, ltg, build));
     // Constrained decoding inside real calls.
     let predict = if e.kind() == Kind::Finetuned {
         let mut rows = Vec::new();
@@ -128,7 +129,7 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
 
     let mut report = json!({
         "bundle": o.bundle, "model": e.manifest().model.name, "model_bytes": e.manifest().model.bytes,
-        "threads": threads, "prompt_tokens": o.prompt, "generated_tokens": o.gen, "reps": reps,
+        "threads": threads, "prompt_chunk_ms": o.params.prompt_chunk_ms, "prompt_tokens": o.prompt, "generated_tokens": o.gen, "reps": reps,
         "open_s": open_s,
         "rss_growth_at_open_kib": match (before, after) { (Some(b), Some(a)) => Some(a.saturating_sub(b)), _ => None },
         "ours": {"prefill_tokens_per_s": mean(&pp), "prefill_stddev": stddev(&pp), "decode_tokens_per_s": mean(&tg), "decode_stddev": stddev(&tg)},
@@ -136,9 +137,13 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
         "instruction_grammar": grammar,
     });
     if let Some((lpp, ltg, build)) = reference {
+        anyhow::ensure!(lpp.len() == pp.len() && ltg.len() == tg.len(), "llama-bench returned {} prefill and {} decode samples for {} rounds", lpp.len(), ltg.len(), pp.len());
+        let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect() };
+        let (rp, rd) = (per_round(&pp, &lpp), per_round(&tg, &ltg));
         report["llama_bench"] = json!({"build": build, "prefill_tokens_per_s": mean(&lpp), "prefill_stddev": stddev(&lpp),
             "decode_tokens_per_s": mean(&ltg), "decode_stddev": stddev(&ltg)});
-        report["ratio"] = json!({"prefill": mean(&pp) / mean(&lpp).max(1e-9), "decode": mean(&tg) / mean(&ltg).max(1e-9)});
+        report["ratio"] = json!({"prefill": mean(&rp), "prefill_stddev": stddev(&rp), "decode": mean(&rd), "decode_stddev": stddev(&rd),
+            "prefill_per_round": rp, "decode_per_round": rd});
     }
     Ok(report)
 }
@@ -163,7 +168,13 @@ pub fn print(r: &Value) {
             f(&l["decode_stddev"]),
             l["build"].as_str().unwrap_or("?")
         );
-        println!("ratio       prefill {:.3}  decode {:.3}", f(&r["ratio"]["prefill"]), f(&r["ratio"]["decode"]));
+        println!(
+            "ratio       prefill {:.3} (±{:.3})  decode {:.3} (±{:.3})  [mean of per-round ratios]",
+            f(&r["ratio"]["prefill"]),
+            f(&r["ratio"]["prefill_stddev"]),
+            f(&r["ratio"]["decode"]),
+            f(&r["ratio"]["decode_stddev"])
+        );
     }
     if let Some(rows) = r["predict_next"].as_array() {
         for p in rows {

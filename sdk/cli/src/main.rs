@@ -25,6 +25,10 @@ struct Cli {
     /// CPU threads (0: all available cores).
     #[arg(long, global = true, default_value_t = 0)]
     threads: u32,
+    /// How long one prompt chunk may take in ms (the delay of a cancel during a prompt; larger is
+    /// faster on slow CPUs).
+    #[arg(long, global = true, default_value_t = 250)]
+    prompt_chunk_ms: u32,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -153,15 +157,8 @@ enum HistoryOp {
     },
 }
 
-pub(crate) fn open(bundle: &PathBuf, threads: u32) -> Result<Engine> {
-    Engine::open(
-        bundle,
-        EngineParams {
-            threads,
-            ..Default::default()
-        },
-    )
-    .with_context(|| format!("opening bundle {}", bundle.display()))
+pub(crate) fn open(bundle: &PathBuf, params: &EngineParams) -> Result<Engine> {
+    Engine::open(bundle, params.clone()).with_context(|| format!("opening bundle {}", bundle.display()))
 }
 
 fn stream_instruction(
@@ -185,6 +182,11 @@ fn stream_instruction(
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let ep = EngineParams {
+        threads: cli.threads,
+        prompt_chunk_ms: cli.prompt_chunk_ms,
+        ..Default::default()
+    };
     match cli.cmd {
         Cmd::Predict {
             bundle,
@@ -192,7 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             beams,
             who,
         } => {
-            let e = open(&bundle, cli.threads)?;
+            let e = open(&bundle, &ep)?;
             let items = who.items()?;
             let refs: Vec<&str> = items.iter().map(String::as_str).collect();
             let preds = e.predict_next(&refs, k, beams)?;
@@ -217,7 +219,7 @@ fn run(cli: Cli) -> Result<()> {
             max_think,
             who,
         } => {
-            let e = open(&bundle, cli.threads)?;
+            let e = open(&bundle, &ep)?;
             let items = who.items()?;
             let refs: Vec<&str> = items.iter().map(String::as_str).collect();
             let opts = InstructionOptions {
@@ -237,7 +239,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Register { bundle, text } => {
-            let e = open(&bundle, cli.threads)?;
+            let e = open(&bundle, &ep)?;
             let r = e.register_item(&text)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -292,7 +294,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 HistoryOp::Forget { profile } => h.forget(&profile)?,
                 HistoryOp::Export { profile, bundle } => {
-                    let e = bundle.map(|b| open(&b, cli.threads)).transpose()?;
+                    let e = bundle.map(|b| open(&b, &ep)).transpose()?;
                     println!(
                         "{}",
                         h.export_json(&profile, e.as_ref().map(|e| e.catalog()))?
@@ -301,7 +303,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Bench { bundle, items, prompt, gen, reps, llama_bench } => {
-            let o = bench::BenchOptions { bundle, items, prompt, gen, reps, llama_bench, threads: cli.threads };
+            let o = bench::BenchOptions { bundle, items, prompt, gen, reps, llama_bench, params: ep.clone() };
             let r = bench::run(&o)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -319,7 +321,7 @@ fn run(cli: Cli) -> Result<()> {
             zero_shot.as_ref(),
             &data,
             user.as_deref(),
-            cli.threads,
+            &ep,
             cli.json,
         )?,
     }
@@ -331,7 +333,7 @@ fn demo(
     zero_shot: Option<&PathBuf>,
     data: &PathBuf,
     user: Option<&str>,
-    threads: u32,
+    params: &EngineParams,
     json: bool,
 ) -> Result<()> {
     let test = std::fs::read_to_string(data.join("test.jsonl"))
@@ -354,7 +356,7 @@ fn demo(
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
     let target = row["target"].as_str().unwrap_or_default().to_string();
-    let e = open(bundle, threads)?;
+    let e = open(bundle, params)?;
     let cat = e.catalog();
     let title = |id: &str| {
         cat.find_id(id)
@@ -395,7 +397,7 @@ fn demo(
     let ins = stream_instruction(&e, &refs, &InstructionOptions::default(), !json)?;
     let zs = match zero_shot {
         Some(z) => {
-            let ze = open(z, threads)?;
+            let ze = open(z, params)?;
             if !json {
                 println!(
                     "\n== creation instruction (zero-shot {} from titles and terms, streamed)",

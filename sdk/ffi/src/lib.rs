@@ -15,7 +15,7 @@ use navigen::history::{Event, EventKind, History, HistoryParams, Sync};
 use navigen::Error;
 
 /// Version of this C ABI; bumped on any incompatible change. navigen_abi_version() returns it.
-pub const NAVIGEN_ABI_VERSION: u32 = 1;
+pub const NAVIGEN_ABI_VERSION: u32 = 2;
 
 /// Result of every call.
 #[repr(C)]
@@ -58,6 +58,9 @@ pub struct navigen_engine_params {
     pub context_size: u32,
     /// Sampling seed (used with a temperature).
     pub seed: u32,
+    /// Time one chunk of a prompt should take, in ms (0 = 250): a cancel during a prompt is honoured
+    /// within about this long. Larger values feed bigger batches (faster prompts on slow CPUs).
+    pub prompt_chunk_ms: u32,
     /// Offload large batches to a GPU; keep false unless a real GPU is present.
     pub op_offload: bool,
     /// Verify every bundle file's sha256 at open.
@@ -95,6 +98,7 @@ impl From<EngineParams> for navigen_engine_params {
             gpu_layers: d.gpu_layers,
             context_size: d.context_size,
             seed: d.seed,
+            prompt_chunk_ms: d.prompt_chunk_ms,
             op_offload: d.op_offload,
             verify_checksums: d.verify_checksums,
         }
@@ -108,6 +112,7 @@ impl From<&navigen_engine_params> for EngineParams {
             gpu_layers: p.gpu_layers,
             context_size: p.context_size,
             seed: p.seed,
+            prompt_chunk_ms: p.prompt_chunk_ms,
             op_offload: p.op_offload,
             verify_checksums: p.verify_checksums,
         }
