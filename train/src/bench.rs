@@ -35,6 +35,8 @@ pub fn bench_rq(o: &RqBenchOptions) -> Result<Value> {
         sizes: vec![o.k; o.levels],
         iterations: o.iterations,
         seed: o.seed,
+        // One run, as faiss (nredo = 1), so the comparison stays like for like.
+        restarts: 1,
     };
     let mut ours_s = Vec::new();
     let mut ours = None;

@@ -42,6 +42,9 @@ enum Cmd {
         codebook_size: Option<usize>,
         #[arg(long, default_value_t = 20)]
         iterations: usize,
+        /// k-means runs per level from different seeds (the lowest error is kept).
+        #[arg(long, default_value_t = 4)]
+        restarts: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long, default_value_t = 20)]
@@ -215,6 +218,7 @@ fn run(cli: Cli) -> Result<()> {
             dataset,
             out,
             levels,
+            restarts,
             codebook_size,
             iterations,
             seed,
@@ -226,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
             o.levels = levels;
             o.codebook_size = codebook_size;
             o.iterations = iterations;
+            o.restarts = restarts;
             o.seed = seed;
             o.max_history = max_history;
             o.dtype = match codebook_dtype.as_str() {

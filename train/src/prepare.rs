@@ -26,6 +26,8 @@ pub struct PrepareOptions {
     /// Codebook size per level; `None` picks one from the catalog size.
     pub codebook_size: Option<usize>,
     pub iterations: usize,
+    /// k-means runs per level (best kept).
+    pub restarts: usize,
     pub seed: u64,
     pub max_history: usize,
     pub dtype: Dtype,
@@ -41,6 +43,7 @@ impl PrepareOptions {
             levels: 3,
             codebook_size: None,
             iterations: 20,
+            restarts: 4,
             seed: 42,
             max_history: sequences::DEFAULT_MAX_HISTORY,
             dtype: Dtype::F32,
@@ -140,6 +143,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
             sizes: sizes.clone(),
             iterations: opts.iterations,
             seed: opts.seed,
+            restarts: opts.restarts,
         },
     )?;
     lap("rq", t);
