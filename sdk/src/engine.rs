@@ -775,17 +775,7 @@ impl Engine {
         if !raw.is_empty() && !on_piece(&raw) {
             return Err(Error::Cancelled);
         }
-        let mut d = Decoding {
-            ctx,
-            batch: LlamaBatch::new(8, 1),
-            pos: tokens.len() as i32,
-            last,
-            raw,
-            stream: Utf8Stream::default(),
-            generated: 0,
-            decode_ms: 0.0,
-            sample_ms: 0.0,
-        };
+        let mut d = Decoding::new(ctx, tokens.len() as i32, last, raw);
         // Phase one: reasoning, bounded; the end marker is forced when the bound is reached.
         if think {
             let think_end = llm::tokenize(&self.model, prompt::THINK_END);
@@ -938,6 +928,13 @@ struct Decoding<'m> {
     sample_ms: f64,
 }
 
+impl<'m> Decoding<'m> {
+    /// A generation whose next token goes at `pos`, sampled from the logits at batch index `last`.
+    fn new(ctx: LlamaContext<'m>, pos: i32, last: i32, raw: String) -> Self {
+        Decoding { ctx, batch: LlamaBatch::new(8, 1), pos, last, raw, stream: Utf8Stream::default(), generated: 0, decode_ms: 0.0, sample_ms: 0.0 }
+    }
+}
+
 impl Engine {
     /// Streams a token's text, then feeds the token so its logits come next.
     fn emit_and_feed(
@@ -1023,17 +1020,7 @@ impl Engine {
         let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
         ctx.clear_kv_cache();
 
-        let mut d = Decoding {
-            ctx,
-            batch: LlamaBatch::new(8, 1),
-            pos: 0,
-            last: 0,
-            raw: String::new(),
-            stream: Utf8Stream::default(),
-            generated: 0,
-            decode_ms: 0.0,
-            sample_ms: 0.0,
-        };
+        let mut d = Decoding::new(ctx, 0, 0, String::new());
         let mut sampler = self.sampler(&InstructionOptions::default(), None)?;
         let first = self.model.vocab().bos().0;
         let t = Instant::now();
