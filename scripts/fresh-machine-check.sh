@@ -114,7 +114,7 @@ run_in() { # root, label, command...: runs in the root with the machine's enviro
   chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb RUSTUP_HOME=/root/.rustup \
     PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     bash -c ". /etc/machine-env; $*" 2>&1 |
-    tee -a "$log" | sed "s/^/  [$label] /"
+    tee -a "$log" | sed -u "s/^/  [$label] /"
   rc=${PIPESTATUS[0]}
   set -e
   local dt=$(($(date +%s) - t0))
