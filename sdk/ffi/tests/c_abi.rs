@@ -1,5 +1,6 @@
-//! C programs in examples/c/, built against include/navigen.h and linked with the static and the shared
-//! library, run on a bundle that the trainer exports in this test run.
+//! C programs (the demo examples/c/navigen_demo.c and the tests in sdk/ffi/tests/c/), built against
+//! include/navigen.h and linked with the static and the shared library, run on a bundle that the
+//! trainer exports in this test run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,6 +70,7 @@ fn bundle(dir: &Path) -> PathBuf {
     out
 }
 
+/// Compiles `src` (a path from the repository root).
 fn compile(src: &str, out: &Path, shared: bool) {
     let lib = lib_dir();
     let mut cmd = Command::new("gcc");
@@ -82,7 +84,7 @@ fn compile(src: &str, out: &Path, shared: bool) {
     ])
     .arg("-I")
     .arg(root().join("include"))
-    .arg(root().join("examples/c").join(src))
+    .arg(root().join(src))
     .arg("-o")
     .arg(out);
     if shared {
@@ -126,7 +128,7 @@ fn c_programs_predict_and_instruct_through_the_c_abi() {
         let exe = tmp
             .path()
             .join(if shared { "demo_shared" } else { "demo_static" });
-        compile("navigen_demo.c", &exe, shared);
+        compile("examples/c/navigen_demo.c", &exe, shared);
         let out = Command::new(&exe).arg(&b).args(&items).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -170,7 +172,7 @@ fn null_and_garbage_arguments_never_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
     let exe = tmp.path().join("null_args");
-    compile("null_args.c", &exe, false);
+    compile("sdk/ffi/tests/c/null_args.c", &exe, false);
     let out = Command::new(&exe)
         .arg(&b)
         .arg(tmp.path().join("history"))
