@@ -39,10 +39,6 @@ pub struct TextEmbedder {
     ctx_lock: Mutex<()>,
 }
 
-fn llama_err(e: impl std::fmt::Display) -> Error {
-    Error::Llama(e.to_string())
-}
-
 impl TextEmbedder {
     /// Opens an embedder GGUF; `threads` 0 = the cores available.
     pub fn open(path: &Path, threads: u32) -> Result<Self> {
@@ -108,7 +104,7 @@ impl TextEmbedder {
         let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.model
             .new_context(llm::backend()?, p)
-            .map_err(llama_err)
+            .map_err(Error::llama)
     }
 
     fn embed_in(
@@ -122,10 +118,10 @@ impl TextEmbedder {
         for (i, &t) in tokens.iter().enumerate() {
             batch
                 .add(llama_cpp_2::token::LlamaToken(t), i as i32, &[0], true)
-                .map_err(llama_err)?;
+                .map_err(Error::llama)?;
         }
-        ctx.encode(batch).map_err(llama_err)?;
-        let v = ctx.embeddings_seq_ith(0).map_err(llama_err)?;
+        ctx.encode(batch).map_err(Error::llama)?;
+        let v = ctx.embeddings_seq_ith(0).map_err(Error::llama)?;
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         let out: Vec<f32> = v.iter().map(|x| x / norm).collect();
         if out.len() != self.dim || out.iter().any(|x| !x.is_finite()) {

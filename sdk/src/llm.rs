@@ -78,15 +78,15 @@ pub fn greedy(
         .with_n_threads_batch(threads);
     let mut ctx = model
         .new_context(backend()?, params)
-        .map_err(|e| Error::Llama(e.to_string()))?;
+        .map_err(Error::llama)?;
     let mut batch = LlamaBatch::new(n_ctx as usize, 1);
     for (i, &t) in prompt.iter().enumerate() {
         batch
             .add(LlamaToken(t), i as i32, &[0], i + 1 == prompt.len())
-            .map_err(|e| Error::Llama(e.to_string()))?;
+            .map_err(Error::llama)?;
     }
     ctx.decode(&mut batch)
-        .map_err(|e| Error::Llama(e.to_string()))?;
+        .map_err(Error::llama)?;
     let mut out = Vec::new();
     let mut pos = prompt.len() as i32;
     let mut last = batch.n_tokens() - 1;
@@ -100,9 +100,9 @@ pub fn greedy(
         batch.clear();
         batch
             .add(LlamaToken(next), pos, &[0], true)
-            .map_err(|e| Error::Llama(e.to_string()))?;
+            .map_err(Error::llama)?;
         ctx.decode(&mut batch)
-            .map_err(|e| Error::Llama(e.to_string()))?;
+            .map_err(Error::llama)?;
         pos += 1;
         last = 0;
     }

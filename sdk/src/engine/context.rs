@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 
-use super::{llama_err, Engine, EngineParams};
+use super::{Engine, EngineParams};
 use crate::error::{Error, Result};
 use crate::llm;
 
@@ -42,6 +42,6 @@ impl Engine {
         let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.model
             .new_context(llm::backend()?, p)
-            .map_err(llama_err)
+            .map_err(Error::llama)
     }
 }

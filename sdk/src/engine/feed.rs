@@ -6,8 +6,8 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{llama_err, Engine, EngineParams};
-use crate::error::Result;
+use super::{Engine, EngineParams};
+use crate::error::{Error, Result};
 
 /// Prompt chunks: first and smallest size, largest size (llama.cpp's default micro-batch), and the
 /// time one chunk should take (the worst-case delay of a cancel during a prompt).
@@ -36,10 +36,10 @@ impl Engine {
             batch.clear();
             for (i, &t) in tokens[done..done + n].iter().enumerate() {
                 let is_last = done + i + 1 == tokens.len();
-                batch.add(LlamaToken(t), start + (done + i) as i32, &[0], is_last).map_err(llama_err)?;
+                batch.add(LlamaToken(t), start + (done + i) as i32, &[0], is_last).map_err(Error::llama)?;
             }
             let t = Instant::now();
-            ctx.decode(&mut batch).map_err(llama_err)?;
+            ctx.decode(&mut batch).map_err(Error::llama)?;
             ctx.synchronize();
             let rate = n as f64 / t.elapsed().as_secs_f64().max(1e-6);
             chunk = ((rate * target_s) as usize).clamp(CHUNK_MIN, CHUNK_MAX);

@@ -7,7 +7,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use super::sampling::Chooser;
-use super::{llama_err, ms, Engine, Utf8Stream};
+use super::{ms, Engine, Utf8Stream};
 use crate::error::{Error, Result};
 
 /// State of one generation: the context, where the next token goes, and the text so far.
@@ -51,9 +51,9 @@ impl Engine {
         d.batch.clear();
         d.batch
             .add(LlamaToken(t), d.pos, &[0], true)
-            .map_err(llama_err)?;
+            .map_err(Error::llama)?;
         let t = Instant::now();
-        d.ctx.decode(&mut d.batch).map_err(llama_err)?;
+        d.ctx.decode(&mut d.batch).map_err(Error::llama)?;
         d.ctx.synchronize();
         d.decode_ms += ms(t);
         d.pos += 1;

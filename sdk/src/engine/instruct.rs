@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::generation::Decoding;
-use super::{llama_err, Engine, Instruction, InstructionOptions, Kind, Timings};
+use super::{Engine, Instruction, InstructionOptions, Kind, Timings};
 use crate::error::{Error, Result};
 use crate::llm;
 use crate::prompt::{self, Mode};
@@ -42,7 +42,7 @@ impl Utf8Stream {
 
 /// Grammar of the cid2ins answer, from the shared JSON schema; `prefix` is literal text before it.
 pub fn answer_grammar(prefix: &str) -> Result<String> {
-    let g = llama_cpp_2::json_schema_to_grammar(prompt::INS_ANSWER_SCHEMA).map_err(llama_err)?;
+    let g = llama_cpp_2::json_schema_to_grammar(prompt::INS_ANSWER_SCHEMA).map_err(Error::llama)?;
     let renamed = g
         .lines()
         .map(|l| {

@@ -219,10 +219,6 @@ pub struct Engine {
     embedder: Mutex<Option<Arc<TextEmbedder>>>,
 }
 
-fn llama_err(e: impl std::fmt::Display) -> Error {
-    Error::Llama(e.to_string())
-}
-
 impl Engine {
     /// Opens a bundle folder (see `bundle.json`).
     pub fn open(dir: &Path, params: EngineParams) -> Result<Self> {

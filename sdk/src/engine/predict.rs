@@ -7,7 +7,7 @@ use std::time::Instant;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{llama_err, ms, Engine, PredictTimings, Prediction};
+use super::{ms, Engine, PredictTimings, Prediction};
 use crate::error::{Error, Result};
 use crate::llm;
 use crate::prompt::{self, Mode};
@@ -82,9 +82,9 @@ impl Engine {
             for (j, (codes, _)) in beams_now.iter().enumerate() {
                 let seq = j as i32 + 1;
                 ctx.clear_kv_cache_seq(Some(seq as u32), None, None)
-                    .map_err(llama_err)?;
+                    .map_err(Error::llama)?;
                 ctx.copy_kv_cache_seq(0, seq, None, None)
-                    .map_err(llama_err)?;
+                    .map_err(Error::llama)?;
                 for (l, &c) in codes.iter().enumerate() {
                     let last = l + 1 == codes.len();
                     batch
@@ -94,13 +94,13 @@ impl Engine {
                             &[seq],
                             last,
                         )
-                        .map_err(llama_err)?;
+                        .map_err(Error::llama)?;
                     if last {
                         last_index.push(batch.n_tokens() - 1);
                     }
                 }
             }
-            ctx.decode(&mut batch).map_err(llama_err)?;
+            ctx.decode(&mut batch).map_err(Error::llama)?;
             // Logits are read lazily: synchronise so the decode's time is not billed to the constraint.
             ctx.synchronize();
             tm.decode_ms += ms(t_dec);

@@ -7,13 +7,13 @@ use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{llama_err, Engine, InstructionOptions};
+use super::{Engine, InstructionOptions};
 use crate::error::{Error, Result};
 use crate::llm;
 
 impl Engine {
     pub(super) fn sampler(&self, opts: &InstructionOptions, grammar: Option<&str>) -> Result<Chooser> {
-        let grammar = grammar.map(|g| LlamaSampler::grammar(&self.model, g, "root").map_err(llama_err)).transpose()?;
+        let grammar = grammar.map(|g| LlamaSampler::grammar(&self.model, g, "root").map_err(Error::llama)).transpose()?;
         if opts.temperature <= 0.0 {
             return Ok(Chooser::Greedy(grammar));
         }
@@ -60,7 +60,7 @@ impl Chooser {
         // End of generation is never fed back, and accepting it into a grammar that is not complete
         // would abort inside llama.cpp.
         if !model.vocab().is_eog(LlamaToken(token)) {
-            grammar.try_accept(LlamaToken(token)).map_err(llama_err)?;
+            grammar.try_accept(LlamaToken(token)).map_err(Error::llama)?;
         }
         Ok(token)
     }
