@@ -16,10 +16,9 @@ use std::sync::Mutex;
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
 
 use crate::error::{Error, Result};
-use crate::llm;
+use crate::llm::{self, Model};
 
 /// The sentence-embedding model whose space the codebooks live in.
 pub const EMBEDDER_NAME: &str = "all-MiniLM-L6-v2";
@@ -32,7 +31,7 @@ pub const GGUF_NAME_KEY: &str = "navigen.embedder";
 
 /// A text embedder on llama.cpp.
 pub struct TextEmbedder {
-    model: LlamaModel,
+    model: Model,
     threads: i32,
     dim: usize,
     /// llama.cpp context creation touches the model: serialise it.
@@ -42,18 +41,19 @@ pub struct TextEmbedder {
 impl TextEmbedder {
     /// Opens an embedder GGUF; `threads` 0 = the cores available.
     pub fn open(path: &Path, threads: u32) -> Result<Self> {
-        let model = llm::load_model(path, 0)?;
+        let model = Model::load(path, 0)?;
         let arch = model
+            .llama()
             .meta_val_str("general.architecture")
             .unwrap_or_default();
-        let name = model.meta_val_str(GGUF_NAME_KEY).unwrap_or_default();
+        let name = model.llama().meta_val_str(GGUF_NAME_KEY).unwrap_or_default();
         if arch != "bert" || name != EMBEDDER_NAME {
             return Err(Error::Mismatch(format!(
                 "{} is not a navigen embedder (architecture {arch:?}, {GGUF_NAME_KEY} {name:?}; expected bert / {EMBEDDER_NAME})",
                 path.display()
             )));
         }
-        let dim = model.n_embd_out().max(0) as usize;
+        let dim = model.llama().n_embd_out().max(0) as usize;
         let threads = if threads == 0 {
             llm::default_threads()
         } else {
@@ -76,6 +76,7 @@ impl TextEmbedder {
     pub fn tokens(&self, text: &str) -> Vec<i32> {
         let mut t: Vec<i32> = self
             .model
+            .llama()
             .vocab()
             .tokenize(text.as_bytes(), true, false)
             .into_iter()
@@ -103,6 +104,7 @@ impl TextEmbedder {
             .with_op_offload(false);
         let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.model
+            .llama()
             .new_context(llm::backend()?, p)
             .map_err(Error::llama)
     }

@@ -41,6 +41,7 @@ impl Engine {
             .with_op_offload(self.params.op_offload);
         let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.model
+            .llama()
             .new_context(llm::backend()?, p)
             .map_err(Error::llama)
     }

@@ -33,7 +33,7 @@ impl<'m> Decoding<'m> {
 
 impl Engine {
     pub(super) fn piece(&self, t: i32) -> Vec<u8> {
-        self.model.vocab().token_to_piece(LlamaToken(t), true, None)
+        self.model.token_to_piece(t)
     }
 
     /// Streams a token's text, then feeds the token so its logits come next.
@@ -78,7 +78,7 @@ impl Engine {
             let t = sampler.choose(&d.ctx, d.last, &self.model)?;
             d.sample_ms += ms(t0);
             d.generated += 1;
-            if self.model.vocab().is_eog(LlamaToken(t)) {
+            if self.model.is_eog(t) {
                 return Ok(false);
             }
             self.emit_and_feed(d, t, on_piece)?;

@@ -7,7 +7,6 @@ use std::time::Instant;
 use super::generation::Decoding;
 use super::{Engine, Instruction, InstructionOptions, Kind, Timings};
 use crate::error::{Error, Result};
-use crate::llm;
 use crate::prompt::{self, Mode};
 
 /// Reassembles UTF-8 across token pieces: emits the longest valid prefix, keeps an incomplete tail.
@@ -98,9 +97,9 @@ impl Engine {
                 )
             }
         };
-        let mut tokens = llm::tokenize(&self.model, &prompt_text);
+        let mut tokens = self.model.tokenize(&prompt_text);
         let think_start = if think {
-            llm::tokenize(&self.model, prompt::THINK_START)
+            self.model.tokenize(prompt::THINK_START)
         } else {
             Vec::new()
         };
@@ -128,7 +127,7 @@ impl Engine {
         let mut d = Decoding::new(ctx, tokens.len() as i32, last, raw);
         // Phase one: reasoning, bounded; the end marker is forced when the bound is reached.
         if think {
-            let think_end = llm::tokenize(&self.model, prompt::THINK_END);
+            let think_end = self.model.tokenize(prompt::THINK_END);
             let mut sampler = self.sampler(opts, None)?;
             let closed = self.sample_phase(
                 &mut d,
@@ -139,7 +138,7 @@ impl Engine {
                 on_piece,
             )?;
             if !closed {
-                for t in llm::tokenize(&self.model, "\n")
+                for t in self.model.tokenize("\n")
                     .into_iter()
                     .chain(think_end)
                 {

@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use llama_cpp_2::model::LlamaModel;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::Manifest;
@@ -40,7 +39,7 @@ use crate::cid::{code_token, Cid, CID_BEGIN, CID_END};
 use crate::embedding::TextEmbedder;
 use crate::error::{Error, Result};
 use crate::format::{Catalog, Codebooks};
-use crate::llm;
+use crate::llm::{self, Model};
 use crate::trie::CidTrie;
 
 pub use instruct::{answer_grammar, Utf8Stream};
@@ -203,7 +202,7 @@ pub enum Kind {
 }
 
 pub struct Engine {
-    model: LlamaModel,
+    model: Model,
     catalog: Catalog,
     codebooks: Option<Codebooks>,
     trie: CidTrie,
@@ -275,7 +274,7 @@ impl Engine {
             }
         }
         llm::backend()?;
-        let model = llm::load_model(&Manifest::path(dir, &manifest.model), params.gpu_layers)?;
+        let model = Model::load(&Manifest::path(dir, &manifest.model), params.gpu_layers)?;
         let cid_tokens = match kind {
             Kind::Finetuned => Some(Self::map_cid_tokens(&model, &catalog)?),
             Kind::ZeroShot => None,
@@ -298,9 +297,9 @@ impl Engine {
     }
 
     /// Every CID token of the catalog must be one token of the model's vocabulary.
-    fn map_cid_tokens(model: &LlamaModel, cat: &Catalog) -> Result<CidTokens> {
+    fn map_cid_tokens(model: &Model, cat: &Catalog) -> Result<CidTokens> {
         let one = |text: &str| -> Result<i32> {
-            match llm::tokenize(model, text).as_slice() {
+            match model.tokenize(text).as_slice() {
                 [t] => Ok(*t),
                 other => Err(Error::Mismatch(format!(
                     "the model's vocabulary lacks the CID token {text} (it splits into {} tokens): was it trained with this catalog?",
@@ -340,7 +339,7 @@ impl Engine {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 

@@ -9,7 +9,6 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::{ms, Engine, PredictTimings, Prediction};
 use crate::error::{Error, Result};
-use crate::llm;
 use crate::prompt::{self, Mode};
 
 impl Engine {
@@ -49,8 +48,8 @@ impl Engine {
             ));
         }
         // Prompt and answer prefix tokenised apart, exactly as in training.
-        let mut tokens = llm::tokenize(&self.model, &prompt::prompt_cid2cid(&h, Mode::Direct));
-        tokens.extend(llm::tokenize(&self.model, prompt::CID_ANSWER_PREFIX));
+        let mut tokens = self.model.tokenize(&prompt::prompt_cid2cid(&h, Mode::Direct));
+        tokens.extend(self.model.tokenize(prompt::CID_ANSWER_PREFIX));
         tokens.push(toks.begin);
         let levels = self.trie.levels();
         let n_ctx = (tokens.len() + width * levels + 16) as u32;

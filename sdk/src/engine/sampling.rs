@@ -1,7 +1,6 @@
 //! Choosing the next token: greedy or a temperature chain, optionally under a grammar.
 
 use llama_cpp_2::context::LlamaContext;
-use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
@@ -9,11 +8,11 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::{Engine, InstructionOptions};
 use crate::error::{Error, Result};
-use crate::llm;
+use crate::llm::{self, Model};
 
 impl Engine {
     pub(super) fn sampler(&self, opts: &InstructionOptions, grammar: Option<&str>) -> Result<Chooser> {
-        let grammar = grammar.map(|g| LlamaSampler::grammar(&self.model, g, "root").map_err(Error::llama)).transpose()?;
+        let grammar = grammar.map(|g| LlamaSampler::grammar(self.model.llama(), g, "root").map_err(Error::llama)).transpose()?;
         if opts.temperature <= 0.0 {
             return Ok(Chooser::Greedy(grammar));
         }
@@ -38,7 +37,7 @@ pub(super) enum Chooser {
 }
 
 impl Chooser {
-    pub(super) fn choose(&mut self, ctx: &LlamaContext<'_>, idx: i32, model: &LlamaModel) -> Result<i32> {
+    pub(super) fn choose(&mut self, ctx: &LlamaContext<'_>, idx: i32, model: &Model) -> Result<i32> {
         let grammar = match self {
             Chooser::Chain(s) => return Ok(s.sample(ctx, idx).0),
             Chooser::Greedy(None) => return Ok(llm::argmax(ctx.get_logits_ith(idx))),
@@ -59,7 +58,7 @@ impl Chooser {
         };
         // End of generation is never fed back, and accepting it into a grammar that is not complete
         // would abort inside llama.cpp.
-        if !model.vocab().is_eog(LlamaToken(token)) {
+        if !model.is_eog(token) {
             grammar.try_accept(LlamaToken(token)).map_err(Error::llama)?;
         }
         Ok(token)

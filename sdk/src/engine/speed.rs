@@ -39,7 +39,7 @@ impl Engine {
 
         let mut d = Decoding::new(ctx, 0, 0, String::new());
         let mut sampler = self.sampler(&InstructionOptions::default(), None)?;
-        let first = self.model.vocab().bos().0;
+        let first = self.model.bos();
         let t = Instant::now();
         self.emit_and_feed(&mut d, first, &mut |_| true)?;
         for _ in 1..n_gen {
