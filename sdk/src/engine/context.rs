@@ -1,12 +1,13 @@
 //! The llama.cpp context of one call: every call creates its own (see the threading note of the
-//! module), sized for what the call needs and bounded by [`EngineParams::context_size`].
+//! module), sized for what the call needs and bounded by
+//! [`EngineParams::context_size`](super::EngineParams::context_size).
 
 use std::num::NonZeroU32;
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 
-use super::{Engine, EngineParams};
+use super::Engine;
 use crate::error::{Error, Result};
 use crate::llm;
 

@@ -6,7 +6,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{Engine, EngineParams};
+use super::Engine;
 use crate::error::{Error, Result};
 
 /// Prompt chunks: first and smallest size, largest size (llama.cpp's default micro-batch), and the
@@ -19,8 +19,8 @@ impl Engine {
     /// Decodes `tokens` at positions from `start` on sequence 0 in chunks, checking for cancellation
     /// between chunks; logits only for the last token, whose batch index is returned. Chunks start
     /// at 64 tokens and are then sized from the measured speed to take about
-    /// [`EngineParams::prompt_chunk_ms`]: a cancel is honoured that fast on a slow device, while a
-    /// fast one feeds big, efficient batches.
+    /// [`EngineParams::prompt_chunk_ms`](super::EngineParams::prompt_chunk_ms): a cancel is honoured
+    /// that fast on a slow device, while a fast one feeds big, efficient batches.
     pub(super) fn feed(&self, ctx: &mut LlamaContext<'_>, tokens: &[i32], start: i32, epoch: u64) -> Result<i32> {
         let target_s = match self.params.prompt_chunk_ms {
             0 => CHUNK_TARGET_S,
