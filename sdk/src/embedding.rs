@@ -46,7 +46,10 @@ impl TextEmbedder {
             .llama()
             .meta_val_str("general.architecture")
             .unwrap_or_default();
-        let name = model.llama().meta_val_str(GGUF_NAME_KEY).unwrap_or_default();
+        let name = model
+            .llama()
+            .meta_val_str(GGUF_NAME_KEY)
+            .unwrap_or_default();
         if arch != "bert" || name != EMBEDDER_NAME {
             return Err(Error::Mismatch(format!(
                 "{} is not a navigen embedder (architecture {arch:?}, {GGUF_NAME_KEY} {name:?}; expected bert / {EMBEDDER_NAME})",

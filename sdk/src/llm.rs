@@ -166,6 +166,10 @@ pub fn devices() -> Result<Vec<Device>> {
     backend()?;
     Ok(llama_cpp_2::list_llama_ggml_backend_devices()
         .into_iter()
-        .map(|d| Device { name: d.name, description: d.description, backend: d.backend })
+        .map(|d| Device {
+            name: d.name,
+            description: d.description,
+            backend: d.backend,
+        })
         .collect())
 }

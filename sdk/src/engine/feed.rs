@@ -21,7 +21,13 @@ impl Engine {
     /// at 64 tokens and are then sized from the measured speed to take about
     /// [`EngineParams::prompt_chunk_ms`](super::EngineParams::prompt_chunk_ms): a cancel is honoured
     /// that fast on a slow device, while a fast one feeds big, efficient batches.
-    pub(super) fn feed(&self, ctx: &mut LlamaContext<'_>, tokens: &[i32], start: i32, epoch: u64) -> Result<i32> {
+    pub(super) fn feed(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        tokens: &[i32],
+        start: i32,
+        epoch: u64,
+    ) -> Result<i32> {
         let target_s = match self.params.prompt_chunk_ms {
             0 => CHUNK_TARGET_S,
             ms => ms as f64 / 1e3,
@@ -36,7 +42,9 @@ impl Engine {
             batch.clear();
             for (i, &t) in tokens[done..done + n].iter().enumerate() {
                 let is_last = done + i + 1 == tokens.len();
-                batch.add(LlamaToken(t), start + (done + i) as i32, &[0], is_last).map_err(Error::llama)?;
+                batch
+                    .add(LlamaToken(t), start + (done + i) as i32, &[0], is_last)
+                    .map_err(Error::llama)?;
             }
             let t = Instant::now();
             ctx.decode(&mut batch).map_err(Error::llama)?;

@@ -27,7 +27,17 @@ pub(super) struct Decoding<'m> {
 impl<'m> Decoding<'m> {
     /// A generation whose next token goes at `pos`, sampled from the logits at batch index `last`.
     pub(super) fn new(ctx: LlamaContext<'m>, pos: i32, last: i32, raw: String) -> Self {
-        Decoding { ctx, batch: LlamaBatch::new(8, 1), pos, last, raw, stream: Utf8Stream::default(), generated: 0, decode_ms: 0.0, sample_ms: 0.0 }
+        Decoding {
+            ctx,
+            batch: LlamaBatch::new(8, 1),
+            pos,
+            last,
+            raw,
+            stream: Utf8Stream::default(),
+            generated: 0,
+            decode_ms: 0.0,
+            sample_ms: 0.0,
+        }
     }
 }
 

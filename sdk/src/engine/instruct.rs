@@ -138,10 +138,7 @@ impl Engine {
                 on_piece,
             )?;
             if !closed {
-                for t in self.model.tokenize("\n")
-                    .into_iter()
-                    .chain(think_end)
-                {
+                for t in self.model.tokenize("\n").into_iter().chain(think_end) {
                     self.emit_and_feed(&mut d, t, on_piece)?;
                 }
             }

@@ -356,7 +356,6 @@ impl Engine {
         }
     }
 
-
     /// History ids -> CIDs of the items in the catalog (unknown ids are skipped, most recent kept).
     fn history_cids(&self, history: &[&str]) -> Vec<Cid> {
         let known: Vec<Cid> = history
@@ -368,7 +367,6 @@ impl Engine {
         let n = known.len();
         known[n.saturating_sub(crate::prompt::MAX_HISTORY)..].to_vec()
     }
-
 }
 
 fn ms(t: Instant) -> f64 {

@@ -48,7 +48,9 @@ impl Engine {
             ));
         }
         // Prompt and answer prefix tokenised apart, exactly as in training.
-        let mut tokens = self.model.tokenize(&prompt::prompt_cid2cid(&h, Mode::Direct));
+        let mut tokens = self
+            .model
+            .tokenize(&prompt::prompt_cid2cid(&h, Mode::Direct));
         tokens.extend(self.model.tokenize(prompt::CID_ANSWER_PREFIX));
         tokens.push(toks.begin);
         let levels = self.trie.levels();
@@ -56,7 +58,11 @@ impl Engine {
         let mut ctx = self.context(n_ctx, width as u32 + 1)?;
         let t0 = Instant::now();
         let last = self.feed(&mut ctx, &tokens, 0, epoch)?;
-        let mut tm = PredictTimings { prompt_tokens: tokens.len() as u32, prompt_ms: ms(t0), ..Default::default() };
+        let mut tm = PredictTimings {
+            prompt_tokens: tokens.len() as u32,
+            prompt_ms: ms(t0),
+            ..Default::default()
+        };
         let base = tokens.len() as i32;
         // Level 0 from the prompt's logits.
         let t_norm = Instant::now();
@@ -113,7 +119,10 @@ impl Engine {
                 for &c in self.trie.allowed(codes) {
                     let mut n = codes.clone();
                     n.push(c);
-                    next.push((n, score + logits[toks.codes[level][c as usize] as usize] - lse));
+                    next.push((
+                        n,
+                        score + logits[toks.codes[level][c as usize] as usize] - lse,
+                    ));
                 }
                 tm.constrain_ms += ms(t_host);
             }

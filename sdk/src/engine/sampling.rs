@@ -11,8 +11,14 @@ use crate::error::{Error, Result};
 use crate::llm::{self, Model};
 
 impl Engine {
-    pub(super) fn sampler(&self, opts: &InstructionOptions, grammar: Option<&str>) -> Result<Chooser> {
-        let grammar = grammar.map(|g| LlamaSampler::grammar(self.model.llama(), g, "root").map_err(Error::llama)).transpose()?;
+    pub(super) fn sampler(
+        &self,
+        opts: &InstructionOptions,
+        grammar: Option<&str>,
+    ) -> Result<Chooser> {
+        let grammar = grammar
+            .map(|g| LlamaSampler::grammar(self.model.llama(), g, "root").map_err(Error::llama))
+            .transpose()?;
         if opts.temperature <= 0.0 {
             return Ok(Chooser::Greedy(grammar));
         }
@@ -37,7 +43,12 @@ pub(super) enum Chooser {
 }
 
 impl Chooser {
-    pub(super) fn choose(&mut self, ctx: &LlamaContext<'_>, idx: i32, model: &Model) -> Result<i32> {
+    pub(super) fn choose(
+        &mut self,
+        ctx: &LlamaContext<'_>,
+        idx: i32,
+        model: &Model,
+    ) -> Result<i32> {
         let grammar = match self {
             Chooser::Chain(s) => return Ok(s.sample(ctx, idx).0),
             Chooser::Greedy(None) => return Ok(llm::argmax(ctx.get_logits_ith(idx))),
@@ -45,7 +56,14 @@ impl Chooser {
         };
         let logits = ctx.get_logits_ith(idx);
         let best = llm::argmax(logits);
-        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(LlamaToken(best), logits[best as usize], 0.0)], false);
+        let mut one = LlamaTokenDataArray::new(
+            vec![LlamaTokenData::new(
+                LlamaToken(best),
+                logits[best as usize],
+                0.0,
+            )],
+            false,
+        );
         grammar.apply(&mut one);
         let token = if one.data[0].logit() > f32::NEG_INFINITY {
             best
@@ -59,7 +77,9 @@ impl Chooser {
         // End of generation is never fed back, and accepting it into a grammar that is not complete
         // would abort inside llama.cpp.
         if !model.is_eog(token) {
-            grammar.try_accept(LlamaToken(token)).map_err(Error::llama)?;
+            grammar
+                .try_accept(LlamaToken(token))
+                .map_err(Error::llama)?;
         }
         Ok(token)
     }
@@ -69,8 +89,14 @@ impl Chooser {
 const GRAMMAR_TOP: usize = 32;
 
 /// The first (lowest id) of the highest-logit tokens the grammar allows among `candidates`.
-fn best_allowed(grammar: &mut LlamaSampler, candidates: impl Iterator<Item = (i32, f32)>) -> Option<i32> {
-    let mut arr = LlamaTokenDataArray::from_iter(candidates.map(|(t, l)| LlamaTokenData::new(LlamaToken(t), l, 0.0)), false);
+fn best_allowed(
+    grammar: &mut LlamaSampler,
+    candidates: impl Iterator<Item = (i32, f32)>,
+) -> Option<i32> {
+    let mut arr = LlamaTokenDataArray::from_iter(
+        candidates.map(|(t, l)| LlamaTokenData::new(LlamaToken(t), l, 0.0)),
+        false,
+    );
     grammar.apply(&mut arr);
     let mut pick: Option<(i32, f32)> = None;
     for d in &arr.data {
@@ -94,9 +120,14 @@ fn best_allowed_among_top(grammar: &mut LlamaSampler, logits: &[f32], n: usize) 
         return None;
     }
     let mut ids: Vec<i32> = (0..logits.len() as i32).collect();
-    ids.select_nth_unstable_by(n - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    ids.select_nth_unstable_by(n - 1, |&a, &b| {
+        logits[b as usize].total_cmp(&logits[a as usize])
+    });
     ids.truncate(n);
-    let floor = ids.iter().map(|&t| logits[t as usize]).fold(f32::INFINITY, f32::min);
+    let floor = ids
+        .iter()
+        .map(|&t| logits[t as usize])
+        .fold(f32::INFINITY, f32::min);
     let pick = best_allowed(grammar, ids.iter().map(|&t| (t, logits[t as usize])))?;
     (logits[pick as usize] > floor).then_some(pick)
 }
