@@ -105,9 +105,9 @@ impl Model {
         }
         ctx.decode(&mut batch).map_err(Error::llama)?;
         let mut out = Vec::new();
-        let mut pos = prompt.len() as i32;
         let mut last = batch.n_tokens() - 1;
-        for _ in 0..max_new {
+        // `pos`: where the token chosen in this step goes.
+        for pos in (prompt.len() as i32..).take(max_new) {
             let logits = ctx.get_logits_ith(last);
             let next = argmax(logits);
             out.push(next);
@@ -119,7 +119,6 @@ impl Model {
                 .add(LlamaToken(next), pos, &[0], true)
                 .map_err(Error::llama)?;
             ctx.decode(&mut batch).map_err(Error::llama)?;
-            pos += 1;
             last = 0;
         }
         Ok(out)

@@ -9,7 +9,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use navigen::history::{Event, EventKind, History, HistoryParams};
 
