@@ -16,10 +16,9 @@ use std::sync::Mutex;
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
 
 use crate::error::{Error, Result};
-use crate::llm;
+use crate::llm::{self, Model};
 
 /// The sentence-embedding model whose space the codebooks live in.
 pub const EMBEDDER_NAME: &str = "all-MiniLM-L6-v2";
@@ -32,32 +31,32 @@ pub const GGUF_NAME_KEY: &str = "navigen.embedder";
 
 /// A text embedder on llama.cpp.
 pub struct TextEmbedder {
-    model: LlamaModel,
+    model: Model,
     threads: i32,
     dim: usize,
     /// llama.cpp context creation touches the model: serialise it.
     ctx_lock: Mutex<()>,
 }
 
-fn llama_err(e: impl std::fmt::Display) -> Error {
-    Error::Llama(e.to_string())
-}
-
 impl TextEmbedder {
     /// Opens an embedder GGUF; `threads` 0 = the cores available.
     pub fn open(path: &Path, threads: u32) -> Result<Self> {
-        let model = llm::load_model(path, 0)?;
+        let model = Model::load(path, 0)?;
         let arch = model
+            .llama()
             .meta_val_str("general.architecture")
             .unwrap_or_default();
-        let name = model.meta_val_str(GGUF_NAME_KEY).unwrap_or_default();
+        let name = model
+            .llama()
+            .meta_val_str(GGUF_NAME_KEY)
+            .unwrap_or_default();
         if arch != "bert" || name != EMBEDDER_NAME {
             return Err(Error::Mismatch(format!(
                 "{} is not a navigen embedder (architecture {arch:?}, {GGUF_NAME_KEY} {name:?}; expected bert / {EMBEDDER_NAME})",
                 path.display()
             )));
         }
-        let dim = model.n_embd_out().max(0) as usize;
+        let dim = model.llama().n_embd_out().max(0) as usize;
         let threads = if threads == 0 {
             llm::default_threads()
         } else {
@@ -80,6 +79,7 @@ impl TextEmbedder {
     pub fn tokens(&self, text: &str) -> Vec<i32> {
         let mut t: Vec<i32> = self
             .model
+            .llama()
             .vocab()
             .tokenize(text.as_bytes(), true, false)
             .into_iter()
@@ -107,8 +107,9 @@ impl TextEmbedder {
             .with_op_offload(false);
         let _g = self.ctx_lock.lock().unwrap_or_else(|e| e.into_inner());
         self.model
+            .llama()
             .new_context(llm::backend()?, p)
-            .map_err(llama_err)
+            .map_err(Error::llama)
     }
 
     fn embed_in(
@@ -122,10 +123,10 @@ impl TextEmbedder {
         for (i, &t) in tokens.iter().enumerate() {
             batch
                 .add(llama_cpp_2::token::LlamaToken(t), i as i32, &[0], true)
-                .map_err(llama_err)?;
+                .map_err(Error::llama)?;
         }
-        ctx.encode(batch).map_err(llama_err)?;
-        let v = ctx.embeddings_seq_ith(0).map_err(llama_err)?;
+        ctx.encode(batch).map_err(Error::llama)?;
+        let v = ctx.embeddings_seq_ith(0).map_err(Error::llama)?;
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         let out: Vec<f32> = v.iter().map(|x| x / norm).collect();
         if out.len() != self.dim || out.iter().any(|x| !x.is_finite()) {

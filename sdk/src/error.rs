@@ -69,6 +69,11 @@ impl Error {
             source,
         }
     }
+    /// The one conversion of a llama.cpp (`llama-cpp-2`) error into navigen's: its message, as
+    /// [`Error::Llama`].
+    pub(crate) fn llama(e: impl std::fmt::Display) -> Self {
+        Error::Llama(e.to_string())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

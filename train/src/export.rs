@@ -221,18 +221,18 @@ fn verify(
         }
     };
     let rope = Rope::new(&w.config, &Device::Cpu, DType::F32)?;
-    let model = navigen::llm::load_model(&dir.join(MODEL_FILE), 0)?;
+    let model = navigen::llm::Model::load(&dir.join(MODEL_FILE), 0)?;
     let im_end = crate::tokenizer::single_id(tok, prompt::IM_END)?;
     let threads = navigen::llm::default_threads();
     let mut checks = Vec::new();
     for (task, p) in sample_prompts(cat, &info.data, opts.verify_prompts)? {
         let ids = crate::tokenizer::encode(tok, &p)?;
-        let llama_ids = navigen::llm::tokenize(&model, &p);
+        let llama_ids = model.tokenize(&p);
         let same_tokenization = llama_ids.len() == ids.len()
             && llama_ids.iter().zip(&ids).all(|(a, b)| *a as u32 == *b);
         let candle = transformer::greedy(w, &rope, &ids, opts.verify_tokens, &[im_end])?;
         let prompt_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-        let llama = navigen::llm::greedy(&model, &prompt_i32, opts.verify_tokens, threads)?;
+        let llama = model.greedy(&prompt_i32, opts.verify_tokens, threads)?;
         let common_prefix = candle
             .iter()
             .zip(&llama)

@@ -1,10 +1,11 @@
-//! On-disk formats that the device reads and the trainer writes (through this same code).
-//! See `docs/formats.md`.
+//! On-disk formats that the device reads and the trainer writes (through this same code), and the
+//! device's history log. See `docs/formats.md`.
 
 pub mod bytes;
 pub mod catalog;
 pub mod codebooks;
 pub mod container;
+pub(crate) mod history;
 
 pub use bytes::{write_atomic, FileBytes};
 pub use catalog::{Catalog, Item, ItemEntry};
