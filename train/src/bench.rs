@@ -141,7 +141,7 @@ pub fn bench_shape(name: &str) -> Result<crate::model::ModelConfig> {
 /// batch, sequence length and thread count.
 pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
     use crate::model::{self, Rope, Trainable, Weights};
-    use crate::sft::batch::{make_batch, Row};
+    use crate::model::batch::{make_batch, Row};
     crate::tune_allocator();
     let config = bench_shape(&o.shape)?;
     let dev = candle_core::Device::Cpu;

@@ -1,5 +1,17 @@
 //! navigen-train: builds what the navigen SDK runs. Data -> embeddings -> CIDs -> TIDs -> supervision
 //! -> SFT -> GRPO -> export.
+//!
+//! Module order. Every import points to the left, or into the plumbing; nothing runs back up the
+//! pipeline:
+//!
+//! - plumbing (uses no pipeline stage): `assets`, `progress`, `device`, `files`, `gguf` (the one GGUF
+//!   writer), `tokenizer`, `model` (decoder, weights, packed batches, presets, GGUF import/export),
+//!   `score` (pure metrics), `run` (run folder, checkpoints, metrics, optimiser: what every training
+//!   stage shares);
+//! - pipeline: `data` -> `embed` -> `rq` -> `tid` -> `prepare` (drives the four before it) -> `tasks`
+//!   (supervision) -> `sft` -> (`rl`) -> `export` -> `eval`; a training stage uses `run` and `model`,
+//!   never another stage's internals;
+//! - tools over all of it: `bench`, `inspect`.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,19 +29,36 @@ pub fn tune_allocator() {
     }
 }
 
+// Plumbing.
 pub mod assets;
-pub mod bench;
-pub mod data;
 pub mod device;
-pub mod embed;
-pub mod eval;
-pub mod export;
-pub mod inspect;
+pub mod files;
+pub mod gguf;
 pub mod model;
-pub mod prepare;
 pub mod progress;
-pub mod rq;
-pub mod sft;
-pub mod tasks;
-pub mod tid;
+pub mod run;
+pub mod score;
 pub mod tokenizer;
+
+// The pipeline, in order (blank lines keep rustfmt from sorting it).
+pub mod data;
+
+pub mod embed;
+
+pub mod rq;
+
+pub mod tid;
+
+pub mod prepare;
+
+pub mod tasks;
+
+pub mod sft;
+
+pub mod export;
+
+pub mod eval;
+
+// Tools.
+pub mod bench;
+pub mod inspect;

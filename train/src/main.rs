@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use navigen::format::Dtype;
-use navigen_train::model::gguf::ExportDtype;
+use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::{assets, bench, data::Source, device, export, inspect, prepare, sft};
 
@@ -276,7 +276,7 @@ fn run(cli: Cli) -> Result<()> {
             dtype,
             restart,
         } => {
-            let existing = sft::RunInfo::read(&run).ok().map(|i| i.preset);
+            let existing = navigen_train::run::RunInfo::read(&run).ok().map(|i| i.preset);
             let mut o = sft::SftOptions::new(&data, &run, preset.clone().or(existing), stage);
             o.preset = preset;
             o.device = device::parse(&device)?;
