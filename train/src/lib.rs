@@ -11,14 +11,14 @@
 //! - pipeline: `data` -> `embed` -> `rq` -> `tid` -> `prepare` (drives the four before it) -> `tasks`
 //!   (supervision) -> `sft` -> (`rl`) -> `export` -> `eval`; a training stage uses `run` and `model`,
 //!   never another stage's internals;
-//! - tools over all of it: `bench`, `inspect`.
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//! - tools over all of it: `bench`, `inspect`, `cli` (the commands the binary dispatches to).
+//!
+//! The global allocator (mimalloc) is the binary's (`src/main.rs`), not the library's.
 
 /// Keeps freed memory in the process instead of purging it to the OS after 10 ms: training frees and
 /// reallocates the same large activations every step. Option 15 is `mi_option_purge_delay` in the
 /// mimalloc v2 that libmimalloc-sys 0.1.49 builds (a positive delay in ms by default; checked first).
+/// It tunes mimalloc, which the `navigen-train` binary installs as its global allocator.
 pub fn tune_allocator() {
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: plain option getters/setters of the linked allocator.
@@ -61,4 +61,5 @@ pub mod eval;
 
 // Tools.
 pub mod bench;
+pub mod cli;
 pub mod inspect;
