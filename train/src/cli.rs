@@ -255,8 +255,19 @@ pub fn export(a: ExportArgs) -> Result<()> {
         verify_tokens: 32,
     })?;
     for c in &r.checks {
-        println!("verify {:<8} prompt {:>4} tokens: tokenisation {}, greedy {} ({} of {} tokens agree)", c.task, c.prompt_tokens,
-            if c.same_tokenization { "identical" } else { "DIFFERS" }, if c.identical { "identical" } else { "DIFFERS" }, c.common_prefix, c.candle.len());
+        println!(
+            "verify {:<8} prompt {:>4} tokens: tokenisation {}, greedy {} ({} of {} tokens agree)",
+            c.task,
+            c.prompt_tokens,
+            if c.same_tokenization {
+                "identical"
+            } else {
+                "DIFFERS"
+            },
+            if c.identical { "identical" } else { "DIFFERS" },
+            c.common_prefix,
+            c.candle.len()
+        );
     }
     println!(
         "wrote {} ({} bytes model, {}, stage {})",
@@ -270,7 +281,9 @@ pub fn export(a: ExportArgs) -> Result<()> {
         if dtype == ExportDtype::Q8_0 {
             eprintln!("navigen-train: warning: q8_0 export drifts from candle's greedy tokens (activation quantisation)");
         } else {
-            anyhow::bail!("llama.cpp does not reproduce candle's greedy tokens on the exported model");
+            anyhow::bail!(
+                "llama.cpp does not reproduce candle's greedy tokens on the exported model"
+            );
         }
     }
     Ok(())

@@ -9,7 +9,9 @@ use navigen_train::export::{export, ExportOptions};
 use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::prepare::{prepare, PrepareOptions};
-use navigen_train::run::{metrics, stage_weights, RunInfo, BASE_WEIGHTS, CONFIG_FILE, TOKENIZER_FILE};
+use navigen_train::run::{
+    metrics, stage_weights, RunInfo, BASE_WEIGHTS, CONFIG_FILE, TOKENIZER_FILE,
+};
 use navigen_train::sft::{self, Resume, SftOptions, SftSummary};
 
 /// Training tests share two cores: run them one at a time.
@@ -106,8 +108,7 @@ fn stage_one_leaves_frozen_weights_bit_identical() {
     let r = tiny_run();
     let info = RunInfo::read(&r.dir).unwrap();
     let base = candle_core::safetensors::load(r.dir.join(BASE_WEIGHTS), &Device::Cpu).unwrap();
-    let s1 =
-        candle_core::safetensors::load(r.dir.join(stage_weights(1)), &Device::Cpu).unwrap();
+    let s1 = candle_core::safetensors::load(r.dir.join(stage_weights(1)), &Device::Cpu).unwrap();
     assert_eq!(base.len(), s1.len());
     let mut changed = Vec::new();
     for (name, b) in &base {
@@ -245,11 +246,7 @@ fn a_hugging_face_folder_is_a_base_model() {
         hf.path().join("model.safetensors"),
     )
     .unwrap();
-    std::fs::copy(
-        r.dir.join(TOKENIZER_FILE),
-        hf.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    std::fs::copy(r.dir.join(TOKENIZER_FILE), hf.path().join("tokenizer.json")).unwrap();
     let run = tempfile::tempdir().unwrap();
     let mut o = tiny_opts(run.path(), 1, 2);
     o.preset = Some(Preset::Hf(hf.path().to_path_buf()));

@@ -126,6 +126,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::identity_op)] // `3 * 7 + 0`: row 3, key 0 of the 7x7 mask.
     fn packing_keeps_examples_apart() {
         let a = Tokenized {
             ids: vec![1, 2, 3, 4],

@@ -14,9 +14,9 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Arch, ModelConfig};
-use crate::gguf::{quantize, write};
 /// Also named here: the workspace's cross-crate tests and the FFI tests import it from this module.
 pub use crate::gguf::ExportDtype;
+use crate::gguf::{quantize, write};
 
 /// Hugging Face name -> GGUF name.
 pub fn gguf_name(hf: &str) -> Option<String> {
@@ -212,4 +212,3 @@ pub fn export(
     }
     write(path, &meta, &qtensors)
 }
-

@@ -68,13 +68,17 @@ pub fn cid_tokens(cat: &Catalog) -> Vec<String> {
     toks
 }
 
+/// A base model before vocabulary expansion: weights, tokenizer, llama.cpp pre-tokenizer name, GGUF
+/// token types of the vocabulary (when known) and the model's name.
+type RawBase = (Weights, Tokenizer, String, Option<Vec<i32>>, String);
+
 fn raw_base(
     preset: &Preset,
     tiny_corpus: impl FnOnce() -> Vec<String>,
     device: &Device,
     dtype: DType,
     seed: u64,
-) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+) -> Result<RawBase> {
     match preset {
         Preset::Tiny => {
             let tok = tk::train_bpe(&tiny_corpus(), TINY_BPE_VOCAB)?;
@@ -108,12 +112,7 @@ fn raw_base(
     }
 }
 
-fn from_gguf(
-    p: &Path,
-    device: &Device,
-    dtype: DType,
-    name: &str,
-) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+fn from_gguf(p: &Path, device: &Device, dtype: DType, name: &str) -> Result<RawBase> {
     let imp = gguf::import(p)?;
     let (tok, pre) = tk::from_gguf(&imp.metadata)?;
     let types = imp
@@ -129,11 +128,7 @@ fn from_gguf(
     Ok((w, tok, pre, types, name.to_string()))
 }
 
-fn from_hf(
-    dir: &Path,
-    device: &Device,
-    dtype: DType,
-) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+fn from_hf(dir: &Path, device: &Device, dtype: DType) -> Result<RawBase> {
     let config = ModelConfig::from_hf_json(
         &std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("reading {}/config.json", dir.display()))?,

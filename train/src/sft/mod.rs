@@ -201,13 +201,7 @@ pub fn tokenize_all(
     Ok((out, too_long))
 }
 
-fn mean_loss(
-    w: &Weights,
-    rope: &Rope,
-    rows: &[Row],
-    opts: &SftOptions,
-    pad: u32,
-) -> Result<f64> {
+fn mean_loss(w: &Weights, rope: &Rope, rows: &[Row], opts: &SftOptions, pad: u32) -> Result<f64> {
     let mut total = 0f64;
     let mut n = 0usize;
     for chunk in rows.chunks(opts.batch_rows.max(1)) {
