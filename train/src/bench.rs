@@ -140,8 +140,8 @@ pub fn bench_shape(name: &str) -> Result<crate::model::ModelConfig> {
 /// Forward + backward tokens/s of our candle model against the PyTorch reference on the same shape,
 /// batch, sequence length and thread count.
 pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
+    use crate::model::batch::{make_batch, Row};
     use crate::model::{self, Rope, Trainable, Weights};
-    use crate::sft::batch::{make_batch, Row};
     crate::tune_allocator();
     let config = bench_shape(&o.shape)?;
     let dev = candle_core::Device::Cpu;

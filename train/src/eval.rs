@@ -5,6 +5,7 @@
 //! target-TID precision/recall/F1 against the held-out item's TID, and relevance = cosine between the
 //! instruction's embedding and the mean of the history's and the target's caption embeddings
 //! (all-MiniLM-L6-v2 on llama.cpp: the bundle's own `embedder.gguf`, the model the codebooks were built with).
+//! The metrics themselves are [`crate::score`]'s.
 
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use crate::data::sequences::{self, Example};
-use crate::embed::cosine;
+use crate::score::{self, Ranks};
 use navigen::bundle::Manifest;
 use navigen::embedding::TextEmbedder;
 use navigen::engine::{Engine, EngineParams, InstructionOptions};
@@ -32,58 +33,12 @@ pub struct EvalOptions {
     pub beams: usize,
 }
 
-#[derive(Default)]
-struct Ranks {
-    ranks: Vec<Option<usize>>,
-}
-
-impl Ranks {
-    fn metrics(&self, prefix: &str, out: &mut Map<String, Value>) {
-        let n = self.ranks.len().max(1) as f64;
-        for k in KS {
-            let hits = self
-                .ranks
-                .iter()
-                .filter(|r| r.is_some_and(|r| r <= k))
-                .count() as f64;
-            let ndcg: f64 = self
-                .ranks
-                .iter()
-                .filter_map(|r| r.filter(|&r| r <= k))
-                .map(|r| 1.0 / ((r + 1) as f64).log2())
-                .sum();
-            // `+ 0.0` turns the -0.0 of an empty float sum into 0.0.
-            out.insert(format!("{prefix}recall@{k}"), json!(hits / n + 0.0));
-            out.insert(format!("{prefix}ndcg@{k}"), json!(ndcg / n + 0.0));
-        }
+/// Recall@K and NDCG@K for every K in [`KS`].
+fn rank_metrics(ranks: &Ranks, out: &mut Map<String, Value>) {
+    for k in KS {
+        out.insert(format!("recall@{k}"), json!(ranks.recall_at(k)));
+        out.insert(format!("ndcg@{k}"), json!(ranks.ndcg_at(k)));
     }
-}
-
-fn tid_prf(pred: &[String], gold: &[String]) -> (f64, f64, f64) {
-    let norm = |v: &[String]| -> std::collections::BTreeSet<String> {
-        v.iter()
-            .map(|s| s.trim().to_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect()
-    };
-    let (p, g) = (norm(pred), norm(gold));
-    let inter = p.intersection(&g).count() as f64;
-    let prec = if p.is_empty() {
-        0.0
-    } else {
-        inter / p.len() as f64
-    };
-    let rec = if g.is_empty() {
-        0.0
-    } else {
-        inter / g.len() as f64
-    };
-    let f1 = if prec + rec > 0.0 {
-        2.0 * prec * rec / (prec + rec)
-    } else {
-        0.0
-    };
-    (prec, rec, f1)
 }
 
 /// Instruction metrics of one engine over the given examples.
@@ -109,7 +64,7 @@ fn instruction_metrics(
         if ins.parsed {
             parsed += 1;
         }
-        let (p, r, f) = tid_prf(&ins.target_tid, &gold);
+        let (p, r, f) = score::tid_prf(&ins.target_tid, &gold);
         p_sum += p;
         r_sum += r;
         f_sum += f;
@@ -125,13 +80,7 @@ fn instruction_metrics(
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let v = embedder.embed_many(&refs, &mut |_| ())?;
             let (ins_v, ctx) = v.split_last().expect("at least the instruction");
-            let mut mean = vec![0f32; ins_v.len()];
-            for row in ctx {
-                mean.iter_mut()
-                    .zip(row)
-                    .for_each(|(m, x)| *m += x / ctx.len() as f32);
-            }
-            rel_sum += cosine(ins_v, &mean) as f64;
+            rel_sum += score::relevance(ins_v, ctx) as f64;
             n_rel += 1;
         }
         if samples.len() < 3 {
@@ -176,24 +125,18 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
     for ex in &users {
         let refs: Vec<&str> = ex.history.iter().map(String::as_str).collect();
         let preds = e.predict_next(&refs, k_max, o.beams.max(k_max))?;
-        model
-            .ranks
-            .push(preds.iter().position(|p| p.id == ex.target).map(|r| r + 1));
-        popular.ranks.push(
-            by_pop
-                .iter()
-                .take(k_max)
-                .position(|(_, id)| *id == ex.target)
-                .map(|r| r + 1),
-        );
+        model.push(score::rank_of(&preds, |p| p.id == ex.target));
+        popular.push(score::rank_of(by_pop.iter().take(k_max), |(_, id)| {
+            *id == ex.target
+        }));
         bar.inc(1);
     }
     bar.finish_and_clear();
     let predict_s = t.elapsed().as_secs_f64();
     let mut next = Map::new();
-    model.metrics("", &mut next);
+    rank_metrics(&model, &mut next);
     let mut pop = Map::new();
-    popular.metrics("", &mut pop);
+    rank_metrics(&popular, &mut pop);
     // Instructions.
     let emb_entry = e
         .manifest()

@@ -10,9 +10,10 @@ use candle_core::{DType, Device};
 use serde::Serialize;
 
 use crate::data::sequences::{self, Example};
-use crate::model::gguf::{self, ExportDtype};
-use crate::model::{transformer, Rope, Weights};
-use crate::sft::{load_run_model, RunInfo};
+use crate::files::copy_atomic;
+use crate::gguf::ExportDtype;
+use crate::model::{gguf, transformer, Rope, Weights};
+use crate::run::{load_run_model, RunInfo};
 use navigen::bundle::{FileEntry, Manifest, BUNDLE_VERSION, MODEL_FILE};
 use navigen::format::{catalog, codebooks};
 use navigen::prompt::{self, Mode};
@@ -84,13 +85,6 @@ fn copy_embedder(data: &Path, out: &Path) -> Result<Option<FileEntry>> {
     }
     link_or_copy(&src, &out.join(navigen::embedding::FILE_NAME))?;
     Ok(Some(entry(out, navigen::embedding::FILE_NAME)?))
-}
-
-/// Copies a file through a temporary file and a rename (a reader never sees half of it).
-pub fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
-    let bytes = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-    navigen::format::write_atomic(to, &bytes)?;
-    Ok(())
 }
 
 pub fn export(opts: &ExportOptions) -> Result<ExportReport> {

@@ -1,12 +1,24 @@
 //! navigen-train: builds what the navigen SDK runs. Data -> embeddings -> CIDs -> TIDs -> supervision
 //! -> SFT -> GRPO -> export.
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+//!
+//! Module order. Every import points to the left, or into the plumbing; nothing runs back up the
+//! pipeline:
+//!
+//! - plumbing (uses no pipeline stage): `assets`, `progress`, `device`, `files`, `gguf` (the one GGUF
+//!   writer), `tokenizer`, `model` (decoder, weights, packed batches, presets, GGUF import/export),
+//!   `score` (pure metrics), `run` (run folder, checkpoints, metrics, optimiser: what every training
+//!   stage shares);
+//! - pipeline: `data` -> `embed` -> `rq` -> `tid` -> `prepare` (drives the four before it) -> `tasks`
+//!   (supervision) -> `sft` -> (`rl`) -> `export` -> `eval`; a training stage uses `run` and `model`,
+//!   never another stage's internals;
+//! - tools over all of it: `bench`, `inspect`, `cli` (the commands the binary dispatches to).
+//!
+//! The global allocator (mimalloc) is the binary's (`src/main.rs`), not the library's.
 
 /// Keeps freed memory in the process instead of purging it to the OS after 10 ms: training frees and
 /// reallocates the same large activations every step. Option 15 is `mi_option_purge_delay` in the
 /// mimalloc v2 that libmimalloc-sys 0.1.49 builds (a positive delay in ms by default; checked first).
+/// It tunes mimalloc, which the `navigen-train` binary installs as its global allocator.
 pub fn tune_allocator() {
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: plain option getters/setters of the linked allocator.
@@ -17,19 +29,37 @@ pub fn tune_allocator() {
     }
 }
 
+// Plumbing.
 pub mod assets;
-pub mod bench;
-pub mod data;
 pub mod device;
-pub mod embed;
-pub mod eval;
-pub mod export;
-pub mod inspect;
+pub mod files;
+pub mod gguf;
 pub mod model;
-pub mod prepare;
 pub mod progress;
-pub mod rq;
-pub mod sft;
-pub mod tasks;
-pub mod tid;
+pub mod run;
+pub mod score;
 pub mod tokenizer;
+
+// The pipeline, in order (blank lines keep rustfmt from sorting it).
+pub mod data;
+
+pub mod embed;
+
+pub mod rq;
+
+pub mod tid;
+
+pub mod prepare;
+
+pub mod tasks;
+
+pub mod sft;
+
+pub mod export;
+
+pub mod eval;
+
+// Tools.
+pub mod bench;
+pub mod cli;
+pub mod inspect;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::data::{self, sequences, Source};
 use crate::embed;
-use crate::model::gguf::ExportDtype;
+use crate::gguf::ExportDtype;
 use crate::rq;
 use crate::tid::{OfflineTid, TidSource};
 use navigen::format::{catalog, codebooks, write_atomic, Dtype, ItemEntry};
@@ -169,7 +169,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     let cb = navigen::Codebooks::from_bytes(&cb_bytes)?;
     let (codes, rq_stats) = rq::assign(&flat, &cb, &trained)?;
     write_atomic(&opts.out.join(codebooks::FILE_NAME), &cb_bytes)?;
-    crate::export::copy_atomic(
+    crate::files::copy_atomic(
         &embedder_path,
         &opts.out.join(navigen::embedding::FILE_NAME),
     )?;

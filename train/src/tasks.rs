@@ -320,6 +320,51 @@ pub fn validation_examples(
     out
 }
 
+/// Text the tiny preset's tokenizer is trained on (`model::preset`): every prompt and answer shape, without CID tokens (those are
+/// atomic added tokens and must not shape the merges).
+pub fn tiny_tokenizer_corpus(cat: &Catalog) -> Vec<String> {
+    let strip = |s: &str| -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(p) = rest.find("<|cid_begin|>") {
+            out.push_str(&rest[..p]);
+            match rest[p..].find("<|cid_end|>") {
+                Some(e) => rest = &rest[p + e + "<|cid_end|>".len()..],
+                None => {
+                    rest = "";
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    };
+    let mut texts = Vec::new();
+    let any = cat.item(0).map(|i| i.cid);
+    for it in cat.items() {
+        texts.push(it.text.to_string());
+        texts.push(prompt::answer_json_tid(&it.tid_vec()));
+    }
+    if let Some(c) = any {
+        for mode in [Mode::Direct, Mode::Think] {
+            texts.push(strip(&prompt::prompt_cid2cid(&[c], mode)));
+            texts.push(strip(&prompt::prompt_cid2ins(&[c], mode)));
+            texts.push(strip(&prompt::prompt_cid2tid(&c, mode)));
+            texts.push(strip(&prompt::prompt_tid2cid(&["term"], mode)));
+        }
+    }
+    // Reasoning and instruction text of the offline teacher, on a sample of items.
+    let views: Vec<ItemView> = cat.items().take(400).map(ItemView::from).collect();
+    for w in views.windows(4) {
+        let s = OfflineTeacher.supervise(&w[..3], &w[3]);
+        texts.push(format!(
+            "<think>\n{}\n</think>\n\n{}",
+            s.reasoning,
+            prompt::answer_json_ins(&s.target_tid, &s.instruction)
+        ));
+    }
+    texts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! all-MiniLM-L6-v2 in candle against known sentence-transformers values.
 
 use candle_core::Device;
-use navigen_train::embed::{cosine, Embedder};
+use navigen_train::embed::Embedder;
+use navigen_train::score::cosine;
 
 #[test]
 fn minilm_matches_sentence_transformers() {
@@ -37,7 +38,7 @@ fn minilm_matches_sentence_transformers() {
 #[test]
 fn exported_embedder_on_llama_cpp_matches_candle() {
     use navigen::embedding::{TextEmbedder, MAX_TOKENS};
-    use navigen_train::model::gguf::ExportDtype;
+    use navigen_train::gguf::ExportDtype;
     let reference = Embedder::minilm(&Device::Cpu).unwrap();
     let long = "an epic tale of friendship and betrayal across the galaxy ".repeat(40);
     let texts = [

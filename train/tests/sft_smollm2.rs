@@ -2,9 +2,10 @@
 //! expands the vocabulary, trains a few stage-1 steps and exports a bundle that llama.cpp loads.
 
 use navigen_train::export::{export, ExportOptions};
-use navigen_train::model::gguf::ExportDtype;
+use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::prepare::{prepare, PrepareOptions};
+use navigen_train::run::RunInfo;
 use navigen_train::sft::{self, SftOptions};
 
 #[test]
@@ -28,7 +29,7 @@ fn smollm2_starts_trains_and_exports() {
     assert_eq!(s.steps, 3);
     assert!(s.last_loss.is_finite());
     // Tied embeddings: stage 1 trains only the new rows (which are also the head's rows).
-    let info = sft::RunInfo::read(run.path()).unwrap();
+    let info = RunInfo::read(run.path()).unwrap();
     assert_eq!(info.first_new_row, 49152);
     assert!(s.trainable_params < s.total_params / 10);
     let out = tempfile::tempdir().unwrap();

@@ -6,10 +6,13 @@ use std::sync::{Mutex, OnceLock};
 
 use candle_core::Device;
 use navigen_train::export::{export, ExportOptions};
-use navigen_train::model::gguf::ExportDtype;
+use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::prepare::{prepare, PrepareOptions};
-use navigen_train::sft::{self, metrics, Resume, SftOptions, SftSummary};
+use navigen_train::run::{
+    metrics, stage_weights, RunInfo, BASE_WEIGHTS, CONFIG_FILE, TOKENIZER_FILE,
+};
+use navigen_train::sft::{self, Resume, SftOptions, SftSummary};
 
 /// Training tests share two cores: run them one at a time.
 static HEAVY: Mutex<()> = Mutex::new(());
@@ -103,10 +106,9 @@ fn both_stages_train_and_log() {
 #[test]
 fn stage_one_leaves_frozen_weights_bit_identical() {
     let r = tiny_run();
-    let info = sft::RunInfo::read(&r.dir).unwrap();
-    let base = candle_core::safetensors::load(r.dir.join(sft::BASE_WEIGHTS), &Device::Cpu).unwrap();
-    let s1 =
-        candle_core::safetensors::load(r.dir.join(sft::stage_weights(1)), &Device::Cpu).unwrap();
+    let info = RunInfo::read(&r.dir).unwrap();
+    let base = candle_core::safetensors::load(r.dir.join(BASE_WEIGHTS), &Device::Cpu).unwrap();
+    let s1 = candle_core::safetensors::load(r.dir.join(stage_weights(1)), &Device::Cpu).unwrap();
     assert_eq!(base.len(), s1.len());
     let mut changed = Vec::new();
     for (name, b) in &base {
@@ -238,23 +240,19 @@ fn a_hugging_face_folder_is_a_base_model() {
     let r = tiny_run();
     let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let hf = tempfile::tempdir().unwrap();
-    std::fs::copy(r.dir.join(sft::CONFIG_FILE), hf.path().join("config.json")).unwrap();
+    std::fs::copy(r.dir.join(CONFIG_FILE), hf.path().join("config.json")).unwrap();
     std::fs::copy(
-        r.dir.join(sft::stage_weights(1)),
+        r.dir.join(stage_weights(1)),
         hf.path().join("model.safetensors"),
     )
     .unwrap();
-    std::fs::copy(
-        r.dir.join(sft::TOKENIZER_FILE),
-        hf.path().join("tokenizer.json"),
-    )
-    .unwrap();
+    std::fs::copy(r.dir.join(TOKENIZER_FILE), hf.path().join("tokenizer.json")).unwrap();
     let run = tempfile::tempdir().unwrap();
     let mut o = tiny_opts(run.path(), 1, 2);
     o.preset = Some(Preset::Hf(hf.path().to_path_buf()));
     let s = sft::run_stage(&o).unwrap();
     assert_eq!(s.steps, 2);
-    let info = sft::RunInfo::read(run.path()).unwrap();
+    let info = RunInfo::read(run.path()).unwrap();
     assert_eq!(
         info.gguf_pre, "smollm",
         "the pre-tokenizer is recognised from tokenizer.json"

@@ -30,13 +30,16 @@ pub struct SequenceStats {
     pub unknown_items: usize,
 }
 
+/// A user's interactions: (timestamp, position in the input, item index).
+type Events = Vec<(f64, usize, u32)>;
+
 /// Groups interactions by user, orders them by time (file order breaks ties), collapses consecutive
 /// repeats of one item and drops users with fewer than [`MIN_SEQUENCE`] items.
 pub fn build(
     interactions: &[Interaction],
     item_index: &HashMap<&str, u32>,
 ) -> (Vec<UserSequence>, SequenceStats) {
-    let mut by_user: HashMap<&str, Vec<(f64, usize, u32)>> = HashMap::new();
+    let mut by_user: HashMap<&str, Events> = HashMap::new();
     let mut stats = SequenceStats::default();
     for (order, it) in interactions.iter().enumerate() {
         match item_index.get(it.item.as_str()) {
@@ -48,7 +51,7 @@ pub fn build(
         }
     }
     stats.users_in = by_user.len();
-    let mut users: Vec<(&str, Vec<(f64, usize, u32)>)> = by_user.into_iter().collect();
+    let mut users: Vec<(&str, Events)> = by_user.into_iter().collect();
     users.sort_by(|a, b| natural_cmp(a.0, b.0));
     let mut out = Vec::new();
     for (user, mut events) in users {

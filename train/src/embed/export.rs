@@ -11,7 +11,7 @@ use candle_core::{DType, Device};
 
 use super::bert::BertConfig;
 use crate::assets;
-use crate::model::gguf::{self as g, ExportDtype};
+use crate::gguf::{self as g, ExportDtype};
 use navigen::embedding::{EMBEDDER_NAME, GGUF_NAME_KEY};
 
 /// Bumped when the exported file changes for the same source weights (it keys the cache).

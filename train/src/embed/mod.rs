@@ -200,11 +200,3 @@ fn load_matrix(path: &Path, n: usize, dim: usize) -> Result<Vec<Vec<f32>>> {
     );
     Ok(t.to_vec2()?)
 }
-
-/// Cosine similarity of two vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb).max(1e-12)
-}

@@ -1,5 +1,7 @@
-//! The language model: configuration, weights, the trainable decoder, GGUF import/export, presets.
+//! The language model: configuration, weights, the trainable decoder, packed batches and their loss,
+//! GGUF import/export (llama.cpp's names and keys), presets.
 
+pub mod batch;
 pub mod config;
 pub mod gguf;
 pub mod preset;
@@ -9,11 +11,10 @@ pub mod weights;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
+pub use batch::Batch;
 pub use config::{Arch, ModelConfig};
 pub use transformer::Rope;
 pub use weights::{Trainable, Weights};
-
-use crate::sft::batch::Batch;
 
 /// Mean cross-entropy over the answer tokens of a batch. Logits are computed only at positions that
 /// carry a target (a small fraction of the row), which saves most of the output-head cost.

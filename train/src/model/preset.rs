@@ -54,53 +54,6 @@ pub struct Base {
 /// Vocabulary size of the tiny preset's BPE (before navigen's tokens).
 pub const TINY_BPE_VOCAB: usize = 2048;
 
-/// Text the tiny tokenizer is trained on: every prompt and answer shape, without CID tokens (those are
-/// atomic added tokens and must not shape the merges).
-pub fn tiny_corpus(cat: &Catalog) -> Vec<String> {
-    use navigen::prompt::{self, Mode};
-    let strip = |s: &str| -> String {
-        let mut out = String::with_capacity(s.len());
-        let mut rest = s;
-        while let Some(p) = rest.find("<|cid_begin|>") {
-            out.push_str(&rest[..p]);
-            match rest[p..].find("<|cid_end|>") {
-                Some(e) => rest = &rest[p + e + "<|cid_end|>".len()..],
-                None => {
-                    rest = "";
-                }
-            }
-        }
-        out.push_str(rest);
-        out
-    };
-    let mut texts = Vec::new();
-    let any = cat.item(0).map(|i| i.cid);
-    for it in cat.items() {
-        texts.push(it.text.to_string());
-        texts.push(prompt::answer_json_tid(&it.tid_vec()));
-    }
-    if let Some(c) = any {
-        for mode in [Mode::Direct, Mode::Think] {
-            texts.push(strip(&prompt::prompt_cid2cid(&[c], mode)));
-            texts.push(strip(&prompt::prompt_cid2ins(&[c], mode)));
-            texts.push(strip(&prompt::prompt_cid2tid(&c, mode)));
-            texts.push(strip(&prompt::prompt_tid2cid(&["term"], mode)));
-        }
-    }
-    // Reasoning and instruction text of the offline teacher, on a sample of items.
-    use crate::tasks::{InstructionTeacher, ItemView, OfflineTeacher};
-    let views: Vec<ItemView> = cat.items().take(400).map(ItemView::from).collect();
-    for w in views.windows(4) {
-        let s = OfflineTeacher.supervise(&w[..3], &w[3]);
-        texts.push(format!(
-            "<think>\n{}\n</think>\n\n{}",
-            s.reasoning,
-            prompt::answer_json_ins(&s.target_tid, &s.instruction)
-        ));
-    }
-    texts
-}
-
 /// Every CID token of the catalog (sorted by level then code) and the markers.
 pub fn cid_tokens(cat: &Catalog) -> Vec<String> {
     let mut toks = vec![
@@ -115,16 +68,20 @@ pub fn cid_tokens(cat: &Catalog) -> Vec<String> {
     toks
 }
 
+/// A base model before vocabulary expansion: weights, tokenizer, llama.cpp pre-tokenizer name, GGUF
+/// token types of the vocabulary (when known) and the model's name.
+type RawBase = (Weights, Tokenizer, String, Option<Vec<i32>>, String);
+
 fn raw_base(
     preset: &Preset,
-    cat: &Catalog,
+    tiny_corpus: impl FnOnce() -> Vec<String>,
     device: &Device,
     dtype: DType,
     seed: u64,
-) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+) -> Result<RawBase> {
     match preset {
         Preset::Tiny => {
-            let tok = tk::train_bpe(&tiny_corpus(cat), TINY_BPE_VOCAB)?;
+            let tok = tk::train_bpe(&tiny_corpus(), TINY_BPE_VOCAB)?;
             let config = ModelConfig::tiny(tok.get_vocab_size(true));
             let w = Weights::random(&config, device, dtype, seed)?;
             Ok((
@@ -155,12 +112,7 @@ fn raw_base(
     }
 }
 
-fn from_gguf(
-    p: &Path,
-    device: &Device,
-    dtype: DType,
-    name: &str,
-) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+fn from_gguf(p: &Path, device: &Device, dtype: DType, name: &str) -> Result<RawBase> {
     let imp = gguf::import(p)?;
     let (tok, pre) = tk::from_gguf(&imp.metadata)?;
     let types = imp
@@ -176,11 +128,7 @@ fn from_gguf(
     Ok((w, tok, pre, types, name.to_string()))
 }
 
-fn from_hf(
-    dir: &Path,
-    device: &Device,
-    dtype: DType,
-) -> Result<(Weights, Tokenizer, String, Option<Vec<i32>>, String)> {
+fn from_hf(dir: &Path, device: &Device, dtype: DType) -> Result<RawBase> {
     let config = ModelConfig::from_hf_json(
         &std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("reading {}/config.json", dir.display()))?,
@@ -239,15 +187,19 @@ pub fn llama_cpp_pre(tok: &Tokenizer, arch: Arch) -> Result<String> {
 /// embedding space, so this starts the token near their shared meaning); markers and reasoning tokens
 /// start at the mean of all rows. The output head (when untied) is initialised the same way from its
 /// own rows.
+///
+/// `tiny_corpus` gives the text the tiny preset's tokenizer is trained on (the supervision's shapes,
+/// `tasks::tiny_tokenizer_corpus`); it is called for the tiny preset only.
 pub fn load(
     preset: &Preset,
     cat: &Catalog,
+    tiny_corpus: impl FnOnce() -> Vec<String>,
     device: &Device,
     dtype: DType,
     seed: u64,
 ) -> Result<Base> {
     let (mut weights, mut tokenizer, gguf_pre, original_types, name) =
-        raw_base(preset, cat, device, dtype, seed)?;
+        raw_base(preset, tiny_corpus, device, dtype, seed)?;
     let base_tok_vocab = tokenizer.get_vocab_size(true);
     if weights.config.vocab_size < base_tok_vocab {
         bail!(

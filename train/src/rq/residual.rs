@@ -94,8 +94,20 @@ pub fn train_codebooks(data: &[f32], dim: usize, cfg: &RqConfig) -> Result<Train
         let mut best: Option<(f64, super::kmeans::KMeans)> = None;
         for r in 0..cfg.restarts.max(1) {
             // Run 0 keeps the historical seed, so `restarts: 1` reproduces earlier codebooks.
-            let seed = cfg.seed.wrapping_add(l as u64).wrapping_add(1_000_003 * r as u64);
-            let km = kmeans(&residual, dim, &KMeansConfig { k, iterations: cfg.iterations, seed, ..Default::default() })?;
+            let seed = cfg
+                .seed
+                .wrapping_add(l as u64)
+                .wrapping_add(1_000_003 * r as u64);
+            let km = kmeans(
+                &residual,
+                dim,
+                &KMeansConfig {
+                    k,
+                    iterations: cfg.iterations,
+                    seed,
+                    ..Default::default()
+                },
+            )?;
             let sse: f64 = km.sq_errors.iter().map(|&e| e as f64).sum();
             if best.as_ref().is_none_or(|(b, _)| sse < *b) {
                 best = Some((sse, km));

