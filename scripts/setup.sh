@@ -3,7 +3,8 @@
 # scripts/demo.sh and scripts/test.sh before anything else.
 #
 # Each need is detected by what actually uses it, not by a file name that merely looks right:
-#   rustc/cargo  >= the workspace's rust-version (Rust itself comes from https://rustup.rs)
+#   rustc/cargo  >= the workspace's rust-version (Rust itself comes from https://rustup.rs), with
+#                rustfmt and clippy (the test command's gates; added with rustup when missing)
 #   C and C++    gcc and g++ compile and link a program (C99, C++17, OpenMP's -lgomp): llama.cpp,
 #                the C-ABI tests and the header check call them by name
 #   make, cmake  >= 3.14: llama-cpp-sys-2 builds llama.cpp with cmake's Makefile generator
@@ -43,6 +44,20 @@ if [ -n "$rust_min" ] && [ "$(printf '%s\n%s\n' "$rust_min" "${rust_have%%-*}" |
   say "rustc $rust_have is older than the workspace's rust-version $rust_min: run \`rustup update\`"
   exit 1
 fi
+
+# The test command's gates run rustfmt and clippy (rustup's default profile has both).
+for comp in rustfmt clippy; do
+  sub=fmt
+  [ $comp = clippy ] && sub=clippy
+  if ! cargo $sub --version >/dev/null 2>&1; then
+    if [ $check_only -eq 1 ] || ! command -v rustup >/dev/null 2>&1; then
+      say "cargo $sub is missing: install the $comp component (\`rustup component add $comp\`)"
+      exit 1
+    fi
+    say "installing the $comp component with rustup"
+    rustup component add $comp
+  fi
+done
 
 # --- C and C++ compilers ------------------------------------------------------------------------
 tmp=$(mktemp -d)

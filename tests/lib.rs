@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use navigen_train::export::{export, zero_shot_bundle, ExportOptions};
-use navigen_train::model::gguf::ExportDtype;
+use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::prepare::{prepare, PrepareOptions};
 use navigen_train::sft::{self, SftOptions};

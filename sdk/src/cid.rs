@@ -5,10 +5,24 @@ use std::fmt;
 
 /// Most levels a CID may have (three by default, one more for catalogs that need it).
 pub const MAX_LEVELS: usize = 4;
+// The markers' text exists once, here, as literal macros, so that other constant texts (the system
+// prompt, answer formats) can be built from them with `concat!`.
+macro_rules! cid_begin_lit {
+    () => {
+        "<|cid_begin|>"
+    };
+}
+macro_rules! cid_end_lit {
+    () => {
+        "<|cid_end|>"
+    };
+}
+pub(crate) use {cid_begin_lit, cid_end_lit};
+
 /// Opening marker token of a CID.
-pub const CID_BEGIN: &str = "<|cid_begin|>";
+pub const CID_BEGIN: &str = cid_begin_lit!();
 /// Closing marker token of a CID.
-pub const CID_END: &str = "<|cid_end|>";
+pub const CID_END: &str = cid_end_lit!();
 const LEVEL_LETTERS: [char; MAX_LEVELS] = ['a', 'b', 'c', 'd'];
 
 /// A CID: `levels` codes, one per residual level.

@@ -6,18 +6,37 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cid::Cid;
+use crate::cid::{cid_begin_lit, cid_end_lit, Cid};
+pub use crate::format::catalog::MAX_TID_TERMS;
 
 /// Version of the prompt and answer formats in this module. Bump it whenever a template changes: a
 /// bundle records the version it was trained with and the runtime refuses a mismatch.
 pub const PROMPT_VERSION: u32 = 1;
-/// Most history items a prompt carries (the trainer's `max_history` default).
+/// Most history items a prompt carries by default: `prepare --max-history` sets it per dataset, the
+/// trainer uses what prepare recorded, and a bundle records it for the device
+/// ([`crate::bundle::Manifest::max_history`]).
 pub const MAX_HISTORY: usize = 20;
 
 pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
-pub const THINK_START: &str = "<think>";
-pub const THINK_END: &str = "</think>";
+// The reasoning markers' text exists once, as literal macros, so that the wrapper texts below are
+// built from them.
+macro_rules! think_start_lit {
+    () => {
+        "<think>"
+    };
+}
+macro_rules! think_end_lit {
+    () => {
+        "</think>"
+    };
+}
+pub const THINK_START: &str = think_start_lit!();
+pub const THINK_END: &str = think_end_lit!();
+/// What opens an answer in think mode (the device forces it after the prompt).
+pub const BEFORE_THINK: &str = concat!(think_start_lit!(), "\n");
+/// After the reasoning block, the answer starts with this (used to force phase two of generation).
+pub const AFTER_THINK: &str = concat!("\n", think_end_lit!(), "\n\n");
 /// Special tokens every navigen model has (CID tokens come from the catalog).
 pub const CHAT_SPECIAL_TOKENS: [&str; 2] = [IM_START, IM_END];
 /// Reasoning markers: atomic tokens, not special (they are ordinary text to the chat template).
@@ -25,9 +44,13 @@ pub const THINK_TOKENS: [&str; 2] = [THINK_START, THINK_END];
 /// The chat template stored in exported GGUF files (Jinja, for tools that render it).
 pub const CHAT_TEMPLATE_JINJA: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-pub const SYSTEM: &str =
-    "You are navigen. You read a person's history of items, written as identifiers \
-<|cid_begin|>...<|cid_end|>, and answer with one JSON object.";
+pub const SYSTEM: &str = concat!(
+    "You are navigen. You read a person's history of items, written as identifiers ",
+    cid_begin_lit!(),
+    "...",
+    cid_end_lit!(),
+    ", and answer with one JSON object."
+);
 
 /// What is asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,7 +99,13 @@ fn json_list<S: AsRef<str>>(items: &[S]) -> String {
 fn answer_format(task: Task) -> &'static str {
     match task {
         Task::Cid2Tid => r#"{"target_tid":["term",...]}"#,
-        Task::Tid2Cid | Task::Cid2Cid => r#"{"target_cid":"<|cid_begin|>...<|cid_end|>"}"#,
+        Task::Tid2Cid | Task::Cid2Cid => concat!(
+            r#"{"target_cid":""#,
+            cid_begin_lit!(),
+            "...",
+            cid_end_lit!(),
+            r#""}"#
+        ),
         Task::Cid2Ins => r#"{"target_tid":["term",...],"target_ins":"instruction"}"#,
     }
 }
@@ -106,7 +135,7 @@ pub fn prompt_cid2tid(cid: &Cid, mode: Mode) -> String {
         Task::Cid2Tid,
         mode,
         format!(
-            "Item: {cid}\nDescribe this item with at most 10 short terms, most important first."
+            "Item: {cid}\nDescribe this item with at most {MAX_TID_TERMS} short terms, most important first."
         ),
     )
 }
@@ -158,13 +187,15 @@ pub fn chat_prompt(system: &str, user: &str) -> String {
 /// The assistant's text: optional reasoning block, the JSON, and the end-of-turn marker.
 pub fn answer_text(reasoning: Option<&str>, json: &str) -> String {
     match reasoning {
-        Some(r) => format!("{THINK_START}\n{}\n{THINK_END}\n\n{json}{IM_END}", r.trim()),
+        Some(r) => format!("{}{IM_END}", think_answer(r, json)),
         None => format!("{json}{IM_END}"),
     }
 }
 
-/// After the reasoning block, the answer starts with this (used to force phase two of generation).
-pub const AFTER_THINK: &str = "\n</think>\n\n";
+/// A think-mode answer without the end-of-turn marker: the reasoning block, then the JSON.
+pub fn think_answer(reasoning: &str, json: &str) -> String {
+    format!("{BEFORE_THINK}{}{AFTER_THINK}{json}", reasoning.trim())
+}
 /// A constrained next-item answer starts with this prefix; the CID tokens and `"}` follow.
 pub const CID_ANSWER_PREFIX: &str = "{\"target_cid\":\"";
 /// What closes a constrained next-item answer after the CID.
@@ -187,7 +218,11 @@ pub fn answer_json_ins<S: AsRef<str>>(tid: &[S], ins: &str) -> String {
 }
 
 /// JSON schema of the cid2ins answer (the device turns it into a grammar).
-pub const INS_ANSWER_SCHEMA: &str = r#"{"type":"object","properties":{"target_tid":{"type":"array","items":{"type":"string"},"maxItems":10},"target_ins":{"type":"string"}},"required":["target_tid","target_ins"],"additionalProperties":false}"#;
+pub fn ins_answer_schema() -> String {
+    format!(
+        r#"{{"type":"object","properties":{{"target_tid":{{"type":"array","items":{{"type":"string"}},"maxItems":{MAX_TID_TERMS}}},"target_ins":{{"type":"string"}}}},"required":["target_tid","target_ins"],"additionalProperties":false}}"#
+    )
+}
 
 /// A parsed answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -231,7 +266,7 @@ pub fn zero_shot_prompt(history: &[(String, Vec<String>)]) -> String {
     }
     let user = format!(
         "A person engaged with these items, oldest first:\n{lines}\nGuess what they will want next. Answer with one JSON \
-         object with two fields: \"target_tid\", a list of up to 10 short terms describing that next item, and \
+         object with two fields: \"target_tid\", a list of up to {MAX_TID_TERMS} short terms describing that next item, and \
          \"target_ins\", one or two sentences telling an image or video generator what to create for it."
     );
     chat_prompt(
@@ -265,5 +300,29 @@ mod tests {
         assert_eq!(ans.target_tid.unwrap(), vec!["drama", "a \"quote\""]);
         assert_eq!(ans.target_ins.as_deref(), Some("Paint it."));
         assert_eq!(parse_answer("no json here").1, None);
+    }
+
+    /// The texts built from the shared constants are the texts models were trained on (prompt format 1).
+    #[test]
+    fn shared_constants_build_the_trained_texts() {
+        assert_eq!(
+            SYSTEM,
+            "You are navigen. You read a person's history of items, written as identifiers \
+<|cid_begin|>...<|cid_end|>, and answer with one JSON object."
+        );
+        assert_eq!(AFTER_THINK, "\n</think>\n\n");
+        assert_eq!(BEFORE_THINK, "<think>\n");
+        assert_eq!(
+            answer_format(Task::Cid2Cid),
+            r#"{"target_cid":"<|cid_begin|>...<|cid_end|>"}"#
+        );
+        assert_eq!(
+            ins_answer_schema(),
+            r#"{"type":"object","properties":{"target_tid":{"type":"array","items":{"type":"string"},"maxItems":10},"target_ins":{"type":"string"}},"required":["target_tid","target_ins"],"additionalProperties":false}"#
+        );
+        assert!(prompt_cid2tid(&Cid::new(&[1, 2, 3]).unwrap(), Mode::Direct)
+            .contains("Describe this item with at most 10 short terms, most important first."));
+        let v: serde_json::Value = serde_json::from_str(&ins_answer_schema()).unwrap();
+        assert_eq!(v["properties"]["target_tid"]["maxItems"], MAX_TID_TERMS);
     }
 }

@@ -14,7 +14,7 @@ use crate::files::copy_atomic;
 use crate::gguf::ExportDtype;
 use crate::model::{gguf, transformer, Rope, Weights};
 use crate::run::{load_run_model, RunInfo};
-use navigen::bundle::{FileEntry, Manifest, BUNDLE_VERSION, MODEL_FILE};
+use navigen::bundle::{FileEntry, Kind, Manifest, BUNDLE_VERSION, MODEL_FILE};
 use navigen::format::{catalog, codebooks};
 use navigen::prompt::{self, Mode};
 use navigen::{Catalog, Cid};
@@ -127,7 +127,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     Manifest {
         bundle_version: BUNDLE_VERSION,
         prompt_version: prompt::PROMPT_VERSION,
-        kind: "finetuned".into(),
+        kind: Kind::Finetuned,
+        max_history: crate::prepare::max_history(&info.data)?,
         model: entry(&opts.out, MODEL_FILE)?,
         catalog: Some(entry(&opts.out, catalog::FILE_NAME)?),
         codebooks: Some(entry(&opts.out, codebooks::FILE_NAME)?),
@@ -269,7 +270,8 @@ pub fn zero_shot_bundle(model: Option<&Path>, data: &Path, out: &Path) -> Result
     Manifest {
         bundle_version: BUNDLE_VERSION,
         prompt_version: prompt::PROMPT_VERSION,
-        kind: "zero-shot".into(),
+        kind: Kind::ZeroShot,
+        max_history: crate::prepare::max_history(data)?,
         model: entry(out, MODEL_FILE)?,
         catalog: Some(entry(out, catalog::FILE_NAME)?),
         codebooks: Some(entry(out, codebooks::FILE_NAME)?),

@@ -226,6 +226,26 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
     Ok(report)
 }
 
+/// The history length a prepared folder was made with (`prepare --max-history`): SFT windows and the
+/// bundle's prompts use it. Folders from before it was recorded used the default.
+pub fn max_history(dir: &Path) -> Result<usize> {
+    let report = read_report(dir)?;
+    match report.get("max_history") {
+        None => Ok(sequences::DEFAULT_MAX_HISTORY),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n >= 1 && n as usize <= navigen::bundle::MAX_HISTORY_LIMIT)
+            .map(|n| n as usize)
+            .with_context(|| {
+                format!(
+                    "{}: max_history {v} is not in 1..={}",
+                    dir.join(REPORT_FILE).display(),
+                    navigen::bundle::MAX_HISTORY_LIMIT
+                )
+            }),
+    }
+}
+
 /// Reads `prepare.json` from a prepared folder.
 pub fn read_report(dir: &Path) -> Result<serde_json::Value> {
     let p = dir.join(REPORT_FILE);

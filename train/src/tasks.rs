@@ -3,7 +3,7 @@
 //!
 //! Reasoning and cid2ins targets come from an [`InstructionTeacher`]. The shipped [`OfflineTeacher`] writes
 //! them from templates (target TID + history terms); the LLM teacher with evolutionary search
-//! (method.md section 4) implements the same trait.
+//! (docs/method.md section 4) implements the same trait.
 
 use navigen::format::Item;
 use navigen::prompt::{self, Mode, Task};
@@ -356,10 +356,9 @@ pub fn tiny_tokenizer_corpus(cat: &Catalog) -> Vec<String> {
     let views: Vec<ItemView> = cat.items().take(400).map(ItemView::from).collect();
     for w in views.windows(4) {
         let s = OfflineTeacher.supervise(&w[..3], &w[3]);
-        texts.push(format!(
-            "<think>\n{}\n</think>\n\n{}",
-            s.reasoning,
-            prompt::answer_json_ins(&s.target_tid, &s.instruction)
+        texts.push(prompt::think_answer(
+            &s.reasoning,
+            &prompt::answer_json_ins(&s.target_tid, &s.instruction),
         ));
     }
     texts

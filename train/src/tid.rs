@@ -1,6 +1,6 @@
 //! Textual identifiers (TIDs): at most 10 short English terms per item, most important first.
 //!
-//! [`TidSource`] is the seam where an LLM teacher (method.md section 2: the caption compressed to
+//! [`TidSource`] is the seam where an LLM teacher (docs/method.md section 2: the caption compressed to
 //! `{"terms":[...]}`) plugs in; [`OfflineTid`] is the deterministic extractor that ships now:
 //! category/genre first, then era and brand, key attributes, then caption keywords.
 

@@ -190,7 +190,12 @@ fn export_runs_in_llama_cpp_with_identical_greedy_tokens() {
             assert!(!c.candle.is_empty());
         }
         let m = navigen::bundle::Manifest::read(out.path()).unwrap();
-        assert_eq!(m.kind, "finetuned");
+        assert_eq!(m.kind, navigen::bundle::Kind::Finetuned);
+        // The bundle carries the history length the data was prepared with, for the device's prompts.
+        assert_eq!(
+            m.max_history,
+            navigen_train::prepare::max_history(data()).unwrap()
+        );
         assert!(navigen::Catalog::open(&out.path().join("catalog.nvct")).is_ok());
         assert!(navigen::Codebooks::open(&out.path().join("codebooks.nvcb")).is_ok());
     }

@@ -10,7 +10,7 @@
 //! the host-side work of next-item beam search (trie, log-softmax, ranking) against its decode time,
 //! and grammar sampling against decode time in instruction answers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -39,7 +39,12 @@ fn stddev(v: &[f64]) -> f64 {
 
 /// Runs llama-bench once (one warm-up, one measured repetition) and returns its (prefill tokens/s
 /// samples, decode tokens/s samples, build).
-fn llama_bench(bin: &PathBuf, model: &PathBuf, o: &BenchOptions, threads: i32) -> Result<(Vec<f64>, Vec<f64>, String)> {
+fn llama_bench(
+    bin: &Path,
+    model: &Path,
+    o: &BenchOptions,
+    threads: i32,
+) -> Result<(Vec<f64>, Vec<f64>, String)> {
     let out = Command::new(bin)
         .args(["-m", &model.display().to_string()])
         .args(["-p", &o.prompt.to_string(), "-n", &o.gen.to_string()])
@@ -47,19 +52,34 @@ fn llama_bench(bin: &PathBuf, model: &PathBuf, o: &BenchOptions, threads: i32) -
         .output()
         .with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("llama-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "llama-bench failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: Value = serde_json::from_slice(&out.stdout).context("llama-bench -o json output")?;
     let tests = v.as_array().context("llama-bench JSON is not an array")?;
     let samples = |pp: bool| -> Vec<f64> {
         tests
             .iter()
-            .find(|t| (t["n_prompt"].as_u64().unwrap_or(0) > 0) == pp && (t["n_gen"].as_u64().unwrap_or(0) > 0) != pp)
+            .find(|t| {
+                (t["n_prompt"].as_u64().unwrap_or(0) > 0) == pp
+                    && (t["n_gen"].as_u64().unwrap_or(0) > 0) != pp
+            })
             .and_then(|t| t["samples_ts"].as_array())
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
             .unwrap_or_default()
     };
-    let build = tests.first().map(|t| format!("{} ({})", t["build_commit"].as_str().unwrap_or("?"), t["build_number"])).unwrap_or_default();
+    let build = tests
+        .first()
+        .map(|t| {
+            format!(
+                "{} ({})",
+                t["build_commit"].as_str().unwrap_or("?"),
+                t["build_number"]
+            )
+        })
+        .unwrap_or_default();
     Ok((samples(true), samples(false), build))
 }
 
@@ -69,9 +89,20 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
     let e = crate::open(&o.bundle, &o.params)?;
     let open_s = t.elapsed().as_secs_f64();
     let after = crate::rss_kib();
-    let threads = if o.params.threads == 0 { navigen::llm::default_threads() } else { o.params.threads as i32 };
-    let items: Vec<String> =
-        if o.items.is_empty() { e.catalog().items().take(20).map(|i| i.id.to_string()).collect() } else { o.items.clone() };
+    let threads = if o.params.threads == 0 {
+        navigen::llm::default_threads()
+    } else {
+        o.params.threads as i32
+    };
+    let items: Vec<String> = if o.items.is_empty() {
+        e.catalog()
+            .items()
+            .take(20)
+            .map(|i| i.id.to_string())
+            .collect()
+    } else {
+        o.items.clone()
+    };
     let refs: Vec<&str> = items.iter().map(String::as_str).collect();
     let reps = o.reps.max(1);
 
@@ -137,8 +168,16 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
         "instruction_grammar": grammar,
     });
     if let Some((lpp, ltg, build)) = reference {
-        anyhow::ensure!(lpp.len() == pp.len() && ltg.len() == tg.len(), "llama-bench returned {} prefill and {} decode samples for {} rounds", lpp.len(), ltg.len(), pp.len());
-        let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect() };
+        anyhow::ensure!(
+            lpp.len() == pp.len() && ltg.len() == tg.len(),
+            "llama-bench returned {} prefill and {} decode samples for {} rounds",
+            lpp.len(),
+            ltg.len(),
+            pp.len()
+        );
+        let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> {
+            a.iter().zip(b).map(|(x, y)| x / y.max(1e-9)).collect()
+        };
         let (rp, rd) = (per_round(&pp, &lpp), per_round(&tg, &ltg));
         report["llama_bench"] = json!({"build": build, "prefill_tokens_per_s": mean(&lpp), "prefill_stddev": stddev(&lpp),
             "decode_tokens_per_s": mean(&ltg), "decode_stddev": stddev(&ltg)});
@@ -150,7 +189,13 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
 
 pub fn print(r: &Value) {
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
-    println!("bundle {} ({} threads): open {:.3} s, RSS +{} KiB at open", r["bundle"].as_str().unwrap_or("?"), r["threads"], f(&r["open_s"]), r["rss_growth_at_open_kib"]);
+    println!(
+        "bundle {} ({} threads): open {:.3} s, RSS +{} KiB at open",
+        r["bundle"].as_str().unwrap_or("?"),
+        r["threads"],
+        f(&r["open_s"]),
+        r["rss_growth_at_open_kib"]
+    );
     println!(
         "ours        prefill {:>9.1} tok/s (±{:.1})  decode {:>8.1} tok/s (±{:.1})",
         f(&r["ours"]["prefill_tokens_per_s"]),

@@ -4,7 +4,7 @@
 mod bench;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -41,7 +41,7 @@ enum Cmd {
         bundle: PathBuf,
         #[arg(long, default_value_t = 10)]
         k: usize,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = navigen::engine::DEFAULT_BEAMS)]
         beams: usize,
         #[command(flatten)]
         who: Who,
@@ -63,6 +63,13 @@ enum Cmd {
         bundle: PathBuf,
         /// The item's text: title, description, genres (as the catalog's items were described).
         text: String,
+    },
+    /// Validate a navigen file (catalog, codebooks) completely and print what it holds.
+    Inspect {
+        file: PathBuf,
+        /// Items of a catalog to list.
+        #[arg(long, default_value_t = 5)]
+        items: usize,
     },
     /// The local history store.
     History {
@@ -157,8 +164,9 @@ enum HistoryOp {
     },
 }
 
-pub(crate) fn open(bundle: &PathBuf, params: &EngineParams) -> Result<Engine> {
-    Engine::open(bundle, params.clone()).with_context(|| format!("opening bundle {}", bundle.display()))
+pub(crate) fn open(bundle: &Path, params: &EngineParams) -> Result<Engine> {
+    Engine::open(bundle, params.clone())
+        .with_context(|| format!("opening bundle {}", bundle.display()))
 }
 
 fn stream_instruction(
@@ -238,6 +246,9 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        Cmd::Inspect { file, items } => {
+            print!("{}", navigen::format::inspect::inspect(&file, items)?);
+        }
         Cmd::Register { bundle, text } => {
             let e = open(&bundle, &ep)?;
             let r = e.register_item(&text)?;
@@ -302,8 +313,23 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Bench { bundle, items, prompt, gen, reps, llama_bench } => {
-            let o = bench::BenchOptions { bundle, items, prompt, gen, reps, llama_bench, params: ep.clone() };
+        Cmd::Bench {
+            bundle,
+            items,
+            prompt,
+            gen,
+            reps,
+            llama_bench,
+        } => {
+            let o = bench::BenchOptions {
+                bundle,
+                items,
+                prompt,
+                gen,
+                reps,
+                llama_bench,
+                params: ep.clone(),
+            };
             let r = bench::run(&o)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -318,7 +344,7 @@ fn run(cli: Cli) -> Result<()> {
             user,
         } => demo(
             &bundle,
-            zero_shot.as_ref(),
+            zero_shot.as_deref(),
             &data,
             user.as_deref(),
             &ep,
@@ -329,9 +355,9 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn demo(
-    bundle: &PathBuf,
-    zero_shot: Option<&PathBuf>,
-    data: &PathBuf,
+    bundle: &Path,
+    zero_shot: Option<&Path>,
+    data: &Path,
     user: Option<&str>,
     params: &EngineParams,
     json: bool,

@@ -174,7 +174,7 @@ pub unsafe extern "C" fn navigen_predict_next(
         let out = out_ptr_arg(out_json, "out_json")?;
         let e = handle::arg(engine)?;
         let h = list_arg(history, history_len)?;
-        let preds = e.predict_next(&h, k, 20)?;
+        let preds = e.predict_next(&h, k, navigen::engine::DEFAULT_BEAMS)?;
         out_string(out, serde_json::to_string(&preds)?)
     })
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use navigen_train::export::{export, ExportOptions};
-use navigen_train::model::gguf::ExportDtype;
+use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::prepare::{prepare, PrepareOptions};
 use navigen_train::sft::{self, SftOptions};

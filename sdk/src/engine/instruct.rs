@@ -41,7 +41,8 @@ impl Utf8Stream {
 
 /// Grammar of the cid2ins answer, from the shared JSON schema; `prefix` is literal text before it.
 pub fn answer_grammar(prefix: &str) -> Result<String> {
-    let g = llama_cpp_2::json_schema_to_grammar(prompt::INS_ANSWER_SCHEMA).map_err(Error::llama)?;
+    let g =
+        llama_cpp_2::json_schema_to_grammar(&prompt::ins_answer_schema()).map_err(Error::llama)?;
     let renamed = g
         .lines()
         .map(|l| {
@@ -92,7 +93,9 @@ impl Engine {
                 }
                 let n = items.len();
                 (
-                    prompt::zero_shot_prompt(&items[n.saturating_sub(prompt::MAX_HISTORY)..]),
+                    prompt::zero_shot_prompt(
+                        &items[n.saturating_sub(self.manifest().max_history)..],
+                    ),
                     false,
                 )
             }

@@ -192,14 +192,11 @@ pub struct TakenBy {
     pub title: String,
 }
 
-/// What kind of model the bundle holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
-    /// Fine-tuned: CID tokens in the vocabulary; prediction and instruction.
-    Finetuned,
-    /// An instruct model without CID tokens: instructions from titles and terms only.
-    ZeroShot,
-}
+pub use crate::bundle::Kind;
+
+/// Beam width of next-item prediction when the caller does not choose one (the C ABI, the CLI):
+/// the search keeps `max(k, beams)` candidates.
+pub const DEFAULT_BEAMS: usize = 20;
 
 pub struct Engine {
     model: Model,
@@ -222,11 +219,7 @@ impl Engine {
     /// Opens a bundle folder (see `bundle.json`).
     pub fn open(dir: &Path, params: EngineParams) -> Result<Self> {
         let manifest = Manifest::read(dir)?;
-        let kind = match manifest.kind.as_str() {
-            "finetuned" => Kind::Finetuned,
-            "zero-shot" => Kind::ZeroShot,
-            k => return Err(Error::Mismatch(format!("unknown bundle kind {k:?}"))),
-        };
+        let kind = manifest.kind;
         for e in std::iter::once(&manifest.model)
             .chain(manifest.catalog.iter())
             .chain(manifest.codebooks.iter())
@@ -365,7 +358,7 @@ impl Engine {
             .map(|it| it.cid)
             .collect();
         let n = known.len();
-        known[n.saturating_sub(crate::prompt::MAX_HISTORY)..].to_vec()
+        known[n.saturating_sub(self.manifest.max_history)..].to_vec()
     }
 }
 

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod codebooks;
 pub mod container;
 pub(crate) mod history;
+pub mod inspect;
 
 pub use bytes::{write_atomic, FileBytes};
 pub use catalog::{Catalog, Item, ItemEntry};

@@ -1,4 +1,4 @@
-//! Per-user chronological sequences and the leave-one-out split (method.md section 1).
+//! Per-user chronological sequences and the leave-one-out split (docs/method.md section 1).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufWriter, Write};
@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Interaction;
 
-/// Default number of past items a training example or prompt carries.
-pub const DEFAULT_MAX_HISTORY: usize = 20;
+/// Default number of past items a training example or prompt carries: the runtime's, so that a
+/// default-trained model and the device agree (a bundle also records the value it was trained with).
+pub use navigen::prompt::MAX_HISTORY as DEFAULT_MAX_HISTORY;
 /// Users with fewer interactions (after collapsing repeats) are dropped.
 pub const MIN_SEQUENCE: usize = 3;
 

@@ -14,9 +14,7 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Arch, ModelConfig};
-/// Also named here: the workspace's cross-crate tests and the FFI tests import it from this module.
-pub use crate::gguf::ExportDtype;
-use crate::gguf::{quantize, write};
+use crate::gguf::{quantize, write, ExportDtype};
 
 /// Hugging Face name -> GGUF name.
 pub fn gguf_name(hf: &str) -> Option<String> {

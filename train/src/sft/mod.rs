@@ -260,7 +260,8 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let teacher = OfflineTeacher;
     let mix = MixOptions {
         stage: opts.stage,
-        max_history: sequences::DEFAULT_MAX_HISTORY,
+        // What prepare split the data with (`prepare --max-history`), not a second default.
+        max_history: crate::prepare::max_history(&opts.data)?,
         windows_per_user: opts.windows_per_user,
         seed: opts.seed,
     };
