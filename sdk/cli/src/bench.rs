@@ -18,13 +18,28 @@ use anyhow::{bail, Context, Result};
 use navigen::engine::{InstructionOptions, Kind};
 use serde_json::{json, Value};
 
+#[derive(clap::Args)]
 pub struct BenchOptions {
+    #[arg(long)]
     pub bundle: PathBuf,
+    /// Item ids of a history to use (default: the first items of the catalog).
+    #[arg(long, value_delimiter = ',')]
     pub items: Vec<String>,
+    /// Prompt tokens of the prefill test (llama-bench -p).
+    #[arg(long, default_value_t = 512)]
     pub prompt: usize,
+    /// Generated tokens of the decode test (llama-bench -n).
+    #[arg(long, default_value_t = 128)]
     pub gen: usize,
+    /// Measured repetitions of each test (after one warm-up).
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// A llama-bench binary built against the same llama.cpp (scripts/build-llama-bench.sh):
+    /// runs it on the same GGUF and threads in this run and reports the ratios.
+    #[arg(long)]
     pub llama_bench: Option<PathBuf>,
+    /// Engine settings (from the global options).
+    #[arg(skip)]
     pub params: navigen::engine::EngineParams,
 }
 

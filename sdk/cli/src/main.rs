@@ -80,26 +80,7 @@ enum Cmd {
     },
     /// Speed of the runtime on a bundle: open time, prefill and decode tokens/s, next-item and
     /// latency, and how much resident memory opening added (mapped model pages included once touched).
-    Bench {
-        #[arg(long)]
-        bundle: PathBuf,
-        /// Item ids of a history to use (default: the first items of the catalog).
-        #[arg(long, value_delimiter = ',')]
-        items: Vec<String>,
-        /// Prompt tokens of the prefill test (llama-bench -p).
-        #[arg(long, default_value_t = 512)]
-        prompt: usize,
-        /// Generated tokens of the decode test (llama-bench -n).
-        #[arg(long, default_value_t = 128)]
-        gen: usize,
-        /// Measured repetitions of each test (after one warm-up).
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-        /// A llama-bench binary built against the same llama.cpp (scripts/build-llama-bench.sh):
-        /// runs it on the same GGUF and threads in this run and reports the ratios.
-        #[arg(long)]
-        llama_bench: Option<PathBuf>,
-    },
+    Bench(bench::BenchOptions),
     /// The end-to-end demo on a held-out user of a prepared dataset.
     Demo {
         #[arg(long)]
@@ -313,23 +294,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Cmd::Bench {
-            bundle,
-            items,
-            prompt,
-            gen,
-            reps,
-            llama_bench,
-        } => {
-            let o = bench::BenchOptions {
-                bundle,
-                items,
-                prompt,
-                gen,
-                reps,
-                llama_bench,
-                params: ep.clone(),
-            };
+        Cmd::Bench(mut o) => {
+            o.params = ep.clone();
             let r = bench::run(&o)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
