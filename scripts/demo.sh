@@ -2,14 +2,18 @@
 # The main job on the embedded default, end to end on a fresh machine: fetch the assets, prepare
 # MovieLens-100k (CIDs, TIDs, codebooks, catalog, splits), train the tiny preset (stage 1, stage 2),
 # export the bundle, build the zero-shot SmolLM2 bundle, and show a real held-out user: the last five
-# titles, the top-5 predicted next titles, the generated instruction and the zero-shot one beside it.
-# Outputs go to runs/demo (override with the first argument). Steps: DEMO_STEPS1/DEMO_STEPS2.
+# titles, the top-5 predicted next titles, the generated instruction and the zero-shot one beside it;
+# then the bundle's Recall@10 beside most-popular's over every test user, through the runtime.
+# Outputs go to runs/demo (override with the first argument). Training length: DEMO_EPOCHS1 and
+# DEMO_EPOCHS2 (or DEMO_STEPS1/DEMO_STEPS2 to cap the steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 out="${1:-runs/demo}"
-s1="${DEMO_STEPS1:-150}"
-s2="${DEMO_STEPS2:-150}"
+e1="${DEMO_EPOCHS1:-6}"
+e2="${DEMO_EPOCHS2:-1}"
+steps1=(); [ -n "${DEMO_STEPS1:-}" ] && steps1=(--max-steps "$DEMO_STEPS1")
+steps2=(); [ -n "${DEMO_STEPS2:-}" ] && steps2=(--max-steps "$DEMO_STEPS2")
 mkdir -p "$out"
 echo "== building (first run only takes a while)" >&2
 cargo build -q -p navigen-train -p navigen-cli
@@ -20,13 +24,15 @@ echo "== assets" >&2
 "$train" assets ml-100k all-MiniLM-L6-v2 SmolLM2-135M-Instruct
 echo "== prepare ml-100k" >&2
 "$train" prepare --dataset ml-100k --out "$out/data"
-echo "== stage 1 (new token rows and head; $s1 steps)" >&2
-"$train" sft --data "$out/data" --run "$out/run" --preset tiny --stage 1 --max-steps "$s1" --eval-every 50 --save-every 50 > "$out/stage1.json"
-echo "== stage 2 (everything, with reasoning and instructions; $s2 steps)" >&2
-"$train" sft --data "$out/data" --run "$out/run" --stage 2 --max-steps "$s2" --eval-every 50 --save-every 50 > "$out/stage2.json"
+echo "== stage 1 (the tiny preset from scratch: every training item a next-item target; $e1 epochs)" >&2
+"$train" sft --data "$out/data" --run "$out/run" --preset tiny --stage 1 --epochs "$e1" "${steps1[@]}" --eval-every 200 --save-every 200 > "$out/stage1.json"
+echo "== stage 2 (adds reasoning and instructions; $e2 epochs)" >&2
+"$train" sft --data "$out/data" --run "$out/run" --stage 2 --epochs "$e2" "${steps2[@]}" --eval-every 200 --save-every 200 > "$out/stage2.json"
 echo "== export (verified against llama.cpp)" >&2
 "$train" export --run "$out/run" --out "$out/bundle" --dtype f16
 "$train" bundle-zero-shot --data "$out/data" --out "$out/zero-shot"
 echo "== demo" >&2
 "$nav" demo --bundle "$out/bundle" --zero-shot "$out/zero-shot" --data "$out/data"
+echo "== measured over every test user, through the runtime (the user's own items excluded)" >&2
+"$train" eval --data "$out/data" --bundle "$out/bundle" --out "$out/eval.json" --instruction-users 20
 echo "(training curves: $out/run/loss.png, metrics: $out/run/metrics.jsonl)" >&2

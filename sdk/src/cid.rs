@@ -59,6 +59,16 @@ impl Cid {
         self.to_string()
     }
 
+    /// The code tokens alone, without the markers: how the next-item format writes an item
+    /// (`crate::prompt::items_text`).
+    pub fn codes_text(&self) -> String {
+        self.codes()
+            .iter()
+            .enumerate()
+            .map(|(l, &c)| code_token(l, c))
+            .collect()
+    }
+
     /// Parses `<|cid_begin|><s_a_1>...<|cid_end|>` (markers optional), requiring levels in order.
     pub fn parse(text: &str) -> Option<Self> {
         let t = text.trim();

@@ -11,7 +11,7 @@ pub use crate::format::catalog::MAX_TID_TERMS;
 
 /// Version of the prompt and answer formats in this module. Bump it whenever a template changes: a
 /// bundle records the version it was trained with and the runtime refuses a mismatch.
-pub const PROMPT_VERSION: u32 = 1;
+pub const PROMPT_VERSION: u32 = 2;
 /// Most history items a prompt carries by default: `prepare --max-history` sets it per dataset, the
 /// trainer uses what prepare recorded, and a bundle records it for the device
 /// ([`crate::bundle::Manifest::max_history`]).
@@ -60,7 +60,7 @@ pub enum Task {
     Cid2Tid,
     /// A TID -> the CID it describes.
     Tid2Cid,
-    /// History CIDs -> next CID.
+    /// History CIDs -> next CID: the next-item format ([`prompt_next`]), trained on whole sequences.
     Cid2Cid,
     /// History CIDs -> target TID and a creation instruction.
     Cid2Ins,
@@ -99,6 +99,7 @@ fn json_list<S: AsRef<str>>(items: &[S]) -> String {
 fn answer_format(task: Task) -> &'static str {
     match task {
         Task::Cid2Tid => r#"{"target_tid":["term",...]}"#,
+        // cid2cid has no JSON answer: see `prompt_next`.
         Task::Tid2Cid | Task::Cid2Cid => concat!(
             r#"{"target_cid":""#,
             cid_begin_lit!(),
@@ -152,16 +153,24 @@ pub fn prompt_tid2cid<S: AsRef<str>>(tid: &[S], mode: Mode) -> String {
     )
 }
 
-/// cid2cid: history -> next CID.
-pub fn prompt_cid2cid(history: &[Cid], mode: Mode) -> String {
-    user(
-        Task::Cid2Cid,
-        mode,
-        format!(
-            "History, oldest first: {}\nPredict the item this person will engage with next.",
-            history_list(history)
-        ),
-    )
+/// cid2cid, the device's next-item format: this prompt, then the items as bare code tokens
+/// ([`items_text`]: one token per level, no markers, no separators), and the model continues with the
+/// next item's codes. A user's training sequence is this prompt followed by their items, so one causal
+/// pass puts a loss on every item (as SASRec trains), and the device's prompt (the same prompt and the
+/// last `max_history` items) is a prefix of such a sequence.
+///
+/// It is short and has no system turn: it is repeated in every training window, where its tokens carry
+/// no loss.
+pub fn prompt_next() -> String {
+    format!("{IM_START}user\n{NEXT_USER}{IM_END}\n{IM_START}assistant\n")
+}
+
+/// The user turn of [`prompt_next`].
+pub const NEXT_USER: &str = "Items this person engaged with, oldest first, then the next ones.";
+
+/// Items as the next-item format writes them: each item's code tokens, in order, nothing between.
+pub fn items_text(items: &[Cid]) -> String {
+    items.iter().map(Cid::codes_text).collect()
 }
 
 /// cid2ins: history -> target terms and a creation instruction.
@@ -224,6 +233,174 @@ pub fn ins_answer_schema() -> String {
     )
 }
 
+/// The text that closes a cid2ins answer cut short (by the token budget, or an end of generation the
+/// grammar did not expect) into a complete JSON object with both fields: an open string is closed (an
+/// open escape completed), an open term list is closed, a missing field gets an empty value. Empty for
+/// an answer that is already complete. The device appends it, so every answer parses.
+pub fn close_ins_answer(partial: &str) -> String {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Last {
+        Start,
+        Open,
+        Comma,
+        Colon,
+        Key,
+        Value,
+    }
+    const FIELDS: [(&str, &str); 2] = [("target_tid", "[]"), ("target_ins", "\"\"")];
+    let mut stack: Vec<char> = Vec::new();
+    let mut last = Last::Start;
+    let mut keys: Vec<String> = Vec::new();
+    // Inside a string: is it a key, its text so far, and its escape: after '\\' (`Some("")`), or
+    // after "\\u" and the hex digits so far (`Some("u..")`).
+    struct Str {
+        key: bool,
+        text: String,
+        esc: Option<String>,
+        /// A `\\uD800`-`\\uDBFF` escape was the last thing: its low half must follow.
+        high: bool,
+    }
+    let is_high = |hex: &str| {
+        u32::from_str_radix(hex, 16).is_ok_and(|v| (0xD800..0xDC00).contains(&v))
+    };
+    let mut string: Option<Str> = None;
+    for c in partial.chars() {
+        if let Some(st) = &mut string {
+            match &mut st.esc {
+                Some(e) if e.is_empty() => {
+                    if c == 'u' {
+                        e.push('u');
+                    } else {
+                        st.esc = None;
+                        st.high = false;
+                    }
+                }
+                Some(e) => {
+                    e.push(c);
+                    if e.len() == 5 {
+                        st.high = is_high(&e[1..]);
+                        st.esc = None;
+                    }
+                }
+                None if c == '\\' => st.esc = Some(String::new()),
+                None if c == '"' => {
+                    if st.key {
+                        keys.push(std::mem::take(&mut st.text));
+                        last = Last::Key;
+                    } else {
+                        last = Last::Value;
+                    }
+                    string = None;
+                }
+                None => {
+                    st.text.push(c);
+                    st.high = false;
+                }
+            }
+            continue;
+        }
+        match c {
+            '{' | '[' => {
+                stack.push(c);
+                last = Last::Open;
+            }
+            '}' | ']' => {
+                stack.pop();
+                last = Last::Value;
+            }
+            ':' => last = Last::Colon,
+            ',' => last = Last::Comma,
+            '"' => {
+                let key = stack.last() == Some(&'{') && matches!(last, Last::Open | Last::Comma);
+                string = Some(Str {
+                    key,
+                    text: String::new(),
+                    esc: None,
+                    high: false,
+                });
+            }
+            c if c.is_whitespace() => {}
+            _ => last = Last::Value,
+        }
+    }
+    let mut out = String::new();
+    if last == Last::Start && string.is_none() {
+        out.push('{');
+        stack.push('{');
+        last = Last::Open;
+    }
+    if let Some(st) = string {
+        // Complete an open escape; a high surrogate gets a low half (JSON has no lone halves).
+        let (low, high) = ("dc00", "\\udc00");
+        match st.esc.as_deref() {
+            Some("") if st.high => out.push_str(&format!("u{low}")),
+            Some("") => out.push('\\'),
+            Some(e) => {
+                let have = &e[1..];
+                let hex = if st.high && have.len() <= 1 {
+                    low.to_string()
+                } else {
+                    format!("{have}{}", &"0000"[have.len()..])
+                };
+                out.push_str(&hex[have.len()..]);
+                if is_high(&hex) {
+                    out.push_str(high);
+                }
+            }
+            None if st.high => out.push_str(high),
+            None => {}
+        }
+        out.push('"');
+        if st.key {
+            keys.push(st.text);
+            last = Last::Key;
+        } else {
+            last = Last::Value;
+        }
+    }
+    let default_of = |key: Option<&String>| {
+        FIELDS
+            .iter()
+            .find(|(k, _)| Some(&k.to_string()) == key)
+            .map_or("\"\"", |(_, d)| d)
+    };
+    while let Some(top) = stack.pop() {
+        if top == '[' {
+            out.push_str(if last == Last::Comma { "\"\"]" } else { "]" });
+            last = Last::Value;
+            continue;
+        }
+        match last {
+            Last::Key => {
+                out.push(':');
+                out.push_str(default_of(keys.last()));
+                last = Last::Value;
+            }
+            Last::Colon => {
+                out.push_str(default_of(keys.last()));
+                last = Last::Value;
+            }
+            _ => {}
+        }
+        if stack.is_empty() {
+            for (k, d) in FIELDS {
+                if !keys.iter().any(|have| have == k) {
+                    if last == Last::Value {
+                        out.push(',');
+                    }
+                    out.push_str(&format!("\"{k}\":{d}"));
+                    last = Last::Value;
+                }
+            }
+        } else if last == Last::Comma {
+            out.push_str("\"\":\"\"");
+        }
+        out.push('}');
+        last = Last::Value;
+    }
+    out
+}
+
 /// A parsed answer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
@@ -282,10 +459,14 @@ mod tests {
     #[test]
     fn prompts_and_answers() {
         let c = Cid::new(&[1, 2, 3]).unwrap();
-        let p = prompt_cid2cid(&[c, c], Mode::Direct);
+        let p = prompt_cid2ins(&[c, c], Mode::Think);
         assert!(p.starts_with("<|im_start|>system\n"));
         assert!(p.ends_with("<|im_start|>assistant\n"));
         assert!(p.contains("[<|cid_begin|><s_a_1><s_b_2><s_c_3><|cid_end|>,<|cid_begin|>"));
+        let n = prompt_next();
+        assert!(n.ends_with("<|im_start|>assistant\n"));
+        let d = Cid::new(&[4, 0, 7]).unwrap();
+        assert_eq!(items_text(&[c, d]), "<s_a_1><s_b_2><s_c_3><s_a_4><s_b_0><s_c_7>");
         let a = answer_text(Some("I think."), &answer_json_cid(&c));
         assert_eq!(a, "<think>\nI think.\n</think>\n\n{\"target_cid\":\"<|cid_begin|><s_a_1><s_b_2><s_c_3><|cid_end|>\"}<|im_end|>");
         let (r, ans) = parse_answer(&a);
@@ -302,7 +483,31 @@ mod tests {
         assert_eq!(parse_answer("no json here").1, None);
     }
 
-    /// The texts built from the shared constants are the texts models were trained on (prompt format 1).
+    #[test]
+    fn every_cut_of_an_answer_closes_into_valid_json() {
+        let full = answer_json_ins(&["cats", "a \"q\" \\ x", "caf\u{e9}"], "Paint a cat \\ dog, \"soft\" \u{1F408}.");
+        let spaced = answer_json_ins(&["cats", "dogs"], "Paint cats.")
+            .replace(',', " ,\n ")
+            .replace(':', " : ");
+        let escaped = "{\"target_tid\":[\"a\\u00e9\"],\"target_ins\":\"x\\u0041\\n\\ud83d\\ude00!\"}".to_string();
+        for text in [full, spaced, escaped] {
+            assert_eq!(close_ins_answer(&text), "", "{text}");
+            let cuts: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+            for i in cuts {
+                let cut = &text[..i];
+                let done = format!("{cut}{}", close_ins_answer(cut));
+                let v: serde_json::Value = serde_json::from_str(&done)
+                    .unwrap_or_else(|e| panic!("{cut:?} closed as {done:?}: {e}"));
+                assert!(v["target_tid"].is_array(), "{done}");
+                assert!(v["target_ins"].is_string(), "{done}");
+                let (_, a) = parse_answer(&done);
+                assert!(a.is_some_and(|a| a.target_tid.is_some() && a.target_ins.is_some()));
+            }
+        }
+        assert_eq!(close_ins_answer("\n\n"), "{\"target_tid\":[],\"target_ins\":\"\"}");
+    }
+
+    /// The texts built from the shared constants are the texts models were trained on (prompt format 2).
     #[test]
     fn shared_constants_build_the_trained_texts() {
         assert_eq!(
@@ -313,8 +518,13 @@ mod tests {
         assert_eq!(AFTER_THINK, "\n</think>\n\n");
         assert_eq!(BEFORE_THINK, "<think>\n");
         assert_eq!(
-            answer_format(Task::Cid2Cid),
+            answer_format(Task::Tid2Cid),
             r#"{"target_cid":"<|cid_begin|>...<|cid_end|>"}"#
+        );
+        assert_eq!(
+            prompt_next(),
+            "<|im_start|>user\nItems this person engaged with, oldest first, then the next ones.<|im_end|>\n\
+<|im_start|>assistant\n"
         );
         assert_eq!(
             ins_answer_schema(),

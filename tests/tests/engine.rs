@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use navigen::engine::{Engine, EngineParams, InstructionOptions, Kind};
+use navigen::engine::{Engine, EngineParams, InstructionOptions, Kind, PredictOptions};
 use navigen::Error;
 use navigen_tests::{test_histories, trained_bundle, zero_shot, Fixture};
 
@@ -57,6 +57,72 @@ fn constrained_decoding_only_names_catalog_items() {
         e.predict_next(&["no-such-item"], 5, 5),
         Err(Error::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn beam_width_is_independent_of_k_and_history_can_be_excluded() {
+    let _turn = turn();
+    let e = engine();
+    let opts = |k, beams, exclude_history| PredictOptions {
+        k,
+        beams,
+        exclude_history,
+    };
+    for (history, _) in test_histories(&fixture().data, 5) {
+        let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+        // One width for every K: the top 10 is the first 10 of the top 40.
+        let (top10, _) = e.predict(&refs, &opts(10, 20, false)).unwrap();
+        let (top40, _) = e.predict(&refs, &opts(40, 20, false)).unwrap();
+        assert_eq!(top10.len(), 10);
+        assert_eq!(&top40[..10], &top10[..]);
+        // 256 beams: as many sequences as llama.cpp holds (seq ids 0..=255).
+        let (wide, _) = e.predict(&refs, &opts(256, 256, false)).unwrap();
+        assert_eq!(wide.len(), 256);
+        let mut ids: Vec<&str> = wide.iter().map(|p| p.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 256);
+        // Excluding the history leaves the rest of the ranking as it was.
+        let (kept, _) = e.predict(&refs, &opts(4096, 20, false)).unwrap();
+        let (excl, _) = e.predict(&refs, &opts(40, 20, true)).unwrap();
+        let expected: Vec<_> = kept
+            .into_iter()
+            .filter(|p| !history.contains(&p.id))
+            .take(40)
+            .collect();
+        assert_eq!(excl, expected);
+    }
+    let h0 = test_histories(&fixture().data, 1).remove(0).0;
+    let refs: Vec<&str> = h0.iter().map(String::as_str).collect();
+    for bad in [opts(0, 20, false), opts(10, 0, false), opts(10, 257, false)] {
+        assert!(matches!(
+            e.predict(&refs, &bad),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}
+
+/// Every answer is one JSON object with both fields, also when the token budget cuts it open: budgets
+/// from 1 token up, over many histories, on a barely trained model (its answers wander).
+#[test]
+fn every_instruction_answer_parses_as_json() {
+    let _turn = turn();
+    let e = engine();
+    let histories = test_histories(&fixture().data, 40);
+    for (i, (history, _)) in histories.iter().enumerate() {
+        let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+        let opts = InstructionOptions {
+            max_think_tokens: 1 + (i as u32 * 7) % 24,
+            max_answer_tokens: 1 + (i as u32 * 13) % 72,
+            ..Default::default()
+        };
+        let ins = e.generate_instruction(&refs, &opts, &mut |_| true).unwrap();
+        let answer = ins.raw.rsplit("</think>").next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(answer.trim())
+            .unwrap_or_else(|err| panic!("history {i}: {answer:?} is not JSON: {err}"));
+        assert!(v["target_tid"].is_array() && v["target_ins"].is_string(), "{v}");
+        assert!(ins.parsed, "history {i}: {}", ins.raw);
+    }
 }
 
 #[test]

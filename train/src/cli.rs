@@ -149,7 +149,7 @@ pub struct SftArgs {
     /// The run folder (created by stage 1).
     #[arg(long)]
     run: PathBuf,
-    /// tiny | smollm2-135m | hf:PATH | gguf:PATH (needed to create the run)
+    /// tiny | small | smollm2-135m | hf:PATH | gguf:PATH (needed to create the run)
     #[arg(long)]
     preset: Option<Preset>,
     #[arg(long, default_value_t = 1)]
@@ -174,9 +174,15 @@ pub struct SftArgs {
     eval_every: usize,
     #[arg(long, default_value_t = 50)]
     save_every: usize,
-    /// History windows sampled per user for the sequence tasks.
+    /// History windows sampled per user for cid2ins (stage 2); next-item training uses every item.
     #[arg(long)]
     windows_per_user: Option<usize>,
+    /// Validation users for the loss and Recall@10 (0 = all).
+    #[arg(long)]
+    val_users: Option<usize>,
+    /// What picks the kept model: validation Recall@10 through constrained decoding, or loss.
+    #[arg(long, value_enum, default_value_t = sft::Select::Recall)]
+    select: sft::Select,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -214,6 +220,10 @@ pub fn sft(a: SftArgs) -> Result<()> {
     if let Some(v) = a.windows_per_user {
         o.windows_per_user = v;
     }
+    if let Some(v) = a.val_users {
+        o.val_users = v;
+    }
+    o.select = a.select;
     o.epochs = a.epochs;
     o.max_steps = a.max_steps;
     o.grad_accum = a.grad_accum;
@@ -323,7 +333,8 @@ pub struct EvalArgs {
     users: usize,
     #[arg(long, default_value_t = 20)]
     instruction_users: usize,
-    #[arg(long, default_value_t = 40)]
+    /// Beam width of next-item search (the same for every K; the device's default).
+    #[arg(long, default_value_t = navigen::engine::DEFAULT_BEAMS)]
     beams: usize,
 }
 
@@ -398,5 +409,55 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         steps: a.steps,
     })?;
     println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchQualityArgs {
+    /// ml-100k, ml-1m, or any `prepare --dataset` source.
+    #[arg(long, default_value = "ml-100k")]
+    dataset: String,
+    /// Work folder (prepared data, runs, bundles, RecBole files, quality.json and quality.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Evaluate this bundle (trained on OUT/data) instead of training one.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    #[arg(long, default_value = "small")]
+    preset: Preset,
+    /// Stage-1 epochs of navigen's training.
+    #[arg(long, default_value_t = 8.0)]
+    epochs: f64,
+    #[arg(long, default_value_t = navigen::prompt::MAX_HISTORY)]
+    max_history: usize,
+    #[arg(long, default_value_t = navigen::engine::DEFAULT_BEAMS)]
+    beams: usize,
+    /// Most SASRec epochs (early stopping on validation NDCG@10 stops it sooner).
+    #[arg(long, default_value_t = 200)]
+    sasrec_epochs: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// navigen's rows only.
+    #[arg(long)]
+    no_recbole: bool,
+}
+
+/// `bench quality`: navigen against RecBole's SASRec and Pop; prints the table, writes quality.json.
+pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("runs/quality-{}", a.dataset)));
+    bench::quality::bench_quality(&bench::quality::QualityOptions {
+        dataset: a.dataset,
+        out,
+        bundle: a.bundle,
+        preset: a.preset,
+        epochs: a.epochs,
+        max_history: a.max_history,
+        beams: a.beams,
+        sasrec_epochs: a.sasrec_epochs,
+        seed: a.seed,
+        no_recbole: a.no_recbole,
+    })?;
     Ok(())
 }

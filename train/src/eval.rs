@@ -1,7 +1,9 @@
 //! `navigen-train eval`: quality measured through the shipped runtime (the bundle on llama.cpp, as the
 //! device runs it), with the most-popular and zero-shot baselines on the same users in the same run.
 //!
-//! Next item: Recall@K and NDCG@K (1/log2(rank+1)) on the test split. Instructions: JSON parse rate,
+//! Next item: Recall@K and NDCG@K (1/log2(rank+1)) on the test split, every test user by default, one
+//! beam width for every K, with the items the user already has excluded (the headline, as RecBole
+//! ranks) and kept. Instructions: JSON parse rate,
 //! target-TID precision/recall/F1 against the held-out item's TID, and relevance = cosine between the
 //! instruction's embedding and the mean of the history's and the target's caption embeddings
 //! (all-MiniLM-L6-v2 on llama.cpp: the bundle's own `embedder.gguf`, the model the codebooks were built with).
@@ -12,11 +14,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
-use crate::data::sequences::{self, Example};
+use std::collections::{HashMap, HashSet};
+
+use crate::data::sequences::{self, Example, TrainSequence};
 use crate::score::{self, Ranks};
 use navigen::bundle::Manifest;
 use navigen::embedding::TextEmbedder;
-use navigen::engine::{Engine, EngineParams, InstructionOptions};
+use navigen::engine::{Engine, EngineParams, InstructionOptions, PredictOptions};
 
 pub const KS: [usize; 5] = [1, 5, 10, 20, 40];
 
@@ -30,6 +34,7 @@ pub struct EvalOptions {
     pub users: usize,
     /// Test users for instruction metrics.
     pub instruction_users: usize,
+    /// Beam width of next-item search, the same for every K.
     pub beams: usize,
 }
 
@@ -102,6 +107,99 @@ fn instruction_metrics(
     }))
 }
 
+/// Next-item ranks of the model and of most-popular on the same users, with and without the items
+/// the user already has.
+pub struct NextItemRanks {
+    pub model: Ranks,
+    pub popular: Ranks,
+    pub model_with_history: Ranks,
+    pub popular_with_history: Ranks,
+    pub users: usize,
+    pub seconds: f64,
+}
+
+/// Every test user's full history (training items and the validation target), oldest first: the
+/// prompt takes its last `max_history` items and exclusion uses all of it.
+pub fn full_histories(data: &std::path::Path) -> Result<HashMap<String, Vec<String>>> {
+    let train: Vec<TrainSequence> = sequences::read_jsonl(&data.join(sequences::TRAIN_FILE))?;
+    let valid: Vec<Example> = sequences::read_jsonl(&data.join(sequences::VALID_FILE))?;
+    let mut by_user: HashMap<String, Vec<String>> =
+        train.into_iter().map(|t| (t.user, t.items)).collect();
+    for v in valid {
+        by_user.entry(v.user).or_default().push(v.target);
+    }
+    Ok(by_user)
+}
+
+/// Ranks of the bundle (through the runtime, `beams` wide) and of most-popular on `users`.
+pub fn next_item_ranks(
+    e: &Engine,
+    users: &[Example],
+    full: &HashMap<String, Vec<String>>,
+    beams: usize,
+) -> Result<NextItemRanks> {
+    let cat = e.catalog();
+    let mut by_pop: Vec<(u32, String)> = cat
+        .items()
+        .map(|it| (it.popularity, it.id.to_string()))
+        .collect();
+    by_pop.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let k_max = *KS.iter().max().expect("ks");
+    let mut r = NextItemRanks {
+        model: Ranks::default(),
+        popular: Ranks::default(),
+        model_with_history: Ranks::default(),
+        popular_with_history: Ranks::default(),
+        users: users.len(),
+        seconds: 0.0,
+    };
+    let bar = crate::progress::bar(users.len() as u64, "next item");
+    let t = std::time::Instant::now();
+    for ex in users {
+        let history = full.get(&ex.user).unwrap_or(&ex.history);
+        let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+        let seen: HashSet<&str> = refs.iter().copied().collect();
+        // Exclusion acts on the last level only, so both lists come from one call: every final
+        // candidate, then the top of it with and without the items the user has.
+        let (all, _) = e.predict(
+            &refs,
+            &PredictOptions {
+                k: navigen::engine::MAX_K,
+                beams,
+                exclude_history: false,
+            },
+        )?;
+        let hit = |p: &navigen::engine::Prediction| p.id == ex.target;
+        r.model_with_history
+            .push(score::rank_of(all.iter().take(k_max), hit));
+        r.model.push(score::rank_of(
+            all.iter().filter(|p| !seen.contains(p.id.as_str())).take(k_max),
+            hit,
+        ));
+        let pop_hit = |p: &(u32, String)| p.1 == ex.target;
+        r.popular_with_history
+            .push(score::rank_of(by_pop.iter().take(k_max), pop_hit));
+        r.popular.push(score::rank_of(
+            by_pop
+                .iter()
+                .filter(|(_, id)| !seen.contains(id.as_str()))
+                .take(k_max),
+            pop_hit,
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    r.seconds = t.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+/// Recall@K and NDCG@K of ranks as a JSON object.
+pub fn rank_json(ranks: &Ranks) -> Value {
+    let mut m = Map::new();
+    rank_metrics(ranks, &mut m);
+    Value::Object(m)
+}
+
 pub fn eval(o: &EvalOptions) -> Result<Value> {
     let test: Vec<Example> = sequences::read_jsonl(&o.data.join(sequences::TEST_FILE))?;
     let users: Vec<Example> = if o.users == 0 {
@@ -110,33 +208,9 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
         test.iter().take(o.users).cloned().collect()
     };
     let e = Engine::open(&o.bundle, EngineParams::default())?;
-    let cat = e.catalog();
-    // Next item: the fine-tuned model and the most-popular baseline on the same users.
-    let mut model = Ranks::default();
-    let mut popular = Ranks::default();
-    let mut by_pop: Vec<(u32, String)> = cat
-        .items()
-        .map(|it| (it.popularity, it.id.to_string()))
-        .collect();
-    by_pop.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    let k_max = *KS.iter().max().expect("ks");
-    let bar = crate::progress::bar(users.len() as u64, "next item");
-    let t = std::time::Instant::now();
-    for ex in &users {
-        let refs: Vec<&str> = ex.history.iter().map(String::as_str).collect();
-        let preds = e.predict_next(&refs, k_max, o.beams.max(k_max))?;
-        model.push(score::rank_of(&preds, |p| p.id == ex.target));
-        popular.push(score::rank_of(by_pop.iter().take(k_max), |(_, id)| {
-            *id == ex.target
-        }));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let predict_s = t.elapsed().as_secs_f64();
-    let mut next = Map::new();
-    rank_metrics(&model, &mut next);
-    let mut pop = Map::new();
-    rank_metrics(&popular, &mut pop);
+    let full = full_histories(&o.data)?;
+    let ranks = next_item_ranks(&e, &users, &full, o.beams)?;
+    let predict_s = ranks.seconds;
     // Instructions.
     let emb_entry = e
         .manifest()
@@ -165,10 +239,13 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
     let report = json!({
         "test_users": users.len(),
         "bundle": o.bundle,
-        "next_item": next,
+        // Items the user already has are excluded (RecBole's full ranking does the same); the
+        // `_with_history` figures keep them.
+        "next_item": rank_json(&ranks.model),
+        "next_item_with_history": rank_json(&ranks.model_with_history),
         "next_item_seconds_per_user": predict_s / users.len().max(1) as f64,
-        "beams": o.beams.max(k_max),
-        "baselines": {"most_popular": pop, "zero_shot": zero_shot},
+        "beams": o.beams,
+        "baselines": {"most_popular": rank_json(&ranks.popular), "most_popular_with_history": rank_json(&ranks.popular_with_history), "zero_shot": zero_shot},
         "instruction": instruction,
         "relevance_embedder": crate::embed::EMBEDDER_NAME,
     });

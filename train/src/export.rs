@@ -170,7 +170,10 @@ pub fn sample_prompts(cat: &Catalog, data: &Path, n: usize) -> Result<Vec<(Strin
             .item((i * 37 % cat.len()) as u32)
             .context("catalog item")?;
         let (task, p) = match i % 4 {
-            0 => ("cid2cid", prompt::prompt_cid2cid(&h, Mode::Direct)),
+            0 => (
+                "cid2cid",
+                format!("{}{}", prompt::prompt_next(), prompt::items_text(&h)),
+            ),
             1 => ("cid2ins", prompt::prompt_cid2ins(&h, Mode::Think)),
             2 => ("cid2tid", prompt::prompt_cid2tid(&item.cid, Mode::Direct)),
             _ => (

@@ -56,6 +56,8 @@ enum BenchCmd {
     Rq(cli::BenchRqArgs),
     /// Forward+backward tokens/s of the trainer against PyTorch on the same shapes.
     Train(cli::BenchTrainArgs),
+    /// Next-item quality against RecBole's SASRec and Pop on the same split, in one run.
+    Quality(cli::BenchQualityArgs),
 }
 
 fn run(args: Cli) -> Result<()> {
@@ -74,6 +76,9 @@ fn run(args: Cli) -> Result<()> {
         Cmd::Bench {
             what: BenchCmd::Train(a),
         } => cli::bench_train(a),
+        Cmd::Bench {
+            what: BenchCmd::Quality(a),
+        } => cli::bench_quality(a),
     }
 }
 

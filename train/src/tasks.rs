@@ -9,7 +9,6 @@ use navigen::format::Item;
 use navigen::prompt::{self, Mode, Task};
 use navigen::{Catalog, Cid};
 use rand::seq::SliceRandom;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::sequences::{Example, TrainSequence};
@@ -183,7 +182,7 @@ impl InstructionTeacher for OfflineTeacher {
 pub struct MixOptions {
     pub stage: u8,
     pub max_history: usize,
-    /// Sliding windows sampled per user for cid2cid (and cid2ins in stage 2).
+    /// History windows sampled per user for cid2ins (stage 2); next-item training uses every item.
     pub windows_per_user: usize,
     pub seed: u64,
 }
@@ -201,13 +200,11 @@ fn views(cat: &Catalog, ids: &[String]) -> Vec<ItemView> {
         .collect()
 }
 
-/// Examples for one (history, target) pair: cid2cid, plus cid2ins in stage 2.
-fn sequence_examples(
+/// The cid2ins example of one (history, target) pair (stage 2).
+fn instruction_example(
     cat: &Catalog,
     ex: &Example,
-    stage: u8,
     teacher: &dyn InstructionTeacher,
-    think_next: bool,
     out: &mut Vec<SftExample>,
 ) {
     let (Some(h), Some(t)) = (
@@ -219,33 +216,47 @@ fn sequence_examples(
     if h.is_empty() {
         return;
     }
-    let hv = views(cat, &ex.history);
-    let tv = ItemView::from(t);
-    let json = prompt::answer_json_cid(&t.cid);
-    if stage >= 2 && think_next {
-        let r = teacher.reason_next(&hv, &tv);
-        out.push(SftExample {
-            task: Task::Cid2Cid,
-            prompt: prompt::prompt_cid2cid(&h, Mode::Think),
-            answer: prompt::answer_text(Some(&r), &json),
-        });
-    } else {
-        out.push(SftExample {
-            task: Task::Cid2Cid,
-            prompt: prompt::prompt_cid2cid(&h, Mode::Direct),
-            answer: prompt::answer_text(None, &json),
-        });
+    let s = teacher.supervise(&views(cat, &ex.history), &ItemView::from(t));
+    out.push(SftExample {
+        task: Task::Cid2Ins,
+        prompt: prompt::prompt_cid2ins(&h, Mode::Think),
+        answer: prompt::answer_text(
+            Some(&s.reasoning),
+            &prompt::answer_json_ins(&s.target_tid, &s.instruction),
+        ),
+    });
+}
+
+/// Windows of one user's items for the next-item format, as (context, targets): windows of
+/// `max_history + 1` items; the first has no context and every item of it is a target, each later one
+/// takes as targets the items the earlier ones left, with the items before them as context. So every
+/// item is a target exactly once, with at most `max_history` items before it (what the device gives)
+/// and at least `max_history / 2` (or all the user has).
+pub fn next_item_windows<T: Clone>(items: &[T], max_history: usize) -> Vec<(Vec<T>, Vec<T>)> {
+    let len = max_history + 1;
+    let stride = len - max_history / 2;
+    let n = items.len();
+    let mut out = Vec::new();
+    if n == 0 {
+        return out;
     }
-    if stage >= 2 {
-        let s = teacher.supervise(&hv, &tv);
-        out.push(SftExample {
-            task: Task::Cid2Ins,
-            prompt: prompt::prompt_cid2ins(&h, Mode::Think),
-            answer: prompt::answer_text(
-                Some(&s.reasoning),
-                &prompt::answer_json_ins(&s.target_tid, &s.instruction),
-            ),
-        });
+    let mut covered = len.min(n);
+    out.push((Vec::new(), items[..covered].to_vec()));
+    while covered < n {
+        let end = (covered + stride).min(n);
+        let start = end - len;
+        out.push((items[start..covered].to_vec(), items[covered..end].to_vec()));
+        covered = end;
+    }
+    out
+}
+
+/// A next-item example: the prompt and the context items (no loss), then the target items.
+pub fn next_item_example(context: &[Cid], targets: &[Cid]) -> SftExample {
+    SftExample {
+        task: Task::Cid2Cid,
+        prompt: format!("{}{}", prompt::prompt_next(), prompt::items_text(context)),
+        answer: prompt::items_text(targets),
     }
 }
 
@@ -281,9 +292,8 @@ fn item_examples(cat: &Catalog, stage: u8, out: &mut Vec<SftExample>) {
     }
 }
 
-/// Training examples of a stage: every item's cid2tid/tid2cid and sampled history windows. In stage 2,
-/// half of the cid2cid examples think first and half answer directly (the device's constrained
-/// next-item decoding uses the direct form).
+/// Training examples of a stage: every item's cid2tid/tid2cid, every training item as a next-item
+/// target ([`next_item_windows`]), and in stage 2 cid2ins on sampled history windows.
 pub fn training_examples(
     cat: &Catalog,
     train: &[TrainSequence],
@@ -294,18 +304,26 @@ pub fn training_examples(
     let mut out = Vec::new();
     item_examples(cat, opts.stage, &mut out);
     for seq in train {
-        let mut windows: Vec<Example> = seq.examples(opts.max_history).collect();
-        windows.shuffle(&mut rng);
-        for ex in windows.iter().take(opts.windows_per_user) {
-            let think = rng.gen_bool(0.5);
-            sequence_examples(cat, ex, opts.stage, teacher, think, &mut out);
+        let Some(items) = cids(cat, &seq.items) else {
+            continue;
+        };
+        for (context, targets) in next_item_windows(&items, opts.max_history) {
+            out.push(next_item_example(&context, &targets));
+        }
+        if opts.stage >= 2 {
+            let mut windows: Vec<Example> = seq.examples(opts.max_history).collect();
+            windows.shuffle(&mut rng);
+            for ex in windows.iter().take(opts.windows_per_user) {
+                instruction_example(cat, ex, teacher, &mut out);
+            }
         }
     }
     out.shuffle(&mut rng);
     out
 }
 
-/// Validation examples from the validation split (one per user, up to `limit` users).
+/// Validation examples from the validation split (one per user, up to `limit` users): the next item,
+/// and in stage 2 the instruction too.
 pub fn validation_examples(
     cat: &Catalog,
     valid: &[Example],
@@ -314,8 +332,15 @@ pub fn validation_examples(
     limit: usize,
 ) -> Vec<SftExample> {
     let mut out = Vec::new();
-    for (i, ex) in valid.iter().take(limit).enumerate() {
-        sequence_examples(cat, ex, stage, teacher, i % 2 == 0, &mut out);
+    for ex in valid.iter().take(limit) {
+        if let (Some(h), Some(t)) = (cids(cat, &ex.history), cids(cat, std::slice::from_ref(&ex.target))) {
+            if !h.is_empty() {
+                out.push(next_item_example(&h, &t));
+            }
+        }
+        if stage >= 2 {
+            instruction_example(cat, ex, teacher, &mut out);
+        }
     }
     out
 }
@@ -345,8 +370,8 @@ pub fn tiny_tokenizer_corpus(cat: &Catalog) -> Vec<String> {
         texts.push(prompt::answer_json_tid(&it.tid_vec()));
     }
     if let Some(c) = any {
+        texts.push(prompt::prompt_next());
         for mode in [Mode::Direct, Mode::Think] {
-            texts.push(strip(&prompt::prompt_cid2cid(&[c], mode)));
             texts.push(strip(&prompt::prompt_cid2ins(&[c], mode)));
             texts.push(strip(&prompt::prompt_cid2tid(&c, mode)));
             texts.push(strip(&prompt::prompt_tid2cid(&["term"], mode)));
@@ -372,6 +397,27 @@ mod tests {
         ItemView {
             title: title.into(),
             tid: tid.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_item_is_a_target_once_with_bounded_context() {
+        for n in [1usize, 2, 5, 20, 21, 22, 33, 100, 257] {
+            for h in [1usize, 2, 5, 20, 50] {
+                let items: Vec<usize> = (0..n).collect();
+                let w = next_item_windows(&items, h);
+                let targets: Vec<usize> = w.iter().flat_map(|(_, t)| t.clone()).collect();
+                assert_eq!(targets, items, "n {n} h {h}");
+                for (c, t) in &w {
+                    // Context and targets are contiguous, and no target sees more than h items.
+                    let all: Vec<usize> = c.iter().chain(t).copied().collect();
+                    assert!(all.windows(2).all(|p| p[1] == p[0] + 1));
+                    assert!(all.len() <= h + 1, "n {n} h {h}: {all:?}");
+                    // Each target sees at least h/2 earlier items, or all there are.
+                    let first = t[0];
+                    assert!(c.len() >= (h / 2).min(first), "n {n} h {h}: {c:?} {t:?}");
+                }
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use navigen::engine::{InstructionOptions, Kind};
+use navigen::engine::{InstructionOptions, Kind, PredictOptions};
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
@@ -142,11 +142,16 @@ pub fn run(o: &BenchOptions) -> Result<Value> {
     // Constrained decoding inside real calls.
     let predict = if e.kind() == Kind::Finetuned {
         let mut rows = Vec::new();
+        let opts = |k: usize| PredictOptions {
+            k,
+            beams: k,
+            exclude_history: false,
+        };
         for k in [20usize, 40] {
-            e.predict_next_timed(&refs, k, k)?; // warm-up
+            e.predict(&refs, &opts(k))?; // warm-up
             let (mut dec, mut norm, mut con, mut tot, mut prompt) = (0.0, 0.0, 0.0, 0.0, 0.0);
             for _ in 0..reps {
-                let (_, t) = e.predict_next_timed(&refs, k, k)?;
+                let (_, t) = e.predict(&refs, &opts(k))?;
                 dec += t.decode_ms;
                 norm += t.normalize_ms;
                 con += t.constrain_ms;

@@ -369,9 +369,17 @@ fn demo(
         }
         println!("actually next (held out): {}", title(&target));
     }
-    let preds = e.predict_next(&refs, 5, 20)?;
+    // What a person has already watched is not a recommendation.
+    let (preds, _) = e.predict(
+        &refs,
+        &navigen::engine::PredictOptions {
+            k: 5,
+            exclude_history: true,
+            ..Default::default()
+        },
+    )?;
     if !json {
-        println!("\n== predicted next (top 5, constrained beam search over the catalog's CIDs)");
+        println!("\n== predicted next (top 5 not yet seen, constrained beam search over the catalog's CIDs)");
         for (i, p) in preds.iter().enumerate() {
             println!(
                 "  {}. {}{}",

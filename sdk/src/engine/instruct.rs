@@ -169,6 +169,18 @@ impl Engine {
             raw.push_str(&tail);
             on_piece(&tail);
         }
+        // The budget can cut the answer open: close it, so that every answer is one JSON object.
+        let answer_from = if think {
+            raw.rfind(prompt::THINK_END)
+                .map_or(0, |p| p + prompt::THINK_END.len())
+        } else {
+            0
+        };
+        let close = prompt::close_ins_answer(&raw[answer_from..]);
+        if !close.is_empty() {
+            raw.push_str(&close);
+            on_piece(&close);
+        }
         timings.generate_ms = t1.elapsed().as_secs_f64() * 1e3;
         let (reasoning, answer) = prompt::parse_answer(&raw);
         let parsed = answer

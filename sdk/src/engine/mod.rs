@@ -43,6 +43,7 @@ use crate::llm::{self, Model};
 use crate::trie::CidTrie;
 
 pub use instruct::{answer_grammar, Utf8Stream};
+pub use predict::{PredictOptions, MAX_BEAMS, MAX_K};
 
 /// Parameters of [`Engine::open`] (see [`EngineParams::default`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -136,7 +137,7 @@ pub struct Timings {
     pub grammar_tokens: u32,
 }
 
-/// Where the time of a [`Engine::predict_next_timed`] call went.
+/// Where the time of a [`Engine::predict`] call went.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PredictTimings {
     pub prompt_tokens: u32,
@@ -166,7 +167,6 @@ pub struct Instruction {
 
 /// Token ids of the CID vocabulary.
 struct CidTokens {
-    begin: i32,
     /// [level][code] -> token
     codes: Vec<Vec<i32>>,
 }
@@ -310,11 +310,10 @@ impl Engine {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<Vec<_>>>()?;
+        // The markers are in every prompt that names an item (cid2ins, cid2tid).
+        one(CID_BEGIN)?;
         one(CID_END)?;
-        Ok(CidTokens {
-            begin: one(CID_BEGIN)?,
-            codes,
-        })
+        Ok(CidTokens { codes })
     }
 
     pub fn kind(&self) -> Kind {

@@ -119,6 +119,18 @@ impl ModelConfig {
         }
     }
 
+    /// The `small` preset: twice the tiny width (measured in docs/benchmarks.md).
+    pub fn small(vocab_size: usize) -> Self {
+        ModelConfig {
+            hidden_size: 256,
+            intermediate_size: 768,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 64,
+            ..Self::tiny(vocab_size)
+        }
+    }
+
     pub fn param_count(&self) -> usize {
         let h = self.hidden_size;
         let q = self.num_attention_heads * self.head_dim;

@@ -2,6 +2,7 @@
 //! GGUF import/export (llama.cpp's names and keys), presets.
 
 pub mod batch;
+pub mod beam;
 pub mod config;
 pub mod gguf;
 pub mod preset;

@@ -17,10 +17,32 @@ use navigen::Catalog;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Preset {
+    /// Random init, 128 wide and 4 deep: the demo's and the tests' preset (minutes on 2 cores).
     Tiny,
+    /// Random init, 256 wide and 4 deep: the CPU quality preset (docs/benchmarks.md).
+    Small,
     Smollm2_135m,
     Hf(PathBuf),
     Gguf(PathBuf),
+}
+
+impl Preset {
+    /// Whether the weights come from a trained model (then stage 1 freezes the backbone).
+    pub fn pretrained(&self) -> bool {
+        !matches!(self, Preset::Tiny | Preset::Small)
+    }
+
+    /// A short name for folders and tables.
+    pub fn slug(&self) -> String {
+        match self {
+            Preset::Tiny => "tiny".into(),
+            Preset::Small => "small".into(),
+            Preset::Smollm2_135m => "smollm2-135m".into(),
+            Preset::Hf(p) | Preset::Gguf(p) => p
+                .file_stem()
+                .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+        }
+    }
 }
 
 impl std::str::FromStr for Preset {
@@ -28,11 +50,12 @@ impl std::str::FromStr for Preset {
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s {
             "tiny" => Preset::Tiny,
+            "small" => Preset::Small,
             "smollm2-135m" => Preset::Smollm2_135m,
             _ => match s.split_once(':') {
                 Some(("hf", p)) => Preset::Hf(PathBuf::from(p)),
                 Some(("gguf", p)) => Preset::Gguf(PathBuf::from(p)),
-                _ => bail!("unknown preset {s:?}: tiny, smollm2-135m, hf:PATH or gguf:PATH"),
+                _ => bail!("unknown preset {s:?}: tiny, small, smollm2-135m, hf:PATH or gguf:PATH"),
             },
         })
     }
@@ -80,17 +103,21 @@ fn raw_base(
     seed: u64,
 ) -> Result<RawBase> {
     match preset {
-        Preset::Tiny => {
+        Preset::Tiny | Preset::Small => {
             let tok = tk::train_bpe(&tiny_corpus(), TINY_BPE_VOCAB)?;
-            let config = ModelConfig::tiny(tok.get_vocab_size(true));
+            let v = tok.get_vocab_size(true);
+            let config = if *preset == Preset::Tiny {
+                ModelConfig::tiny(v)
+            } else {
+                ModelConfig::small(v)
+            };
             let w = Weights::random(&config, device, dtype, seed)?;
-            Ok((
-                w,
-                tok,
-                tk::SMOLLM_PRE.to_string(),
-                None,
-                "navigen-tiny".into(),
-            ))
+            let name = if *preset == Preset::Tiny {
+                "navigen-tiny"
+            } else {
+                "navigen-small"
+            };
+            Ok((w, tok, tk::SMOLLM_PRE.to_string(), None, name.into()))
         }
         Preset::Smollm2_135m => {
             let dir = crate::assets::SMOLLM2.ensure()?;

@@ -225,8 +225,9 @@ pub fn hidden_states(
     rms_norm(&x, w.get(FINAL_NORM)?, c.rms_norm_eps)
 }
 
-/// Per-layer keys and values of the tokens seen so far (one sequence).
-#[derive(Default)]
+/// Per-layer keys and values of the tokens seen so far (one sequence). Feeding never changes a
+/// tensor it holds (it appends into new ones), so a clone is a cheap fork: beam search forks one per beam.
+#[derive(Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     pub len: usize,

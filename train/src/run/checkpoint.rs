@@ -17,6 +17,9 @@ pub struct State {
     pub stage: u8,
     pub step: usize,
     pub best_val_loss: Option<f64>,
+    /// Best validation next-item Recall@10 so far (what picks the kept model).
+    #[serde(default)]
+    pub best_val_recall: Option<f64>,
     pub seed: u64,
     pub total_steps: usize,
 }

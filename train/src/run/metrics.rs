@@ -15,6 +15,11 @@ pub struct Record {
     pub loss: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub val_loss: Option<f64>,
+    /// Validation next-item Recall@10 and NDCG@10 through constrained beam search.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_recall10: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_ndcg10: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lr: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

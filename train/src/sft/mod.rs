@@ -1,7 +1,10 @@
-//! Supervised fine-tuning. Stage 1 (cold start): the backbone is frozen, only the new token rows and the
-//! output head train, on cid2tid, tid2cid and cid2cid. Stage 2: everything trains, adding reasoning and
-//! cid2ins. AdamW with warmup + cosine, gradient clipping and accumulation, validation loss with the best
-//! checkpoint kept, and resumable checkpoints written atomically.
+//! Supervised fine-tuning. Stage 1 (cold start) on cid2tid, tid2cid and cid2cid: for a pretrained base
+//! the backbone is frozen and only the new token rows and the output head train; a randomly initialised
+//! preset has nothing to keep and trains everything. Stage 2: everything trains, adding reasoning and
+//! cid2ins. Next-item training puts a loss on every item of every training sequence
+//! (`tasks::next_item_windows`). AdamW with warmup + cosine, gradient clipping and accumulation; the kept
+//! model is the one with the best validation next-item Recall@10 through the device's constrained beam
+//! search ([`crate::model::beam`]), validation loss breaking ties; resumable checkpoints written atomically.
 //!
 //! The run folder, checkpoints, metrics and the optimiser are [`crate::run`]'s; stage 1 creates the run.
 
@@ -15,6 +18,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use tokenizers::Tokenizer;
+
+mod recall;
+
+pub use recall::ValidationSet;
 
 use crate::data::sequences::{self, Example, TrainSequence};
 use crate::model::batch::{self, Row, Tokenized};
@@ -48,7 +55,12 @@ pub struct SftOptions {
     pub save_every: usize,
     pub log_every: usize,
     pub windows_per_user: usize,
+    /// Validation users for the loss and for Recall@10 (0 = all).
     pub val_users: usize,
+    /// Beams of the validation next-item search (the device's default).
+    pub val_beams: usize,
+    /// What picks the kept model.
+    pub select: Select,
     pub seed: u64,
     pub device: Device,
     pub dtype: DType,
@@ -59,6 +71,15 @@ pub struct SftOptions {
     pub progress: bool,
 }
 
+/// What picks the model a stage keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Select {
+    /// Validation next-item Recall@10 through constrained beam search (history items excluded).
+    Recall,
+    /// Validation loss over the stage's tasks.
+    Loss,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resume {
     Latest,
@@ -67,14 +88,15 @@ pub enum Resume {
 }
 
 impl SftOptions {
-    /// Defaults for a preset (the tiny one trains from scratch and takes a larger learning rate).
+    /// Defaults for a preset (randomly initialised ones train from scratch and take a larger learning
+    /// rate; `None` is a later stage of such a run).
     pub fn new(
         data: impl Into<PathBuf>,
         run: impl Into<PathBuf>,
         preset: Option<preset::Preset>,
         stage: u8,
     ) -> Self {
-        let tiny = matches!(preset, Some(preset::Preset::Tiny) | None);
+        let tiny = preset.as_ref().is_none_or(|p| !p.pretrained());
         SftOptions {
             data: data.into(),
             run: run.into(),
@@ -102,8 +124,10 @@ impl SftOptions {
             eval_every: 50,
             save_every: 50,
             log_every: 1,
-            windows_per_user: if stage == 1 { 4 } else { 2 },
-            val_users: 64,
+            windows_per_user: 2,
+            val_users: 1000,
+            val_beams: navigen::engine::DEFAULT_BEAMS,
+            select: Select::Recall,
             seed: 42,
             device: Device::Cpu,
             dtype: DType::F32,
@@ -122,6 +146,7 @@ pub struct SftSummary {
     pub first_loss: f64,
     pub last_loss: f64,
     pub best_val_loss: Option<f64>,
+    pub best_val_recall10: Option<f64>,
     pub examples: usize,
     pub rows: usize,
     pub skipped_too_long: usize,
@@ -268,7 +293,14 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let examples = tasks::training_examples(&cat, &train, &mix, &teacher);
     let (tokenized, too_long) = tokenize_all(&tok, &examples, opts.max_len)?;
     let rows = batch::pack(&tokenized, opts.max_len);
-    let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, &teacher, opts.val_users);
+    let val_users = if opts.val_users == 0 {
+        valid.len()
+    } else {
+        opts.val_users.min(valid.len())
+    };
+    let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, &teacher, val_users);
+    let val_next = recall::ValidationSet::new(&cat, &train, &valid[..val_users]);
+    let decoder = crate::model::beam::NextItemDecoder::new(&cat, &tok)?;
     let (val_tok, _) = tokenize_all(&tok, &val_ex, opts.max_len)?;
     let val_rows = batch::pack(&val_tok, opts.max_len);
     if rows.is_empty() {
@@ -284,13 +316,15 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         .unwrap_or(((opts.epochs * steps_per_epoch as f64).ceil() as usize).max(1));
     let warmup = ((opts.warmup_frac * total as f64).ceil() as usize).max(1);
 
-    w.set_trainable(if opts.stage == 1 {
+    // Freezing the backbone keeps what a pretrained base knows; a random one has nothing to keep.
+    let trainable = if opts.stage == 1 && info.preset.pretrained() {
         Trainable::NewRowsAndHead {
             first_new_row: info.first_new_row,
         }
     } else {
         Trainable::All
-    })?;
+    };
+    w.set_trainable(trainable)?;
     let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
     let mut opt = optim::AdamW::new(optim::AdamWConfig {
         weight_decay: opts.weight_decay,
@@ -299,6 +333,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let ckpt_dir = opts.run.join(CHECKPOINTS_DIR);
     let mut step = 0usize;
     let mut best_val: Option<f64> = None;
+    let mut best_recall: Option<f64> = None;
     let mut resumed_from = None;
     let wanted = match opts.resume {
         Resume::Never => None,
@@ -310,6 +345,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         if st.stage == opts.stage {
             step = st.step;
             best_val = st.best_val_loss;
+            best_recall = st.best_val_recall;
             resumed_from = Some(step);
             metrics::truncate_after(&opts.run, opts.stage, step)?;
             eprintln!("navigen: resumed stage {} at step {step}", opts.stage);
@@ -321,13 +357,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                 &opts.device,
                 opts.dtype,
             )?;
-            w.set_trainable(if opts.stage == 1 {
-                Trainable::NewRowsAndHead {
-                    first_new_row: info.first_new_row,
-                }
-            } else {
-                Trainable::All
-            })?;
+            w.set_trainable(trainable)?;
             opt = optim::AdamW::new(optim::AdamWConfig {
                 weight_decay: opts.weight_decay,
                 ..Default::default()
@@ -438,17 +468,38 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
             !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total);
         if eval_now {
             let v = mean_loss(&w, &rope, &val_rows, opts, pad)?;
+            let (r, n) = if opts.select == Select::Recall && !val_next.is_empty() {
+                let (r, n) = val_next.measure(&w, &rope, &decoder, opts.val_beams)?;
+                (Some(r), Some(n))
+            } else {
+                (None, None)
+            };
             metrics::append(
                 &opts.run,
                 &metrics::Record {
                     stage: opts.stage,
                     step,
                     val_loss: Some(v),
+                    val_recall10: r,
+                    val_ndcg10: n,
                     ..Default::default()
                 },
             )?;
-            if best_val.is_none_or(|b| v < b) {
+            if let Some(r) = r {
+                bar.println(format!(
+                    "stage {} step {step}: val loss {v:.4}, val Recall@10 {r:.4}, NDCG@10 {:.4}",
+                    opts.stage,
+                    n.unwrap_or(0.0)
+                ));
+            }
+            let better = match (r, best_recall) {
+                (Some(r), Some(b)) => r > b || (r == b && best_val.is_none_or(|bv| v < bv)),
+                (Some(_), None) => true,
+                (None, _) => best_val.is_none_or(|b| v < b),
+            };
+            if better {
                 best_val = Some(v);
+                best_recall = r;
                 save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
             }
         }
@@ -459,6 +510,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                     stage: opts.stage,
                     step,
                     best_val_loss: best_val,
+                    best_val_recall: best_recall,
                     seed: opts.seed,
                     total_steps: total,
                 },
@@ -487,6 +539,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         first_loss: first_loss.unwrap_or(f64::NAN),
         last_loss,
         best_val_loss: best_val,
+        best_val_recall10: best_recall,
         examples: tokenized.len(),
         rows: rows.len(),
         skipped_too_long: too_long,

@@ -1,5 +1,10 @@
-//! `navigen-train bench rq`: our residual k-means against faiss on the same embeddings, settings and
-//! thread count, in one run. Prints the ratios recorded in docs/benchmarks.md.
+//! Benchmarks against reference implementations, each in one run (docs/benchmarks.md):
+//! `bench rq` (our residual k-means against faiss on the same embeddings, settings and thread count),
+//! `bench train` (trainer tokens/s against PyTorch), `bench quality` ([`quality`]: next-item quality
+//! against RecBole's SASRec and Pop).
+
+pub mod quality;
+pub mod recbole;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,159 @@
+//! `navigen-train bench quality`: navigen against RecBole's SASRec and Pop on the same split, in one
+//! run. navigen's split is written as RecBole atomic files (same users, same validation and test
+//! items, checked), RecBole trains in its own pinned environment, navigen's bundle is evaluated through
+//! the runtime (llama.cpp, constrained beam search) on the same test users, and one table is printed.
+//! Every figure ranks with the user's own items excluded (RecBole's full ranking does the same);
+//! navigen's with-history figures are in the JSON too.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::recbole::{self, RecboleOptions};
+use crate::data::sequences::{self, Example};
+use crate::data::Source;
+use crate::eval::{self, rank_json};
+use crate::export::{self, ExportOptions};
+use crate::gguf::ExportDtype;
+use crate::model::preset::Preset;
+use crate::prepare::{self, PrepareOptions};
+use crate::sft::{self, SftOptions};
+use navigen::engine::{Engine, EngineParams};
+
+pub struct QualityOptions {
+    pub dataset: String,
+    pub out: PathBuf,
+    /// Evaluate this bundle instead of training one (it must come from `OUT/data`).
+    pub bundle: Option<PathBuf>,
+    pub preset: Preset,
+    pub epochs: f64,
+    pub max_history: usize,
+    pub beams: usize,
+    pub sasrec_epochs: usize,
+    pub seed: u64,
+    /// Skip RecBole (navigen's rows only).
+    pub no_recbole: bool,
+}
+
+/// The columns of the table.
+const COLUMNS: [&str; 5] = ["recall@1", "recall@5", "recall@10", "recall@20", "ndcg@10"];
+
+pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
+    std::fs::create_dir_all(&o.out)?;
+    let source: Source = o.dataset.parse()?;
+    let data = o.out.join("data");
+    if !data.join(prepare::REPORT_FILE).exists() {
+        let mut p = PrepareOptions::new(source, &data);
+        p.max_history = o.max_history;
+        p.seed = o.seed;
+        prepare::prepare(&p)?;
+    }
+    // navigen: train (or take) the bundle.
+    let mut train_s = 0.0;
+    let bundle = match &o.bundle {
+        Some(b) => b.clone(),
+        None => {
+            let name = o.preset.slug();
+            let run = o.out.join(format!("run-{name}"));
+            let bundle = o.out.join(format!("bundle-{name}"));
+            let t = Instant::now();
+            let mut s = SftOptions::new(&data, &run, Some(o.preset.clone()), 1);
+            s.epochs = o.epochs;
+            s.seed = o.seed;
+            let summary = sft::run_stage(&s)?;
+            eprintln!(
+                "navigen-train: stage 1 done: {} steps, best val Recall@10 {:?}",
+                summary.steps, summary.best_val_recall10
+            );
+            export::export(&ExportOptions {
+                run,
+                out: bundle.clone(),
+                dtype: ExportDtype::F16,
+                verify_prompts: 2,
+                verify_tokens: 16,
+            })?;
+            train_s = t.elapsed().as_secs_f64();
+            bundle
+        }
+    };
+    let test: Vec<Example> = sequences::read_jsonl(&data.join(sequences::TEST_FILE))?;
+    let full = eval::full_histories(&data)?;
+    let e = Engine::open(&bundle, EngineParams::default())?;
+    let ranks = eval::next_item_ranks(&e, &test, &full, o.beams)?;
+    let mut rows = vec![
+        json!({"model": format!("navigen ({})", e.manifest().info["name"].as_str().unwrap_or("bundle")),
+               "metrics": rank_json(&ranks.model), "train_seconds": train_s, "eval_seconds": ranks.seconds}),
+        json!({"model": "most-popular (navigen's)", "metrics": rank_json(&ranks.popular), "train_seconds": 0.0, "eval_seconds": 0.0}),
+    ];
+    let mut recbole_json = Value::Null;
+    if !o.no_recbole {
+        let atomic = o.out.join("recbole").join("atomic");
+        let name = format!("navigen-{}", o.dataset.replace([':', '/', ','], "-"));
+        let users = recbole::write_atomic(&data, &atomic, &name)?;
+        let result = o.out.join("recbole").join("result.json");
+        let r = recbole::run_models(
+            &atomic,
+            &name,
+            &result,
+            &RecboleOptions {
+                models: vec!["SASRec".into(), "Pop".into()],
+                epochs: o.sasrec_epochs,
+                threads: rayon::current_num_threads(),
+                seed: o.seed,
+                max_seq_len: 50,
+            },
+        )?;
+        let tsv = PathBuf::from(format!("{}.test_items.tsv", result.display()));
+        let same = recbole::check_test_items(&tsv, &data)?;
+        anyhow::ensure!(same == users, "RecBole tested {same} of {users} users");
+        for m in ["SASRec", "Pop"] {
+            let v = &r["models"][m];
+            rows.push(json!({"model": format!("RecBole {m}"), "metrics": v["test"], "train_seconds": v["train_seconds"], "eval_seconds": v["eval_seconds"]}));
+        }
+        recbole_json = r;
+    }
+    let table = markdown(&rows, test.len(), o.beams);
+    println!("{table}");
+    let report = json!({
+        "dataset": o.dataset,
+        "test_users": test.len(),
+        "beams": o.beams,
+        "history_excluded": true,
+        "rows": rows,
+        "navigen_with_history": rank_json(&ranks.model_with_history),
+        "most_popular_with_history": rank_json(&ranks.popular_with_history),
+        "recbole": recbole_json,
+        "bundle": bundle,
+    });
+    navigen::format::write_atomic(
+        &o.out.join("quality.json"),
+        &serde_json::to_vec_pretty(&report)?,
+    )?;
+    std::fs::write(o.out.join("quality.md"), &table).context("writing quality.md")?;
+    Ok(report)
+}
+
+fn markdown(rows: &[Value], users: usize, beams: usize) -> String {
+    let mut s = format!(
+        "{users} test users, leave-one-out, the user's own items excluded; navigen through the runtime, {beams} beams\n\n| model | {} | train s | eval s |\n|---|{}---|---|\n",
+        COLUMNS.map(|c| c.replace("recall", "R").replace("ndcg", "NDCG")).join(" | "),
+        "---|".repeat(COLUMNS.len())
+    );
+    for r in rows {
+        let m = &r["metrics"];
+        let cells: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| m[*c].as_f64().map_or("-".into(), |v| format!("{v:.4}")))
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} |\n",
+            r["model"].as_str().unwrap_or("?"),
+            cells.join(" | "),
+            r["train_seconds"].as_f64().unwrap_or(0.0),
+            r["eval_seconds"].as_f64().unwrap_or(0.0)
+        ));
+    }
+    s
+}
