@@ -260,9 +260,8 @@ pub fn close_ins_answer(partial: &str) -> String {
         /// A `\\uD800`-`\\uDBFF` escape was the last thing: its low half must follow.
         high: bool,
     }
-    let is_high = |hex: &str| {
-        u32::from_str_radix(hex, 16).is_ok_and(|v| (0xD800..0xDC00).contains(&v))
-    };
+    let is_high =
+        |hex: &str| u32::from_str_radix(hex, 16).is_ok_and(|v| (0xD800..0xDC00).contains(&v));
     let mut string: Option<Str> = None;
     for c in partial.chars() {
         if let Some(st) = &mut string {
@@ -466,7 +465,10 @@ mod tests {
         let n = prompt_next();
         assert!(n.ends_with("<|im_start|>assistant\n"));
         let d = Cid::new(&[4, 0, 7]).unwrap();
-        assert_eq!(items_text(&[c, d]), "<s_a_1><s_b_2><s_c_3><s_a_4><s_b_0><s_c_7>");
+        assert_eq!(
+            items_text(&[c, d]),
+            "<s_a_1><s_b_2><s_c_3><s_a_4><s_b_0><s_c_7>"
+        );
         let a = answer_text(Some("I think."), &answer_json_cid(&c));
         assert_eq!(a, "<think>\nI think.\n</think>\n\n{\"target_cid\":\"<|cid_begin|><s_a_1><s_b_2><s_c_3><|cid_end|>\"}<|im_end|>");
         let (r, ans) = parse_answer(&a);
@@ -485,14 +487,21 @@ mod tests {
 
     #[test]
     fn every_cut_of_an_answer_closes_into_valid_json() {
-        let full = answer_json_ins(&["cats", "a \"q\" \\ x", "caf\u{e9}"], "Paint a cat \\ dog, \"soft\" \u{1F408}.");
+        let full = answer_json_ins(
+            &["cats", "a \"q\" \\ x", "caf\u{e9}"],
+            "Paint a cat \\ dog, \"soft\" \u{1F408}.",
+        );
         let spaced = answer_json_ins(&["cats", "dogs"], "Paint cats.")
             .replace(',', " ,\n ")
             .replace(':', " : ");
-        let escaped = "{\"target_tid\":[\"a\\u00e9\"],\"target_ins\":\"x\\u0041\\n\\ud83d\\ude00!\"}".to_string();
+        let escaped =
+            "{\"target_tid\":[\"a\\u00e9\"],\"target_ins\":\"x\\u0041\\n\\ud83d\\ude00!\"}"
+                .to_string();
         for text in [full, spaced, escaped] {
             assert_eq!(close_ins_answer(&text), "", "{text}");
-            let cuts: Vec<usize> = (0..=text.len()).filter(|&i| text.is_char_boundary(i)).collect();
+            let cuts: Vec<usize> = (0..=text.len())
+                .filter(|&i| text.is_char_boundary(i))
+                .collect();
             for i in cuts {
                 let cut = &text[..i];
                 let done = format!("{cut}{}", close_ins_answer(cut));
@@ -504,7 +513,10 @@ mod tests {
                 assert!(a.is_some_and(|a| a.target_tid.is_some() && a.target_ins.is_some()));
             }
         }
-        assert_eq!(close_ins_answer("\n\n"), "{\"target_tid\":[],\"target_ins\":\"\"}");
+        assert_eq!(
+            close_ins_answer("\n\n"),
+            "{\"target_tid\":[],\"target_ins\":\"\"}"
+        );
     }
 
     /// The texts built from the shared constants are the texts models were trained on (prompt format 2).

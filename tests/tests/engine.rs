@@ -120,7 +120,10 @@ fn every_instruction_answer_parses_as_json() {
         let answer = ins.raw.rsplit("</think>").next().unwrap();
         let v: serde_json::Value = serde_json::from_str(answer.trim())
             .unwrap_or_else(|err| panic!("history {i}: {answer:?} is not JSON: {err}"));
-        assert!(v["target_tid"].is_array() && v["target_ins"].is_string(), "{v}");
+        assert!(
+            v["target_tid"].is_array() && v["target_ins"].is_string(),
+            "{v}"
+        );
         assert!(ins.parsed, "history {i}: {}", ins.raw);
     }
 }

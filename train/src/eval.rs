@@ -173,7 +173,9 @@ pub fn next_item_ranks(
         r.model_with_history
             .push(score::rank_of(all.iter().take(k_max), hit));
         r.model.push(score::rank_of(
-            all.iter().filter(|p| !seen.contains(p.id.as_str())).take(k_max),
+            all.iter()
+                .filter(|p| !seen.contains(p.id.as_str()))
+                .take(k_max),
             hit,
         ));
         let pop_hit = |p: &(u32, String)| p.1 == ex.target;

@@ -184,6 +184,8 @@ pub struct MixOptions {
     pub max_history: usize,
     /// History windows sampled per user for cid2ins (stage 2); next-item training uses every item.
     pub windows_per_user: usize,
+    /// Include cid2tid and tid2cid for every item.
+    pub item_tasks: bool,
     pub seed: u64,
 }
 
@@ -292,8 +294,8 @@ fn item_examples(cat: &Catalog, stage: u8, out: &mut Vec<SftExample>) {
     }
 }
 
-/// Training examples of a stage: every item's cid2tid/tid2cid, every training item as a next-item
-/// target ([`next_item_windows`]), and in stage 2 cid2ins on sampled history windows.
+/// Training examples of a stage: every item's cid2tid/tid2cid (when `item_tasks`), every training item
+/// as a next-item target ([`next_item_windows`]), and in stage 2 cid2ins on sampled history windows.
 pub fn training_examples(
     cat: &Catalog,
     train: &[TrainSequence],
@@ -302,7 +304,9 @@ pub fn training_examples(
 ) -> Vec<SftExample> {
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(opts.seed);
     let mut out = Vec::new();
-    item_examples(cat, opts.stage, &mut out);
+    if opts.item_tasks {
+        item_examples(cat, opts.stage, &mut out);
+    }
     for seq in train {
         let Some(items) = cids(cat, &seq.items) else {
             continue;
@@ -333,7 +337,10 @@ pub fn validation_examples(
 ) -> Vec<SftExample> {
     let mut out = Vec::new();
     for ex in valid.iter().take(limit) {
-        if let (Some(h), Some(t)) = (cids(cat, &ex.history), cids(cat, std::slice::from_ref(&ex.target))) {
+        if let (Some(h), Some(t)) = (
+            cids(cat, &ex.history),
+            cids(cat, std::slice::from_ref(&ex.target)),
+        ) {
             if !h.is_empty() {
                 out.push(next_item_example(&h, &t));
             }

@@ -99,7 +99,9 @@ fn both_stages_train_and_log() {
     assert_eq!(r.s2.trainable_params, r.s2.total_params);
     // The kept model was picked by validation Recall@10 through constrained decoding.
     for s in [&r.s1, &r.s2] {
-        assert!(s.best_val_recall10.is_some_and(|v| (0.0..=1.0).contains(&v)));
+        assert!(s
+            .best_val_recall10
+            .is_some_and(|v| (0.0..=1.0).contains(&v)));
     }
     assert!(recs.iter().any(|x| x.val_recall10.is_some()));
     let png = std::fs::read(r.dir.join(metrics::PLOT)).unwrap();

@@ -89,7 +89,8 @@ pub struct Prediction {
     pub id: String,
     pub title: String,
     pub cid: String,
-    /// Log-probability of the CID under the model.
+    /// Log-probability of the CID under the model, each level's softmax taken over the codes the
+    /// catalog allows after the levels before it.
     pub score: f32,
 }
 

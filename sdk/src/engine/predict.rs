@@ -115,18 +115,25 @@ impl Engine {
         };
         let base = tokens.len() as i32;
         // Level 0 from the prompt's logits.
+        // Each level's softmax is over the codes the trie allows there, as the model was trained
+        // (`train/src/model/batch.rs`, `CodeConstraint`).
         let t_norm = Instant::now();
         let first = ctx.get_logits_ith(last);
-        let lse = log_sum_exp(first);
+        let roots = self.trie.allowed(&[]);
+        let lse = log_sum_exp(roots.iter().map(|&c| first[toks.codes[0][c as usize] as usize]));
         tm.normalize_ms += ms(t_norm);
         let t_host = Instant::now();
-        let mut beams_now: Vec<(Vec<u16>, f32)> = self
-            .trie
-            .allowed(&[])
+        let mut beams_now: Vec<(Vec<u16>, f32)> = roots
             .iter()
             .map(|&c| (vec![c], first[toks.codes[0][c as usize] as usize] - lse))
             .collect();
-        let keep = |level: usize| if level + 1 == levels { usize::MAX } else { width };
+        let keep = |level: usize| {
+            if level + 1 == levels {
+                usize::MAX
+            } else {
+                width
+            }
+        };
         self.rank(&mut beams_now, keep(0), &seen);
         tm.constrain_ms += ms(t_host);
         let mut batch = LlamaBatch::new(width * levels, width as i32);
@@ -171,10 +178,14 @@ impl Engine {
             for (j, (codes, score)) in beams_now.iter().enumerate() {
                 let t_norm = Instant::now();
                 let logits = ctx.get_logits_ith(last_index[j]);
-                let lse = log_sum_exp(logits);
+                let kids = self.trie.allowed(codes);
+                let lse = log_sum_exp(
+                    kids.iter()
+                        .map(|&c| logits[toks.codes[level][c as usize] as usize]),
+                );
                 tm.normalize_ms += ms(t_norm);
                 let t_host = Instant::now();
-                for &c in self.trie.allowed(codes) {
+                for &c in kids {
                     let mut n = codes.clone();
                     n.push(c);
                     next.push((
@@ -207,12 +218,7 @@ impl Engine {
     }
 
     /// Sorts candidates best first and keeps `n`; complete CIDs of `seen` items are dropped.
-    fn rank(
-        &self,
-        v: &mut Vec<(Vec<u16>, f32)>,
-        n: usize,
-        seen: &std::collections::HashSet<u32>,
-    ) {
+    fn rank(&self, v: &mut Vec<(Vec<u16>, f32)>, n: usize, seen: &std::collections::HashSet<u32>) {
         if !seen.is_empty() {
             v.retain(|(codes, _)| {
                 codes.len() < self.trie.levels()
@@ -223,10 +229,13 @@ impl Engine {
     }
 }
 
-/// log(sum(exp(logits))): a token's log-probability is its logit minus this.
-fn log_sum_exp(logits: &[f32]) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+/// log(sum(exp(x))): a code's log-probability among `x` is its logit minus this.
+fn log_sum_exp(x: impl Iterator<Item = f32> + Clone) -> f32 {
+    let max = x.clone().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return max;
+    }
+    max + x.map(|v| (v - max).exp()).sum::<f32>().ln()
 }
 
 /// Keeps the `n` best (highest score; ties by codes for determinism).

@@ -168,11 +168,11 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                 .collect(),
         })
         .collect();
-    let b = make_batch(&rows, 0, &dev, candle_core::DType::F32)?;
+    let b = make_batch(&rows, 0, &dev, candle_core::DType::F32, None)?;
     let mut times = Vec::new();
     for step in 0..=o.steps {
         let t = Instant::now();
-        let loss = model::loss(&w, &rope, &b)?;
+        let loss = model::loss(&w, &rope, &b, None)?;
         let _grads = loss.backward()?;
         if step > 0 {
             times.push(t.elapsed().as_secs_f64());

@@ -88,9 +88,7 @@ pub fn venv() -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let st = cmd
-        .status()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed with {st}");
     }
@@ -111,7 +109,12 @@ pub struct RecboleOptions {
 }
 
 /// Trains and evaluates the models on `DIR/NAME`; returns run.py's JSON.
-pub fn run_models(dir: &Path, name: &str, out: &Path, o: &RecboleOptions) -> Result<serde_json::Value> {
+pub fn run_models(
+    dir: &Path,
+    name: &str,
+    out: &Path,
+    o: &RecboleOptions,
+) -> Result<serde_json::Value> {
     let python = venv()?;
     let script = out.with_file_name("recbole_run.py");
     std::fs::write(&script, RUN_PY)?;
@@ -138,7 +141,8 @@ pub fn check_test_items(tsv: &Path, data: &Path) -> Result<usize> {
             .into_iter()
             .map(|e| (e.user, e.target))
             .collect();
-    let text = std::fs::read_to_string(tsv).with_context(|| format!("reading {}", tsv.display()))?;
+    let text =
+        std::fs::read_to_string(tsv).with_context(|| format!("reading {}", tsv.display()))?;
     let mut n = 0;
     for line in text.lines().filter(|l| !l.is_empty()) {
         let (u, i) = line.split_once('\t').context("user<TAB>item")?;

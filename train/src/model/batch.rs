@@ -66,19 +66,98 @@ pub fn pack(examples: &[Tokenized], max_len: usize) -> Vec<Row> {
     rows
 }
 
+/// Restricts the softmax of every CID code target to the codes the catalog's trie allows after the
+/// codes before it, the distribution constrained decoding ranks with (`beam.rs`, the runtime's
+/// `predict.rs`). Without it most of the loss goes to learning which codes exist at all, which the
+/// trie already knows; with it the loss is the ranking the device uses.
+pub struct CodeConstraint {
+    /// token id -> (level, code)
+    code_of: std::collections::HashMap<u32, (usize, u16)>,
+    trie: navigen::trie::CidTrie,
+    /// Columns of the code block: level l, code c at `l * width + c`.
+    width: usize,
+    /// Token id of each column (unused columns repeat a real token; they are always masked).
+    pub columns: Vec<u32>,
+}
+
+impl CodeConstraint {
+    pub fn new(cat: &navigen::Catalog, tok: &tokenizers::Tokenizer) -> Result<Self> {
+        let width = cat.sizes().iter().copied().max().unwrap_or(0) as usize;
+        let mut code_of = std::collections::HashMap::new();
+        let mut columns = Vec::new();
+        for (l, &k) in cat.sizes().iter().enumerate() {
+            let mut first = None;
+            for c in 0..width {
+                let id = if c < k as usize {
+                    let t = navigen::cid::code_token(l, c as u16);
+                    let id = tok
+                        .token_to_id(&t)
+                        .ok_or_else(|| anyhow::anyhow!("the tokenizer lacks {t}"))?;
+                    code_of.insert(id, (l, c as u16));
+                    first.get_or_insert(id);
+                    id
+                } else {
+                    first.unwrap_or(0)
+                };
+                columns.push(id);
+            }
+        }
+        Ok(CodeConstraint {
+            code_of,
+            trie: navigen::trie::CidTrie::from_catalog(cat),
+            width,
+            columns,
+        })
+    }
+
+    /// For a target `next` after `before` (the row's tokens up to and including the current one):
+    /// its column and the allowed columns, when it is a code whose prefix codes precede it.
+    fn constrain(&self, before: &[u32], next: u32) -> Option<(u32, Vec<u32>)> {
+        let &(level, code) = self.code_of.get(&next)?;
+        if before.len() < level {
+            return None;
+        }
+        let mut prefix = Vec::with_capacity(level);
+        for (l, id) in before[before.len() - level..].iter().enumerate() {
+            match self.code_of.get(id) {
+                Some(&(pl, pc)) if pl == l => prefix.push(pc),
+                _ => return None,
+            }
+        }
+        let allowed = self.trie.allowed(&prefix);
+        if !allowed.contains(&code) {
+            return None;
+        }
+        let col = |c: u16| (level * self.width + c as usize) as u32;
+        Some((col(code), allowed.iter().map(|&c| col(c)).collect()))
+    }
+}
+
 /// Tensors of a batch of rows, padded to the longest row.
 pub struct Batch {
     pub ids: Tensor,
     pub positions: Tensor,
     pub mask: Tensor,
-    /// Flat (row * T + t) indices of positions that carry a target.
+    /// Flat (row * T + t) indices of positions whose target is scored over the whole vocabulary.
     pub target_index: Tensor,
     pub targets: Tensor,
+    /// Positions whose target is a CID code scored over the codes the trie allows
+    /// ([`CodeConstraint`]): their indices, target columns, and an additive mask (0 allowed, -1e9 not)
+    /// over the code block's columns.
+    pub code_index: Option<Tensor>,
+    pub code_targets: Option<Tensor>,
+    pub code_mask: Option<Tensor>,
     pub tokens: usize,
     pub loss_tokens: usize,
 }
 
-pub fn make_batch(rows: &[Row], pad: u32, device: &Device, dtype: DType) -> Result<Batch> {
+pub fn make_batch(
+    rows: &[Row],
+    pad: u32,
+    device: &Device,
+    dtype: DType,
+    codes: Option<&CodeConstraint>,
+) -> Result<Batch> {
     anyhow::ensure!(!rows.is_empty(), "empty batch");
     let t = rows.iter().map(Row::len).max().unwrap_or(0);
     let b = rows.len();
@@ -87,12 +166,30 @@ pub fn make_batch(rows: &[Row], pad: u32, device: &Device, dtype: DType) -> Resu
     let mut segs = Vec::with_capacity(b);
     let mut tidx = Vec::new();
     let mut tgt = Vec::new();
+    let (mut cidx, mut ctgt, mut cmask) = (Vec::new(), Vec::new(), Vec::new());
     for (r, row) in rows.iter().enumerate() {
         let mut s = row.segments.clone();
         for (i, target) in row.targets.iter().enumerate() {
-            if let Some(x) = target {
-                tidx.push((r * t + i) as u32);
-                tgt.push(*x);
+            let Some(x) = *target else { continue };
+            // The prefix codes must belong to the same example (segment).
+            let start = row.segments[..=i]
+                .iter()
+                .rposition(|&g| g != row.segments[i])
+                .map_or(0, |p| p + 1);
+            match codes.and_then(|c| c.constrain(&row.ids[start..=i], x).map(|v| (c, v))) {
+                Some((c, (col, allowed))) => {
+                    cidx.push((r * t + i) as u32);
+                    ctgt.push(col);
+                    let from = cmask.len();
+                    cmask.resize(from + c.columns.len(), -1e9f32);
+                    for a in allowed {
+                        cmask[from + a as usize] = 0.0;
+                    }
+                }
+                None => {
+                    tidx.push((r * t + i) as u32);
+                    tgt.push(x);
+                }
             }
         }
         ids.extend_from_slice(&row.ids);
@@ -105,18 +202,26 @@ pub fn make_batch(rows: &[Row], pad: u32, device: &Device, dtype: DType) -> Resu
         }
         segs.push(s);
     }
-    anyhow::ensure!(!tgt.is_empty(), "batch has no answer tokens");
+    let n_code = cidx.len();
+    anyhow::ensure!(!tgt.is_empty() || n_code > 0, "batch has no answer tokens");
+    let (code_index, code_targets, code_mask) = match codes {
+        Some(c) if n_code > 0 => (
+            Some(Tensor::from_vec(cidx, n_code, device)?),
+            Some(Tensor::from_vec(ctgt, n_code, device)?),
+            Some(Tensor::from_vec(cmask, (n_code, c.columns.len()), device)?),
+        ),
+        _ => (None, None, None),
+    };
     Ok(Batch {
         ids: Tensor::from_vec(ids, (b, t), device)?,
         positions: Tensor::from_vec(pos, (b, t), device)?,
         mask: packed_mask(&segs, device, dtype)?,
-        loss_tokens: tgt.len(),
+        loss_tokens: tgt.len() + n_code,
         target_index: Tensor::from_vec(tidx, tgt.len(), device)?,
-        targets: Tensor::from_vec(
-            tgt,
-            rows.iter().map(Row::loss_tokens).sum::<usize>(),
-            device,
-        )?,
+        targets: Tensor::from_vec(tgt.clone(), tgt.len(), device)?,
+        code_index,
+        code_targets,
+        code_mask,
         tokens: rows.iter().map(Row::len).sum(),
     })
 }
@@ -146,7 +251,7 @@ mod tests {
             rows[0].targets,
             vec![None, Some(3), Some(4), None, Some(6), Some(7), None]
         );
-        let batch = make_batch(&rows, 0, &Device::Cpu, DType::F32).unwrap();
+        let batch = make_batch(&rows, 0, &Device::Cpu, DType::F32, None).unwrap();
         assert_eq!(batch.ids.dims(), &[2, 7]);
         assert_eq!(batch.loss_tokens, 6);
         let mask = batch.mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -24,10 +24,10 @@ pub struct NextItemDecoder {
     prompt_ids: Vec<u32>,
 }
 
-/// log(sum(exp(x))) of a logits row.
-fn log_sum_exp(x: &[f32]) -> f32 {
-    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    m + x.iter().map(|&v| (v - m).exp()).sum::<f32>().ln()
+/// log(sum(exp(x))).
+fn log_sum_exp(x: impl Iterator<Item = f32> + Clone) -> f32 {
+    let m = x.clone().fold(f32::NEG_INFINITY, f32::max);
+    m + x.map(|v| (v - m).exp()).sum::<f32>().ln()
 }
 
 impl NextItemDecoder {
@@ -80,8 +80,11 @@ impl NextItemDecoder {
             let last = level + 1 == levels;
             let mut next: Vec<(Vec<u16>, f32, usize)> = Vec::new();
             for (j, (codes, score, _, logits)) in level_logits.iter().enumerate() {
-                let lse = log_sum_exp(logits);
-                for &c in self.trie.allowed(codes) {
+                // Softmax over the codes allowed here, as trained and as the runtime ranks.
+                let kids = self.trie.allowed(codes);
+                let ids = &self.code_ids[level];
+                let lse = log_sum_exp(kids.iter().map(|&c| logits[ids[c as usize] as usize]));
+                for &c in kids {
                     let mut n = codes.clone();
                     n.push(c);
                     if last && self.trie.item(&n).is_some_and(|i| seen.contains(&i)) {

@@ -18,11 +18,39 @@ pub use transformer::Rope;
 pub use weights::{Trainable, Weights};
 
 /// Mean cross-entropy over the answer tokens of a batch. Logits are computed only at positions that
-/// carry a target (a small fraction of the row), which saves most of the output-head cost.
-pub fn loss(w: &Weights, rope: &Rope, b: &Batch) -> Result<Tensor> {
+/// carry a target (a small fraction of the row), which saves most of the output-head cost; CID code
+/// targets are scored over the codes the trie allows ([`batch::CodeConstraint`]), the rest over the
+/// whole vocabulary. `columns`: the token ids of the code block (from the same constraint).
+pub fn loss(w: &Weights, rope: &Rope, b: &Batch, columns: Option<&Tensor>) -> Result<Tensor> {
     let h = transformer::hidden_states(w, rope, &b.ids, &b.positions, &b.mask)?;
     let (bsz, t, d) = h.dims3()?;
-    let picked = h.reshape((bsz * t, d))?.index_select(&b.target_index, 0)?;
-    let logits = picked.matmul(&w.head()?.t()?)?.to_dtype(DType::F32)?;
-    Ok(candle_nn::loss::cross_entropy(&logits, &b.targets)?)
+    let flat = h.reshape((bsz * t, d))?;
+    let head = w.head()?;
+    let n_text = b.targets.dim(0)?;
+    let mut sum: Option<Tensor> = None;
+    if n_text > 0 {
+        let logits = flat
+            .index_select(&b.target_index, 0)?
+            .matmul(&head.t()?)?
+            .to_dtype(DType::F32)?;
+        sum = Some((candle_nn::loss::cross_entropy(&logits, &b.targets)? * n_text as f64)?);
+    }
+    if let (Some(idx), Some(tgt), Some(mask), Some(cols)) =
+        (&b.code_index, &b.code_targets, &b.code_mask, columns)
+    {
+        let n = idx.dim(0)?;
+        let rows = head.index_select(cols, 0)?;
+        let logits = (flat
+            .index_select(idx, 0)?
+            .matmul(&rows.t()?)?
+            .to_dtype(DType::F32)?
+            + mask)?;
+        let part = (candle_nn::loss::cross_entropy(&logits, tgt)? * n as f64)?;
+        sum = Some(match sum {
+            Some(s) => (s + part)?,
+            None => part,
+        });
+    }
+    let sum = sum.ok_or_else(|| anyhow::anyhow!("batch has no targets"))?;
+    Ok((sum / b.loss_tokens.max(1) as f64)?)
 }

@@ -24,7 +24,7 @@ mod recall;
 pub use recall::ValidationSet;
 
 use crate::data::sequences::{self, Example, TrainSequence};
-use crate::model::batch::{self, Row, Tokenized};
+use crate::model::batch::{self, CodeConstraint, Row, Tokenized};
 use crate::model::{self, preset, ModelConfig, Rope, Trainable, Weights};
 use crate::run::{
     checkpoint, metrics, optim, save_weights, stage_weights, RunInfo, BASE_WEIGHTS,
@@ -110,10 +110,17 @@ impl SftOptions {
             },
             epochs: 1.0,
             max_steps: None,
-            batch_rows: if tiny { 8 } else { 2 },
-            // Stage 2 answers carry reasoning and instructions: longer rows.
+            // Many short rows: candle's cost per token falls with the batch and rises with the row
+            // length (dense attention masks), measured in docs/benchmarks.md.
+            batch_rows: match (tiny, stage) {
+                (true, 1) => 64,
+                (true, _) => 16,
+                _ => 2,
+            },
+            // A stage-1 next-item window is ~85 tokens (max_history 20); stage 2 answers carry
+            // reasoning and instructions: longer rows.
             max_len: match (tiny, stage) {
-                (true, 1) => 256,
+                (true, 1) => 128,
                 (true, _) => 384,
                 _ => 1024,
             },
@@ -226,12 +233,19 @@ pub fn tokenize_all(
     Ok((out, too_long))
 }
 
-fn mean_loss(w: &Weights, rope: &Rope, rows: &[Row], opts: &SftOptions, pad: u32) -> Result<f64> {
+fn mean_loss(
+    w: &Weights,
+    rope: &Rope,
+    rows: &[Row],
+    opts: &SftOptions,
+    pad: u32,
+    codes: (&CodeConstraint, &Tensor),
+) -> Result<f64> {
     let mut total = 0f64;
     let mut n = 0usize;
     for chunk in rows.chunks(opts.batch_rows.max(1)) {
-        let b = batch::make_batch(chunk, pad, &opts.device, opts.dtype)?;
-        let l = model::loss(w, rope, &b)?.to_scalar::<f32>()? as f64;
+        let b = batch::make_batch(chunk, pad, &opts.device, opts.dtype, Some(codes.0))?;
+        let l = model::loss(w, rope, &b, Some(codes.1))?.to_scalar::<f32>()? as f64;
         total += l * b.loss_tokens as f64;
         n += b.loss_tokens;
     }
@@ -288,6 +302,9 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         // What prepare split the data with (`prepare --max-history`), not a second default.
         max_history: crate::prepare::max_history(&opts.data)?,
         windows_per_user: opts.windows_per_user,
+        // A pretrained base's cold start ties the new tokens to what it knows (cid2tid, tid2cid); a
+        // random one learns next items first, and the item tasks join in stage 2 (docs/benchmarks.md).
+        item_tasks: opts.stage >= 2 || info.preset.pretrained(),
         seed: opts.seed,
     };
     let examples = tasks::training_examples(&cat, &train, &mix, &teacher);
@@ -301,6 +318,8 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, &teacher, val_users);
     let val_next = recall::ValidationSet::new(&cat, &train, &valid[..val_users]);
     let decoder = crate::model::beam::NextItemDecoder::new(&cat, &tok)?;
+    let codes = CodeConstraint::new(&cat, &tok)?;
+    let code_columns = Tensor::from_slice(&codes.columns, codes.columns.len(), &opts.device)?;
     let (val_tok, _) = tokenize_all(&tok, &val_ex, opts.max_len)?;
     let val_rows = batch::pack(&val_tok, opts.max_len);
     if rows.is_empty() {
@@ -414,9 +433,9 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                     rows[order.1[g % rows.len()]].clone()
                 })
                 .collect();
-            let b = batch::make_batch(&picked, pad, &opts.device, opts.dtype)?;
+            let b = batch::make_batch(&picked, pad, &opts.device, opts.dtype, Some(&codes))?;
             step_tokens += b.tokens;
-            let loss = model::loss(&w, &rope, &b)?;
+            let loss = model::loss(&w, &rope, &b, Some(&code_columns))?;
             let scaled = (&loss / opts.grad_accum.max(1) as f64)?;
             let g = scaled.backward()?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -467,7 +486,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         let eval_now =
             !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total);
         if eval_now {
-            let v = mean_loss(&w, &rope, &val_rows, opts, pad)?;
+            let v = mean_loss(&w, &rope, &val_rows, opts, pad, (&codes, &code_columns))?;
             let (r, n) = if opts.select == Select::Recall && !val_next.is_empty() {
                 let (r, n) = val_next.measure(&w, &rope, &decoder, opts.val_beams)?;
                 (Some(r), Some(n))
