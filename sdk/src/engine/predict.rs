@@ -120,7 +120,11 @@ impl Engine {
         let t_norm = Instant::now();
         let first = ctx.get_logits_ith(last);
         let roots = self.trie.allowed(&[]);
-        let lse = log_sum_exp(roots.iter().map(|&c| first[toks.codes[0][c as usize] as usize]));
+        let lse = log_sum_exp(
+            roots
+                .iter()
+                .map(|&c| first[toks.codes[0][c as usize] as usize]),
+        );
         tm.normalize_ms += ms(t_norm);
         let t_host = Instant::now();
         let mut beams_now: Vec<(Vec<u16>, f32)> = roots

@@ -82,13 +82,13 @@ pub struct CodeConstraint {
 
 impl CodeConstraint {
     pub fn new(cat: &navigen::Catalog, tok: &tokenizers::Tokenizer) -> Result<Self> {
-        let width = cat.sizes().iter().copied().max().unwrap_or(0) as usize;
+        let width = cat.sizes().iter().copied().max().unwrap_or(0);
         let mut code_of = std::collections::HashMap::new();
         let mut columns = Vec::new();
         for (l, &k) in cat.sizes().iter().enumerate() {
             let mut first = None;
             for c in 0..width {
-                let id = if c < k as usize {
+                let id = if c < k {
                     let t = navigen::cid::code_token(l, c as u16);
                     let id = tok
                         .token_to_id(&t)

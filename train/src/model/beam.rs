@@ -55,16 +55,16 @@ impl NextItemDecoder {
 
     /// The `k` best next items (catalog indices, best first) after `history`, with `beams` beams;
     /// items of `seen` are left out.
+    /// `net`: the weights, their rotary tables and the output head.
     pub fn predict(
         &self,
-        w: &Weights,
-        rope: &Rope,
-        head: &Tensor,
+        net: (&Weights, &Rope, &Tensor),
         history: &[Cid],
         seen: &HashSet<u32>,
         beams: usize,
         k: usize,
     ) -> Result<Vec<u32>> {
+        let (w, rope, head) = net;
         let levels = self.trie.levels();
         let mut ids = self.prompt_ids.clone();
         for c in history {

@@ -71,7 +71,7 @@ impl ValidationSet {
         let head: Tensor = w.head()?;
         let (mut hits, mut ndcg) = (0usize, 0f64);
         for u in &self.users {
-            let top = decoder.predict(w, rope, &head, &u.history, &u.seen, beams, 10)?;
+            let top = decoder.predict((w, rope, &head), &u.history, &u.seen, beams, 10)?;
             if let Some(r) = top.iter().position(|&i| i == u.target) {
                 hits += 1;
                 ndcg += 1.0 / ((r + 2) as f64).log2();
