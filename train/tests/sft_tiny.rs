@@ -67,10 +67,9 @@ fn tiny_run() -> &'static TinyRun {
 #[test]
 fn both_stages_train_and_log() {
     let r = tiny_run();
-    // The loss of the last steps must be well under the first step's. Stage 1 is next items only,
-    // scored over the codes the trie allows, so it starts near the entropy of the catalog's code tree
-    // (~2.5 nats, most last-level codes being certain): 5 % down in 60 steps of 8 rows (measured: 7.5 %); stage 2's text tokens
-    // start at ln(vocabulary): a factor of 2.
+    // The mean loss of the last five steps must be at least 0.1 nats under the first five's. Both
+    // stages start low (next-item codes are scored over the trie's children, ~2.5 nats at first,
+    // and stage 2 starts from stage 1's model); measured on this run: -0.19 (stage 1), -0.18 (stage 2).
     let recs = metrics::read(&r.dir).unwrap();
     for (stage, s) in [(1u8, &r.s1), (2, &r.s2)] {
         let losses: Vec<f64> = recs
@@ -79,12 +78,11 @@ fn both_stages_train_and_log() {
             .filter_map(|x| x.loss)
             .collect();
         assert_eq!(losses.len(), 60, "stage {stage} logs every step");
-        let tail: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
-        let factor = if stage == 1 { 0.95 } else { 0.5 };
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (head, tail) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
         assert!(
-            tail < losses[0] * factor,
-            "stage {stage}: loss {} -> {tail} did not fall to {factor} of it",
-            losses[0]
+            tail < head - 0.1,
+            "stage {stage}: loss {head} -> {tail} did not fall by 0.1"
         );
         assert!(
             s.best_val_loss.is_some_and(|v| v.is_finite()),
