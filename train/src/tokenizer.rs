@@ -57,6 +57,24 @@ fn from_json(v: &serde_json::Value) -> Result<Tokenizer> {
 }
 
 /// Trains a byte-level BPE of `vocab_size` tokens on `texts`; the chat tokens and end-of-text come first.
+/// Token id of every CID code of the catalog, `[level][code]` (the trainer's one mapping: beam
+/// search and the trie-restricted loss both use it).
+pub fn code_token_ids(cat: &navigen::Catalog, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+    cat.sizes()
+        .iter()
+        .enumerate()
+        .map(|(l, &k)| {
+            (0..k)
+                .map(|c| {
+                    let t = navigen::cid::code_token(l, c as u16);
+                    tok.token_to_id(&t)
+                        .with_context(|| format!("the tokenizer lacks {t}"))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Tokenizer> {
     let mut tok = from_json(&tokenizer_json(json!({}), vec![], vec![]))?;
     let specials: Vec<AddedToken> = std::iter::once(END_OF_TEXT)

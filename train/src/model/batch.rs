@@ -82,25 +82,22 @@ pub struct CodeConstraint {
 
 impl CodeConstraint {
     pub fn new(cat: &navigen::Catalog, tok: &tokenizers::Tokenizer) -> Result<Self> {
-        let width = cat.sizes().iter().copied().max().unwrap_or(0);
+        let ids = crate::tokenizer::code_token_ids(cat, tok)?;
+        let width = ids.iter().map(Vec::len).max().unwrap_or(0);
         let mut code_of = std::collections::HashMap::new();
-        let mut columns = Vec::new();
-        for (l, &k) in cat.sizes().iter().enumerate() {
-            let mut first = None;
-            for c in 0..width {
-                let id = if c < k {
-                    let t = navigen::cid::code_token(l, c as u16);
-                    let id = tok
-                        .token_to_id(&t)
-                        .ok_or_else(|| anyhow::anyhow!("the tokenizer lacks {t}"))?;
-                    code_of.insert(id, (l, c as u16));
-                    first.get_or_insert(id);
-                    id
-                } else {
-                    first.unwrap_or(0)
-                };
-                columns.push(id);
+        let mut columns = Vec::with_capacity(ids.len() * width);
+        for (l, level) in ids.iter().enumerate() {
+            for (c, &id) in level.iter().enumerate() {
+                code_of.insert(id, (l, c as u16));
             }
+            // Unused columns repeat a real token of the level; they are always masked.
+            let fill = level.first().copied().unwrap_or(0);
+            columns.extend(
+                level
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(fill, width - level.len())),
+            );
         }
         Ok(CodeConstraint {
             code_of,

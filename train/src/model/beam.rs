@@ -6,13 +6,12 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
 use super::transformer::{forward_cached, KvCache};
 use super::{Rope, Weights};
-use navigen::cid::code_token;
 use navigen::trie::CidTrie;
 use navigen::{Catalog, Cid};
 
@@ -32,20 +31,7 @@ fn log_sum_exp(x: impl Iterator<Item = f32> + Clone) -> f32 {
 
 impl NextItemDecoder {
     pub fn new(cat: &Catalog, tok: &Tokenizer) -> Result<Self> {
-        let code_ids = cat
-            .sizes()
-            .iter()
-            .enumerate()
-            .map(|(l, &k)| {
-                (0..k)
-                    .map(|c| {
-                        let t = code_token(l, c as u16);
-                        tok.token_to_id(&t)
-                            .with_context(|| format!("the tokenizer lacks {t}"))
-                    })
-                    .collect::<Result<Vec<u32>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let code_ids = crate::tokenizer::code_token_ids(cat, tok)?;
         Ok(NextItemDecoder {
             trie: CidTrie::from_catalog(cat),
             code_ids,
