@@ -128,6 +128,11 @@ typedef struct navigen_instruction_params {
    */
   float temperature;
   float top_p;
+  /*
+   Greedy decoding never repeats an n-gram of this many tokens within the JSON answer (0: off;
+   default 3).
+   */
+  uint32_t no_repeat_ngram;
 } navigen_instruction_params;
 
 /*

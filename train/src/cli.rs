@@ -61,6 +61,16 @@ pub struct PrepareArgs {
     /// Embedder GGUF (from `export-embedder`; default: all-MiniLM-L6-v2 in f16, exported into the cache).
     #[arg(long)]
     embedder: Option<PathBuf>,
+    /// Share of a collaborative vector (PPMI co-occurrence in the training sequences) fused with the
+    /// text embedding before residual k-means; 0 gives CIDs from text alone.
+    #[arg(long, default_value_t = prepare::DEFAULT_COLLAB_WEIGHT)]
+    collab_weight: f32,
+    /// Dimensions of the collaborative vector.
+    #[arg(long, default_value_t = 32)]
+    collab_dim: usize,
+    /// Items up to this many positions apart in a user's sequence count as co-occurring.
+    #[arg(long, default_value_t = 5)]
+    collab_window: usize,
 }
 
 /// `prepare`: data -> CIDs, TIDs, codebooks, catalog and splits; prints the report's summary.
@@ -78,7 +88,22 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
         d => anyhow::bail!("--codebook-dtype {d}: use f32 or f16"),
     };
     o.embedder = a.embedder;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.collab_weight),
+        "--collab-weight {}: use a value in [0, 1)",
+        a.collab_weight
+    );
+    o.collab_weight = a.collab_weight;
+    o.collab.dim = a.collab_dim;
+    o.collab.window = a.collab_window;
     let r = prepare::prepare(&o)?;
+    if let Some(c) = &r.collab {
+        println!(
+            "collaborative fusion: weight {}, {} dims, {} items observed; from text alone (new items): cosine {:.3}, same first code {:.3} (held-out items; {:.3} / {:.3} in the fit)",
+            c.weight, c.dim, c.observed, c.held_out_cosine, c.held_out_same_first_code,
+            c.text_prediction_cosine, c.text_only_same_first_code
+        );
+    }
     println!(
         "{}: {} items, {} users, {} interactions; {} levels x K={}; collisions {} -> {}; utilisation {:?}; recon_mse {:?}; {:.1}s",
         r.dataset,
@@ -435,11 +460,21 @@ pub struct BenchQualityArgs {
     /// Most SASRec epochs (early stopping on validation NDCG@10 stops it sooner).
     #[arg(long, default_value_t = 200)]
     sasrec_epochs: usize,
+    /// SASRec's training batch. 256 as in the SASRec paper's range (it used 128); RecBole's default
+    /// 2048 gives ml-100k only 46 steps an epoch and needs several times more epochs (0 = RecBole's).
+    #[arg(long, default_value_t = 256)]
+    sasrec_batch: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// navigen's rows only.
     #[arg(long)]
     no_recbole: bool,
+    /// `prepare --collab-weight` for the prepared data (when OUT/data does not exist yet).
+    #[arg(long, default_value_t = prepare::DEFAULT_COLLAB_WEIGHT)]
+    collab_weight: f32,
+    /// Retrain RecBole's models even when OUT holds their result for the same data and options.
+    #[arg(long)]
+    rerun_recbole: bool,
 }
 
 /// `bench quality`: navigen against RecBole's SASRec and Pop; prints the table, writes quality.json.
@@ -456,8 +491,11 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         max_history: a.max_history,
         beams: a.beams,
         sasrec_epochs: a.sasrec_epochs,
+        sasrec_batch: (a.sasrec_batch > 0).then_some(a.sasrec_batch),
         seed: a.seed,
         no_recbole: a.no_recbole,
+        collab_weight: a.collab_weight,
+        rerun_recbole: a.rerun_recbole,
     })?;
     Ok(())
 }

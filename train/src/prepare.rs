@@ -17,6 +17,8 @@ use navigen::format::{catalog, codebooks, write_atomic, Dtype, ItemEntry};
 use navigen::Cid;
 
 pub const REPORT_FILE: &str = "prepare.json";
+/// Measured in docs/benchmarks.md ("Item codes that carry behaviour").
+pub const DEFAULT_COLLAB_WEIGHT: f32 = 0.95;
 
 #[derive(Clone, Debug)]
 pub struct PrepareOptions {
@@ -33,6 +35,9 @@ pub struct PrepareOptions {
     pub dtype: Dtype,
     /// An embedder GGUF (`navigen-train export-embedder`); `None`: all-MiniLM-L6-v2 exported in f16.
     pub embedder: Option<PathBuf>,
+    /// Share of the collaborative vector in the fused item vector the CIDs quantise (0: text only).
+    pub collab_weight: f32,
+    pub collab: rq::collab::CollabConfig,
 }
 
 impl PrepareOptions {
@@ -48,6 +53,8 @@ impl PrepareOptions {
             max_history: sequences::DEFAULT_MAX_HISTORY,
             dtype: Dtype::F32,
             embedder: None,
+            collab_weight: DEFAULT_COLLAB_WEIGHT,
+            collab: rq::collab::CollabConfig::default(),
         }
     }
 }
@@ -77,6 +84,26 @@ pub struct PrepareReport {
     pub ingest: data::IngestReport,
     pub sequences: sequences::SequenceStats,
     pub train_examples: usize,
+    /// Collaborative fusion (absent when the CIDs come from text alone).
+    pub collab: Option<CollabReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CollabReport {
+    pub weight: f32,
+    pub dim: usize,
+    pub window: usize,
+    /// Catalog items seen in the training sequences (the others are fused with a predicted half).
+    pub observed: usize,
+    /// Mean cosine between an observed item's collaborative vector and the one its text predicts.
+    pub text_prediction_cosine: f64,
+    /// Catalog items whose first code is the same when quantised from their text alone, as a new
+    /// item registered on a device is (count, and share of the catalog).
+    pub text_only_same_first_code_items: usize,
+    pub text_only_same_first_code: f64,
+    /// The same two measures for items held out of the map's fit (5 folds): what a new item gets.
+    pub held_out_cosine: f64,
+    pub held_out_same_first_code: f64,
 }
 
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
@@ -126,9 +153,39 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         Some(p) => p.clone(),
         None => embed::cached_minilm_gguf(ExportDtype::F16)?,
     };
-    let (vectors, from_cache, embedder_sha) = embed::embed_on_device(&embedder_path, &texts)?;
-    let dim = vectors.first().map_or(0, Vec::len);
+    let (text_vectors, from_cache, embedder_sha) = embed::embed_on_device(&embedder_path, &texts)?;
+    let text_dim = text_vectors.first().map_or(0, Vec::len);
     lap("embed", t);
+
+    let t = Instant::now();
+    let fusion = if opts.collab_weight > 0.0 {
+        let train_items: Vec<&[u32]> = seqs.iter().map(|s| &s.items[..s.items.len() - 2]).collect();
+        let cv = rq::collab::item_vectors(&train_items, ids.len(), &opts.collab)?;
+        let text_flat: Vec<f32> = text_vectors.iter().flatten().copied().collect();
+        let map = rq::collab::text_map(&text_flat, text_dim, &cv, opts.collab.ridge)?;
+        let fusion = codebooks::Fusion {
+            text_dim,
+            collab_dim: cv.dim,
+            weight: opts.collab_weight,
+            map,
+        };
+        let fused: Vec<Vec<f32>> = text_vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let c = &cv.vectors[i * cv.dim..(i + 1) * cv.dim];
+                fusion.fuse(v, cv.observed[i].then_some(c))
+            })
+            .collect::<navigen::Result<_>>()?;
+        Some((fusion, cv, fused))
+    } else {
+        None
+    };
+    lap("collab", t);
+    let (vectors, dim) = match &fusion {
+        Some((f, _, fused)) => (fused.clone(), f.text_dim + f.collab_dim),
+        None => (text_vectors.clone(), text_dim),
+    };
 
     let t = Instant::now();
     let k = opts
@@ -163,11 +220,28 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         "iterations": opts.iterations,
         "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION")),
     });
-    let cb_bytes = codebooks::write_codebooks(&trained.codebooks, dim, opts.dtype, &info)?;
+    let cb_bytes = codebooks::write_codebooks_fused(
+        &trained.codebooks,
+        dim,
+        opts.dtype,
+        fusion.as_ref().map(|f| &f.0),
+        &info,
+    )?;
     // Read back through the device's own reader: proves the file, gives the CRC the catalog records,
     // and assigns the CIDs with the exact centroids and arithmetic the device uses.
     let cb = navigen::Codebooks::from_bytes(&cb_bytes)?;
     let (codes, rq_stats) = rq::assign(&flat, &cb, &trained)?;
+    let collab = match &fusion {
+        Some((f, cv, _)) => Some(collab_report(
+            f,
+            cv,
+            &text_vectors,
+            &cb,
+            &codes,
+            &opts.collab,
+        )?),
+        None => None,
+    };
     write_atomic(&opts.out.join(codebooks::FILE_NAME), &cb_bytes)?;
     crate::files::copy_atomic(
         &embedder_path,
@@ -220,10 +294,84 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareReport> {
         ingest: ds.report.clone(),
         sequences: seq_stats,
         train_examples: train.iter().map(|t| t.items.len().saturating_sub(1)).sum(),
+        collab,
     };
     let json = serde_json::to_vec_pretty(&report)?;
     write_atomic(&opts.out.join(REPORT_FILE), &json)?;
     Ok(report)
+}
+
+/// How well an item's text stands in for its behaviour: what a new item registered on a device gets.
+fn collab_report(
+    f: &codebooks::Fusion,
+    cv: &rq::collab::CollabVectors,
+    text: &[Vec<f32>],
+    cb: &navigen::Codebooks,
+    codes: &[Vec<u16>],
+    cfg: &rq::collab::CollabConfig,
+) -> Result<CollabReport> {
+    let (mut cos, mut same, mut n) = (0f64, 0usize, 0usize);
+    for (i, t) in text.iter().enumerate() {
+        let fused = cb.fuse(t)?;
+        same += usize::from(cb.quantize(&fused)?.0.codes()[0] == codes[i][0]);
+        if cv.observed[i] {
+            let predicted = &fused[f.text_dim..];
+            let actual = &cv.vectors[i * cv.dim..(i + 1) * cv.dim];
+            let norm = predicted
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+                .max(1e-12);
+            cos += (predicted
+                .iter()
+                .zip(actual)
+                .map(|(p, a)| p * a)
+                .sum::<f32>()
+                / norm) as f64;
+            n += 1;
+        }
+    }
+    // 5-fold: the map fitted without an item predicts its collaborative half.
+    let text_flat: Vec<f32> = text.iter().flatten().copied().collect();
+    let (mut h_cos, mut h_same, mut h_n) = (0f64, 0usize, 0usize);
+    for fold in 0..5 {
+        let mut train = rq::collab::CollabVectors {
+            dim: cv.dim,
+            vectors: cv.vectors.clone(),
+            observed: cv.observed.clone(),
+        };
+        let held: Vec<usize> = (0..text.len())
+            .filter(|i| i % 5 == fold && cv.observed[*i])
+            .collect();
+        for &i in &held {
+            train.observed[i] = false;
+        }
+        let fold_fusion = codebooks::Fusion {
+            map: rq::collab::text_map(&text_flat, f.text_dim, &train, cfg.ridge)?,
+            ..f.clone()
+        };
+        for &i in &held {
+            let fused = fold_fusion.fuse(&text[i], None)?;
+            let actual = &cv.vectors[i * cv.dim..(i + 1) * cv.dim];
+            let p = &fused[f.text_dim..];
+            let norm = p.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+            h_cos += (p.iter().zip(actual).map(|(p, a)| p * a).sum::<f32>() / norm) as f64;
+            h_same += usize::from(cb.quantize(&fused)?.0.codes()[0] == codes[i][0]);
+            h_n += 1;
+        }
+    }
+    Ok(CollabReport {
+        held_out_cosine: h_cos / h_n.max(1) as f64,
+        held_out_same_first_code: h_same as f64 / h_n.max(1) as f64,
+        weight: f.weight,
+        dim: f.collab_dim,
+        window: cfg.window,
+        observed: n,
+        text_prediction_cosine: cos / n.max(1) as f64,
+        text_only_same_first_code_items: same,
+        text_only_same_first_code: same as f64 / text.len().max(1) as f64,
+    })
 }
 
 /// The history length a prepared folder was made with (`prepare --max-history`): SFT windows and the

@@ -57,6 +57,9 @@ pub struct navigen_instruction_params {
     /// 0 = greedy.
     pub temperature: f32,
     pub top_p: f32,
+    /// Greedy decoding never repeats an n-gram of this many tokens within the JSON answer (0: off;
+    /// default 3).
+    pub no_repeat_ngram: u32,
 }
 
 // The C structs mirror the Rust parameter types field for field; these are the only conversions.
@@ -95,6 +98,7 @@ impl From<InstructionOptions> for navigen_instruction_params {
             max_answer_tokens: d.max_answer_tokens,
             temperature: d.temperature,
             top_p: d.top_p,
+            no_repeat_ngram: d.no_repeat_ngram,
         }
     }
 }
@@ -105,6 +109,7 @@ fn instruction_options(p: &navigen_instruction_params) -> Result<InstructionOpti
         || p.max_answer_tokens == 0
         || p.max_answer_tokens > 4096
         || p.max_think_tokens > 4096
+        || p.no_repeat_ngram > 64
     {
         return Err(invalid("instruction params out of range"));
     }
@@ -113,6 +118,7 @@ fn instruction_options(p: &navigen_instruction_params) -> Result<InstructionOpti
         max_answer_tokens: p.max_answer_tokens,
         temperature: p.temperature,
         top_p: p.top_p,
+        no_repeat_ngram: p.no_repeat_ngram,
     })
 }
 

@@ -6,7 +6,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::sampling::Chooser;
+use super::sampling::{repeated_ngram_bans, Chooser};
 use super::{ms, Engine, Utf8Stream};
 use crate::error::{Error, Result};
 
@@ -72,25 +72,32 @@ impl Engine {
     }
 
     /// Samples up to `max` tokens; stops at end of generation (not fed) or after `stop` (fed).
-    /// Returns whether `stop` was reached.
+    /// `no_repeat` >= 2 keeps greedy decoding from repeating any `no_repeat`-gram of this phase (a
+    /// small model's failure mode is a term repeated until the budget ends). Returns whether `stop`
+    /// was reached.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn sample_phase(
         &self,
         d: &mut Decoding<'_>,
         sampler: &mut Chooser,
         max: u32,
         stop: Option<i32>,
+        no_repeat: usize,
         epoch: u64,
         on_piece: &mut dyn FnMut(&str) -> bool,
     ) -> Result<bool> {
+        let mut phase: Vec<i32> = Vec::new();
         for _ in 0..max {
             self.check(epoch)?;
             let t0 = Instant::now();
-            let t = sampler.choose(&d.ctx, d.last, &self.model)?;
+            let banned = repeated_ngram_bans(&phase, no_repeat);
+            let t = sampler.choose(&d.ctx, d.last, &self.model, &banned)?;
             d.sample_ms += ms(t0);
             d.generated += 1;
             if self.model.is_eog(t) {
                 return Ok(false);
             }
+            phase.push(t);
             self.emit_and_feed(d, t, on_piece)?;
             if Some(t) == stop {
                 return Ok(true);

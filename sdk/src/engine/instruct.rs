@@ -137,6 +137,8 @@ impl Engine {
                 &mut sampler,
                 opts.max_think_tokens,
                 think_end.first().copied().filter(|_| think_end.len() == 1),
+                // Reasoning restates terms by design; only the answer is guarded.
+                0,
                 epoch,
                 on_piece,
             )?;
@@ -155,6 +157,7 @@ impl Engine {
             &mut sampler,
             opts.max_answer_tokens,
             None,
+            opts.no_repeat_ngram as usize,
             epoch,
             on_piece,
         )?;

@@ -104,7 +104,13 @@ pub struct InstructionOptions {
     /// 0 = greedy.
     pub temperature: f32,
     pub top_p: f32,
+    /// Greedy decoding never repeats an n-gram of this many tokens within the JSON answer (0 or 1:
+    /// off). Supervised answers never repeat a term, so a repeat there is degeneration.
+    pub no_repeat_ngram: u32,
 }
+
+/// Default of [`InstructionOptions::no_repeat_ngram`].
+pub const DEFAULT_NO_REPEAT_NGRAM: u32 = 3;
 
 impl Default for InstructionOptions {
     fn default() -> Self {
@@ -113,6 +119,7 @@ impl Default for InstructionOptions {
             max_answer_tokens: 192,
             temperature: 0.0,
             top_p: 0.95,
+            no_repeat_ngram: DEFAULT_NO_REPEAT_NGRAM,
         }
     }
 }

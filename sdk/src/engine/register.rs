@@ -17,7 +17,8 @@ impl Engine {
             Error::NotSupported("registering items needs a bundle with codebooks".into())
         })?;
         let embedder = self.embedder()?;
-        let v = embedder.embed(text)?;
+        // Fused codebooks predict the collaborative half from the text (format::codebooks::Fusion).
+        let v = cb.fuse(&embedder.embed(text)?)?;
         let k_last = *cb.sizes().last().expect("codebooks have a level");
         let ranked = cb.quantize_ranked(&v, k_last)?;
         let prefix = &ranked[..cb.levels() - 1];

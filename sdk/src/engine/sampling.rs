@@ -43,18 +43,38 @@ pub(super) enum Chooser {
 }
 
 impl Chooser {
+    /// The next token. Greedy choice never picks a `banned` token while another is allowed (the
+    /// no-repeat guard); temperature sampling ignores `banned`.
     pub(super) fn choose(
         &mut self,
         ctx: &LlamaContext<'_>,
         idx: i32,
         model: &Model,
+        banned: &[i32],
     ) -> Result<i32> {
-        let grammar = match self {
-            Chooser::Chain(s) => return Ok(s.sample(ctx, idx).0),
-            Chooser::Greedy(None) => return Ok(llm::argmax(ctx.get_logits_ith(idx))),
-            Chooser::Greedy(Some(g)) => g,
+        if let Chooser::Chain(s) = self {
+            return Ok(s.sample(ctx, idx).0);
+        }
+        let raw = ctx.get_logits_ith(idx);
+        let lowered;
+        let logits = if banned.is_empty() {
+            raw
+        } else {
+            // Below every real logit but finite: still chosen when the grammar allows nothing else.
+            let floor = raw.iter().copied().fold(f32::INFINITY, f32::min) - 1e4;
+            let mut l = raw.to_vec();
+            for &b in banned {
+                if let Some(v) = l.get_mut(b as usize) {
+                    *v = floor;
+                }
+            }
+            lowered = l;
+            &lowered[..]
         };
-        let logits = ctx.get_logits_ith(idx);
+        let grammar = match self {
+            Chooser::Greedy(Some(g)) => g,
+            _ => return Ok(llm::argmax(logits)),
+        };
         let best = llm::argmax(logits);
         let mut one = LlamaTokenDataArray::new(
             vec![LlamaTokenData::new(
@@ -83,6 +103,23 @@ impl Chooser {
         }
         Ok(token)
     }
+}
+
+/// Tokens that would repeat an `n`-gram already in `tokens`: every token that followed an earlier
+/// occurrence of the last `n - 1` tokens (`n` < 2 bans nothing).
+pub(super) fn repeated_ngram_bans(tokens: &[i32], n: usize) -> Vec<i32> {
+    if n < 2 || tokens.len() < n {
+        return Vec::new();
+    }
+    let tail = &tokens[tokens.len() - (n - 1)..];
+    let mut bans: Vec<i32> = tokens
+        .windows(n)
+        .filter(|w| &w[..n - 1] == tail)
+        .map(|w| w[n - 1])
+        .collect();
+    bans.sort_unstable();
+    bans.dedup();
+    bans
 }
 
 /// Candidates tried against the grammar before the whole vocabulary when the best token is refused.
@@ -130,4 +167,22 @@ fn best_allowed_among_top(grammar: &mut LlamaSampler, logits: &[f32], n: usize) 
         .fold(f32::INFINITY, f32::min);
     let pick = best_allowed(grammar, ids.iter().map(|&t| (t, logits[t as usize])))?;
     (logits[pick as usize] > floor).then_some(pick)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeated_ngram_bans;
+
+    #[test]
+    fn bans_what_would_repeat_an_ngram() {
+        // 7 8 9 seen; the text ends in 7 8 again: 9 would repeat the trigram.
+        assert_eq!(repeated_ngram_bans(&[7, 8, 9, 1, 7, 8], 3), vec![9]);
+        assert_eq!(
+            repeated_ngram_bans(&[7, 8, 9, 7, 8, 2, 7, 8], 3),
+            vec![2, 9]
+        );
+        assert!(repeated_ngram_bans(&[7, 8, 9, 1, 7], 3).is_empty());
+        assert!(repeated_ngram_bans(&[5, 5], 0).is_empty());
+        assert_eq!(repeated_ngram_bans(&[5, 5], 2), vec![5]);
+    }
 }

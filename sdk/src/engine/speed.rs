@@ -44,7 +44,7 @@ impl Engine {
         self.emit_and_feed(&mut d, first, &mut |_| true)?;
         for _ in 1..n_gen {
             self.check(epoch)?;
-            let tok = sampler.choose(&d.ctx, d.last, &self.model)?;
+            let tok = sampler.choose(&d.ctx, d.last, &self.model, &[])?;
             self.emit_and_feed(&mut d, tok, &mut |_| true)?;
         }
         let decode = n_gen as f64 / t.elapsed().as_secs_f64();

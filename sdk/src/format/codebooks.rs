@@ -1,5 +1,9 @@
 //! The codebooks file: the centroids of every residual level, so that a device can give a new item a
 //! CID (embed, then quantise) exactly as the trainer did.
+//!
+//! Version 2 adds an optional `FUSE` section: codebooks trained on the text embedding fused with a
+//! collaborative vector (docs/method.md, section 2). Its map predicts the collaborative half of a new
+//! item from its text, so the device quantises `fuse(text)` ([`Codebooks::fuse`]).
 
 use std::path::Path;
 
@@ -11,13 +15,113 @@ use crate::cid::{Cid, MAX_LEVELS};
 use crate::error::{Error, FormatError, Result};
 
 pub const MAGIC: &[u8; 8] = b"NAVIGCB\0";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Conventional file name inside a bundle or a prepared data folder.
 pub const FILE_NAME: &str = "codebooks.nvcb";
 
 const META: Tag = Tag::new(b"META");
 const CENT: Tag = Tag::new(b"CENT");
 const INFO: Tag = Tag::new(b"INFO");
+const FUSE: Tag = Tag::new(b"FUSE");
+
+/// How a text embedding becomes the vector the codebooks quantise, when they were trained on text
+/// fused with collaborative vectors: `[sqrt(1-w) t, sqrt(w) c]` with `t` the unit text vector and `c`
+/// the unit collaborative vector, predicted as `map @ t` for an item the trainer saw no behaviour of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fusion {
+    pub text_dim: usize,
+    pub collab_dim: usize,
+    /// Share of the squared norm given to the collaborative half, in (0, 1).
+    pub weight: f32,
+    /// `collab_dim x text_dim`, row-major.
+    pub map: Vec<f32>,
+}
+
+impl Fusion {
+    /// The fused vector of a text vector and a collaborative one (`None`: predicted from the text).
+    /// Trainer and device both call this, so catalog items and new items meet the codebooks alike.
+    pub fn fuse(&self, text: &[f32], collab: Option<&[f32]>) -> Result<Vec<f32>> {
+        if text.len() != self.text_dim || collab.is_some_and(|c| c.len() != self.collab_dim) {
+            return Err(Error::InvalidArgument(format!(
+                "fusion expects a {}-value text vector and a {}-value collaborative one",
+                self.text_dim, self.collab_dim
+            )));
+        }
+        let t = unit(text);
+        let c = match collab {
+            Some(c) => unit(c),
+            None => unit(
+                &self
+                    .map
+                    .chunks_exact(self.text_dim)
+                    .map(|row| row.iter().zip(&t).map(|(w, x)| w * x).sum::<f32>())
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        let (a, b) = ((1.0 - self.weight).sqrt(), self.weight.sqrt());
+        Ok(t.iter()
+            .map(|x| a * x)
+            .chain(c.iter().map(|x| b * x))
+            .collect())
+    }
+
+    fn parse(raw: &[u8], dim: usize) -> Result<Self, FormatError> {
+        let words: &[u32] = cast_records("FUSE", raw)?;
+        if words.len() < 4 {
+            return Err(FormatError::Invalid("FUSE section too short".into()));
+        }
+        let (text_dim, collab_dim) = (words[0] as usize, words[1] as usize);
+        let weight = f32::from_bits(words[2]);
+        if text_dim == 0 || collab_dim == 0 || text_dim + collab_dim != dim {
+            return Err(FormatError::Invalid(format!(
+                "FUSE dimensions {text_dim} + {collab_dim} do not make the codebooks' {dim}"
+            )));
+        }
+        if !(weight > 0.0 && weight < 1.0) {
+            return Err(FormatError::Invalid(format!(
+                "FUSE weight {weight} is not in (0, 1)"
+            )));
+        }
+        let map: &[f32] = cast_records("FUSE", &raw[16..])?;
+        if map.len() != text_dim * collab_dim || map.iter().any(|v| !v.is_finite()) {
+            return Err(FormatError::Invalid(
+                "FUSE map has the wrong size or a non-finite value".into(),
+            ));
+        }
+        Ok(Fusion {
+            text_dim,
+            collab_dim,
+            weight,
+            map: map.to_vec(),
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 4 * self.map.len());
+        for w in [
+            self.text_dim as u32,
+            self.collab_dim as u32,
+            self.weight.to_bits(),
+            0,
+        ] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for v in &self.map {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+}
+
+/// `x / |x|` (a zero vector stays zero).
+fn unit(x: &[f32]) -> Vec<f32> {
+    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        x.iter().map(|v| v / norm).collect()
+    } else {
+        x.to_vec()
+    }
+}
 
 /// Element type of the stored centroids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +163,7 @@ pub struct Codebooks {
     /// CRC-32 of the centroid section: a catalog records it to prove it was made with these codebooks.
     cent_crc: u32,
     info: serde_json::Value,
+    fusion: Option<Fusion>,
 }
 
 impl Codebooks {
@@ -73,7 +178,7 @@ impl Codebooks {
 
     fn from_file_bytes(bytes: FileBytes) -> Result<Self, FormatError> {
         let all = bytes.as_slice();
-        let c = Container::parse(all, MAGIC, &[VERSION])?;
+        let c = Container::parse(all, MAGIC, &[1, VERSION])?;
         let meta: &[u32] = cast_records("META", c.section(META)?)?;
         if meta.len() < 4 {
             return Err(FormatError::Invalid("META section too short".into()));
@@ -127,6 +232,10 @@ impl Codebooks {
             return Err(FormatError::Invalid("CENT holds a non-finite value".into()));
         }
         let info = super::container::info_json(&c)?;
+        let fusion = c
+            .optional_section(FUSE)
+            .map(|raw| Fusion::parse(raw, dim))
+            .transpose()?;
         let start = cent.as_ptr() as usize - all.as_ptr() as usize;
         let cent_crc = c
             .sections()
@@ -142,6 +251,7 @@ impl Codebooks {
             cent_crc,
             info,
             bytes,
+            fusion,
         })
     }
 
@@ -163,6 +273,22 @@ impl Codebooks {
     }
     pub fn info(&self) -> &serde_json::Value {
         &self.info
+    }
+    /// The fusion rule, for codebooks trained on text fused with collaborative vectors.
+    pub fn fusion(&self) -> Option<&Fusion> {
+        self.fusion.as_ref()
+    }
+    /// Length of the embedder vector these codebooks take (through [`Self::fuse`]).
+    pub fn input_dim(&self) -> usize {
+        self.fusion.as_ref().map_or(self.dim, |f| f.text_dim)
+    }
+    /// The vector to quantise for an item known only by its text embedding: the embedding itself, or
+    /// its fusion with a collaborative half predicted from it.
+    pub fn fuse(&self, text: &[f32]) -> Result<Vec<f32>> {
+        match &self.fusion {
+            Some(f) => f.fuse(text, None),
+            None => Ok(text.to_vec()),
+        }
     }
 
     fn level_offset(&self, level: usize) -> usize {
@@ -284,6 +410,29 @@ pub fn write_codebooks(
     dtype: Dtype,
     info: &serde_json::Value,
 ) -> Result<Vec<u8>> {
+    write_codebooks_fused(levels, dim, dtype, None, info)
+}
+
+/// [`write_codebooks`] for codebooks trained on fused vectors (`fusion.text_dim + collab_dim == dim`).
+pub fn write_codebooks_fused(
+    levels: &[Vec<f32>],
+    dim: usize,
+    dtype: Dtype,
+    fusion: Option<&Fusion>,
+    info: &serde_json::Value,
+) -> Result<Vec<u8>> {
+    if let Some(f) = fusion {
+        if f.text_dim + f.collab_dim != dim
+            || f.map.len() != f.text_dim * f.collab_dim
+            || !(f.weight > 0.0 && f.weight < 1.0)
+            || f.map.iter().any(|v| !v.is_finite())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "fusion {} + {} (weight {}) does not fit codebooks of dimension {dim}",
+                f.text_dim, f.collab_dim, f.weight
+            )));
+        }
+    }
     if levels.is_empty() || levels.len() > MAX_LEVELS || dim == 0 {
         return Err(Error::InvalidArgument(format!(
             "{} levels of dimension {dim}",
@@ -315,6 +464,9 @@ pub fn write_codebooks(
     let mut w = ContainerWriter::new(MAGIC, VERSION);
     w.section(META, bytemuck::cast_slice(&meta).to_vec());
     w.section(CENT, cent);
+    if let Some(f) = fusion {
+        w.section(FUSE, f.to_bytes());
+    }
     w.section(
         INFO,
         serde_json::to_vec(info).expect("JSON value serialises"),
@@ -353,9 +505,57 @@ mod tests {
         }
     }
 
+    fn sample_fused() -> Vec<u8> {
+        // 2 text values + 1 collaborative value.
+        let fusion = Fusion {
+            text_dim: 2,
+            collab_dim: 1,
+            weight: 0.36,
+            map: vec![0.0, -2.0],
+        };
+        write_codebooks_fused(
+            &[vec![0.8, 0.0, 0.6, 0.0, 0.8, -0.6]],
+            3,
+            Dtype::F32,
+            Some(&fusion),
+            &serde_json::json!({}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fused_codebooks_predict_the_collaborative_half_from_text() {
+        let cb = Codebooks::from_bytes(&sample_fused()).unwrap();
+        assert_eq!((cb.dim(), cb.input_dim()), (3, 2));
+        // t = (0, 1) -> map gives -2 -> unit -1: fused (0, 0.8, -0.6), centroid 1.
+        let v = cb.fuse(&[0.0, 5.0]).unwrap();
+        assert!(
+            (v[1] - 0.8).abs() < 1e-6 && (v[2] + 0.6).abs() < 1e-6,
+            "{v:?}"
+        );
+        assert_eq!(cb.quantize(&v).unwrap().0.codes(), &[1]);
+        let known = cb
+            .fusion()
+            .unwrap()
+            .fuse(&[1.0, 0.0], Some(&[3.0]))
+            .unwrap();
+        assert_eq!(cb.quantize(&known).unwrap().0.codes(), &[0]);
+        assert!(cb.fuse(&[1.0, 0.0, 0.0]).is_err());
+        // Plain codebooks pass text through unchanged.
+        let plain = Codebooks::from_bytes(&sample(Dtype::F32)).unwrap();
+        assert_eq!(plain.fuse(&[0.3, 4.0]).unwrap(), vec![0.3, 4.0]);
+        assert!(plain.fusion().is_none());
+    }
+
     #[test]
     fn damaged_files_are_errors() {
-        let bytes = sample(Dtype::F32);
+        for bytes in [sample(Dtype::F32), sample_fused()] {
+            damaged_is_error(&bytes);
+        }
+    }
+
+    fn damaged_is_error(bytes: &[u8]) {
+        let bytes = bytes.to_vec();
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 1;

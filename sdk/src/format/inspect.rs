@@ -73,6 +73,13 @@ pub fn inspect(path: &Path, items_to_show: usize) -> Result<String> {
                 cb.dim(),
                 cb.dtype().name()
             );
+            if let Some(f) = cb.fusion() {
+                let _ = writeln!(
+                    s,
+                    "fused: {} text + {} collaborative values, collaborative weight {}",
+                    f.text_dim, f.collab_dim, f.weight
+                );
+            }
             let _ = writeln!(s, "centroids crc32: {:#010x}", cb.centroid_crc());
             let _ = writeln!(s, "info: {}", cb.info());
         }

@@ -32,9 +32,14 @@ pub struct QualityOptions {
     pub max_history: usize,
     pub beams: usize,
     pub sasrec_epochs: usize,
+    /// SASRec's training batch (None: RecBole's 2048).
+    pub sasrec_batch: Option<usize>,
     pub seed: u64,
     /// Skip RecBole (navigen's rows only).
     pub no_recbole: bool,
+    pub collab_weight: f32,
+    /// Retrain RecBole's models even when an identical earlier result is in OUT.
+    pub rerun_recbole: bool,
 }
 
 /// The columns of the table.
@@ -48,6 +53,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
         let mut p = PrepareOptions::new(source, &data);
         p.max_history = o.max_history;
         p.seed = o.seed;
+        p.collab_weight = o.collab_weight;
         prepare::prepare(&p)?;
     }
     // navigen: train (or take) the bundle.
@@ -103,6 +109,8 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
                 threads: rayon::current_num_threads(),
                 seed: o.seed,
                 max_seq_len: 50,
+                reuse: !o.rerun_recbole,
+                train_batch_size: o.sasrec_batch,
             },
         )?;
         let tsv = PathBuf::from(format!("{}.test_items.tsv", result.display()));
@@ -110,7 +118,12 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
         anyhow::ensure!(same == users, "RecBole tested {same} of {users} users");
         for m in ["SASRec", "Pop"] {
             let v = &r["models"][m];
-            rows.push(json!({"model": format!("RecBole {m}"), "metrics": v["test"], "train_seconds": v["train_seconds"], "eval_seconds": v["eval_seconds"]}));
+            let reused = if r["reused"] == true {
+                " (reused result)"
+            } else {
+                ""
+            };
+            rows.push(json!({"model": format!("RecBole {m}{reused}"), "metrics": v["test"], "train_seconds": v["train_seconds"], "eval_seconds": v["eval_seconds"]}));
         }
         recbole_json = r;
     }

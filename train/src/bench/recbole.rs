@@ -106,6 +106,10 @@ pub struct RecboleOptions {
     pub threads: usize,
     pub seed: u64,
     pub max_seq_len: usize,
+    /// Training batch (None: RecBole's 2048).
+    pub train_batch_size: Option<usize>,
+    /// Reuse `out` when it was made from the same atomic file, options, script and environment.
+    pub reuse: bool,
 }
 
 /// Trains and evaluates the models on `DIR/NAME`; returns run.py's JSON.
@@ -116,6 +120,32 @@ pub fn run_models(
     o: &RecboleOptions,
 ) -> Result<serde_json::Value> {
     let python = venv()?;
+    // What determines the result: the data, the options (threads only change speed), the script
+    // and the pinned environment.
+    let inter = dir.join(name).join(format!("{name}.inter"));
+    let mut h = Sha256::new();
+    h.update(std::fs::read(&inter).with_context(|| format!("reading {}", inter.display()))?);
+    h.update(RUN_PY.as_bytes());
+    h.update(REQUIREMENTS.as_bytes());
+    h.update(
+        format!(
+            "{:?} {} {} {} {:?}",
+            o.models, o.epochs, o.seed, o.max_seq_len, o.train_batch_size
+        )
+        .as_bytes(),
+    );
+    let key = hex(&h.finalize());
+    let key_file = out.with_extension("key");
+    if o.reuse && out.exists() && std::fs::read_to_string(&key_file).is_ok_and(|k| k == key) {
+        eprintln!(
+            "navigen-train: reusing RecBole's result {} (same data, options and script; --rerun-recbole retrains)",
+            out.display()
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(out)?)?;
+        v["reused"] = true.into();
+        return Ok(v);
+    }
+    let _ = std::fs::remove_file(&key_file);
     let script = out.with_file_name("recbole_run.py");
     std::fs::write(&script, RUN_PY)?;
     let mut cmd = Command::new(&python);
@@ -129,8 +159,13 @@ pub fn run_models(
         .args(["--threads", &o.threads.to_string()])
         .args(["--seed", &o.seed.to_string()])
         .args(["--max-seq-len", &o.max_seq_len.to_string()]);
+    if let Some(b) = o.train_batch_size {
+        cmd.args(["--train-batch-size", &b.to_string()]);
+    }
     run(&mut cmd)?;
-    Ok(serde_json::from_slice(&std::fs::read(out)?)?)
+    let v = serde_json::from_slice(&std::fs::read(out)?)?;
+    std::fs::write(&key_file, key)?;
+    Ok(v)
 }
 
 /// RecBole's test item of every user (`OUT.test_items.tsv`) against navigen's test split; returns

@@ -1,5 +1,6 @@
 //! Residual quantisation of item embeddings into CIDs.
 
+pub mod collab;
 pub mod kmeans;
 pub mod residual;
 
