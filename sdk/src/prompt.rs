@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cid::{cid_begin_lit, cid_end_lit, Cid};
-pub use crate::format::catalog::MAX_TID_TERMS;
+pub use crate::format::catalog::{MAX_TID_TERMS, MAX_TID_TERM_CHARS};
 
 /// Version of the prompt and answer formats in this module. Bump it whenever a template changes: a
 /// bundle records the version it was trained with and the runtime refuses a mismatch.
@@ -229,7 +229,7 @@ pub fn answer_json_ins<S: AsRef<str>>(tid: &[S], ins: &str) -> String {
 /// JSON schema of the cid2ins answer (the device turns it into a grammar).
 pub fn ins_answer_schema() -> String {
     format!(
-        r#"{{"type":"object","properties":{{"target_tid":{{"type":"array","items":{{"type":"string"}},"maxItems":{MAX_TID_TERMS}}},"target_ins":{{"type":"string"}}}},"required":["target_tid","target_ins"],"additionalProperties":false}}"#
+        r#"{{"type":"object","properties":{{"target_tid":{{"type":"array","items":{{"type":"string","minLength":1,"maxLength":{MAX_TID_TERM_CHARS}}},"maxItems":{MAX_TID_TERMS}}},"target_ins":{{"type":"string"}}}},"required":["target_tid","target_ins"],"additionalProperties":false}}"#
     )
 }
 
@@ -540,7 +540,7 @@ mod tests {
         );
         assert_eq!(
             ins_answer_schema(),
-            r#"{"type":"object","properties":{"target_tid":{"type":"array","items":{"type":"string"},"maxItems":10},"target_ins":{"type":"string"}},"required":["target_tid","target_ins"],"additionalProperties":false}"#
+            r#"{"type":"object","properties":{"target_tid":{"type":"array","items":{"type":"string","minLength":1,"maxLength":40},"maxItems":10},"target_ins":{"type":"string"}},"required":["target_tid","target_ins"],"additionalProperties":false}"#
         );
         assert!(prompt_cid2tid(&Cid::new(&[1, 2, 3]).unwrap(), Mode::Direct)
             .contains("Describe this item with at most 10 short terms, most important first."));

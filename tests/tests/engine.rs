@@ -128,6 +128,39 @@ fn every_instruction_answer_parses_as_json() {
     }
 }
 
+/// The answer-phase n-gram guard: with the default budgets no term of the raw answer's list repeats
+/// more than once (the first term is written after `[`, the others after `, `, so one repeat of the
+/// first term is all a trigram guard cannot see); without the guard the tiny model repeats a term
+/// until the budget ends.
+#[test]
+fn instruction_terms_do_not_repeat() {
+    let _turn = turn();
+    let e = engine();
+    let histories = test_histories(&fixture().data, 20);
+    for (i, (history, _)) in histories.iter().enumerate() {
+        let refs: Vec<&str> = history.iter().map(String::as_str).collect();
+        let ins = e
+            .generate_instruction(&refs, &InstructionOptions::default(), &mut |_| true)
+            .unwrap();
+        let answer = ins.raw.rsplit("</think>").next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap();
+        let terms: Vec<&str> = v["target_tid"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.as_str())
+            .collect();
+        for t in &terms {
+            let n = terms.iter().filter(|u| *u == t).count();
+            assert!(n <= 2, "history {i}: {t:?} {n} times in {answer}");
+        }
+        let mut distinct = ins.target_tid.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ins.target_tid.len(), "{:?}", ins.target_tid);
+    }
+}
+
 #[test]
 fn instruction_streams_the_raw_text() {
     let _turn = turn();
@@ -310,9 +343,11 @@ fn eval_through_the_runtime_writes_every_metric() {
     }
 }
 
-/// `register_item` on the device (bundle's embedder on llama.cpp + memory-mapped codebooks) gives every
-/// catalog item's text the CID the trainer gave it; the only exceptions are the items the trainer moved
-/// to resolve collisions, which find their original code held by the item they collided with.
+/// `register_item` on the device (bundle's embedder on llama.cpp + memory-mapped codebooks) agrees
+/// with the trainer. Text-only codebooks: every catalog item's text gets the CID the trainer gave it,
+/// except the items the trainer moved to resolve collisions, which find their original code held by the
+/// item they collided with. Fused codebooks (the default): the items whose text alone gives their first
+/// code are exactly as many as the trainer counted through the same file (prepare.json).
 #[test]
 fn register_item_reproduces_the_trainers_cids() {
     let _turn = turn();

@@ -6,7 +6,7 @@
 
 use crate::data::ItemMeta;
 
-pub use navigen::format::catalog::MAX_TID_TERMS;
+pub use navigen::format::catalog::{MAX_TID_TERMS, MAX_TID_TERM_CHARS};
 
 /// Something that gives an item its TID.
 pub trait TidSource: Send + Sync {
@@ -42,14 +42,15 @@ pub fn keywords(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Cleans a term: trimmed, single-line, single-spaced, lower case, at most 4 words and 40 characters.
+/// Cleans a term: trimmed, single-line, single-spaced, lower case, at most 4 words and
+/// [`MAX_TID_TERM_CHARS`] characters.
 fn clean_term(t: &str) -> Option<String> {
     let t: Vec<&str> = t.split_whitespace().collect();
     if t.is_empty() || t.len() > 4 {
         return None;
     }
     let t = t.join(" ").to_lowercase();
-    (t.chars().count() <= 40 && t.chars().any(|c| c.is_alphanumeric())).then_some(t)
+    (t.chars().count() <= MAX_TID_TERM_CHARS && t.chars().any(|c| c.is_alphanumeric())).then_some(t)
 }
 
 /// Adds terms in order, skipping case-insensitive duplicates, up to the limit.

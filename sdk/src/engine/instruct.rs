@@ -190,8 +190,18 @@ impl Engine {
             .as_ref()
             .is_some_and(|a| a.target_ins.is_some() && a.target_tid.is_some());
         let a = answer.unwrap_or_default();
+        // A TID is a list of distinct terms (docs/method.md, section 2): a repeat the n-gram guard
+        // let through (a term first written in another context) is dropped, case-insensitively, and so
+        // is an empty term that closing a cut answer made.
+        let mut seen = std::collections::HashSet::new();
+        let target_tid = a
+            .target_tid
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t: &String| !t.trim().is_empty() && seen.insert(t.trim().to_lowercase()))
+            .collect();
         Ok(Instruction {
-            target_tid: a.target_tid.unwrap_or_default(),
+            target_tid,
             target_ins: a.target_ins.unwrap_or_default(),
             reasoning,
             parsed,

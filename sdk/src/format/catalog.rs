@@ -13,6 +13,8 @@ pub const VERSION: u32 = 1;
 pub const FILE_NAME: &str = "catalog.nvct";
 /// A TID holds at most this many terms.
 pub const MAX_TID_TERMS: usize = 10;
+/// Longest TID term, in characters (the trainer's TID sources cut there; the answer grammar bounds it).
+pub const MAX_TID_TERM_CHARS: usize = 40;
 
 const META: Tag = Tag::new(b"META");
 const ITEM: Tag = Tag::new(b"ITEM");
