@@ -313,6 +313,7 @@ fn eval_through_the_runtime_writes_every_metric() {
         users: 12,
         instruction_users: 1,
         beams: 40,
+        no_repeat_ngram: navigen::engine::DEFAULT_NO_REPEAT_NGRAM,
     })
     .unwrap();
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();

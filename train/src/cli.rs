@@ -361,6 +361,9 @@ pub struct EvalArgs {
     /// Beam width of next-item search (the same for every K; the device's default).
     #[arg(long, default_value_t = navigen::engine::DEFAULT_BEAMS)]
     beams: usize,
+    /// The answer's no-repeat n-gram guard (0: off; the device's default).
+    #[arg(long, default_value_t = navigen::engine::DEFAULT_NO_REPEAT_NGRAM)]
+    no_repeat_ngram: u32,
 }
 
 /// `eval`: quality through the shipped runtime; writes eval.json and prints the headline numbers.
@@ -374,6 +377,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         users: a.users,
         instruction_users: a.instruction_users,
         beams: a.beams,
+        no_repeat_ngram: a.no_repeat_ngram,
     })?;
     println!("test users {}; next item recall@10 {:.4} ndcg@10 {:.4} (most popular {:.4}); instruction parse rate {:.2}, tid F1 {:.3}, relevance {:.3}; wrote {}",
         r["test_users"], r["next_item"]["recall@10"].as_f64().unwrap_or(0.0), r["next_item"]["ndcg@10"].as_f64().unwrap_or(0.0),

@@ -36,6 +36,8 @@ pub struct EvalOptions {
     pub instruction_users: usize,
     /// Beam width of next-item search, the same for every K.
     pub beams: usize,
+    /// `InstructionOptions::no_repeat_ngram` of the instructions measured.
+    pub no_repeat_ngram: u32,
 }
 
 /// Recall@K and NDCG@K for every K in [`KS`].
@@ -221,7 +223,10 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
         .context("the bundle has no embedder.gguf (re-export it with this trainer)")?;
     let embedder = TextEmbedder::open(&Manifest::path(e.dir(), emb_entry), 0)?;
     let ins_users: Vec<Example> = test.iter().take(o.instruction_users).cloned().collect();
-    let opts = InstructionOptions::default();
+    let opts = InstructionOptions {
+        no_repeat_ngram: o.no_repeat_ngram,
+        ..Default::default()
+    };
     let instruction = instruction_metrics(&e, &ins_users, &embedder, &opts)?;
     let zero_shot = match &o.zero_shot {
         Some(z) => {
