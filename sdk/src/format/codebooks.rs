@@ -113,8 +113,8 @@ impl Fusion {
     }
 }
 
-/// `x / |x|` (a zero vector stays zero).
-fn unit(x: &[f32]) -> Vec<f32> {
+/// `x / |x|` (a zero vector stays zero). The trainer's collaborative vectors use it too.
+pub fn unit(x: &[f32]) -> Vec<f32> {
     let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
     if norm > 0.0 {
         x.iter().map(|v| v / norm).collect()

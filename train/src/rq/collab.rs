@@ -15,6 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+pub use navigen::format::codebooks::unit;
+
 #[derive(Clone, Debug)]
 pub struct CollabConfig {
     /// Dimensions of the collaborative vector.
@@ -212,16 +214,6 @@ pub fn text_map(
         }
     }
     Ok(w)
-}
-
-/// `x / |x|` (zeros stay zeros).
-pub fn unit(x: &[f32]) -> Vec<f32> {
-    let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        x.iter().map(|v| v / norm).collect()
-    } else {
-        x.to_vec()
-    }
 }
 
 fn cholesky(a: &[f64], n: usize) -> Result<Vec<f64>> {
