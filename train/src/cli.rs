@@ -480,6 +480,10 @@ pub struct BenchQualityArgs {
     /// Retrain RecBole's models even when OUT holds their result for the same data and options.
     #[arg(long)]
     rerun_recbole: bool,
+    /// Stop SASRec after the first epoch that ends past this many minutes (0: only early stopping);
+    /// the table says which stopped it.
+    #[arg(long, default_value_t = 0)]
+    sasrec_time_cap_min: u64,
 }
 
 /// `bench quality`: navigen against RecBole's SASRec and Pop; prints the table, writes quality.json.
@@ -501,6 +505,7 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         no_recbole: a.no_recbole,
         collab_weight: a.collab_weight,
         rerun_recbole: a.rerun_recbole,
+        sasrec_time_cap_s: (a.sasrec_time_cap_min > 0).then_some(a.sasrec_time_cap_min * 60),
     })?;
     Ok(())
 }

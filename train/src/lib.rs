@@ -29,6 +29,17 @@ pub fn tune_allocator() {
     }
 }
 
+/// Sets `RAYON_NUM_THREADS` (when unset) to the CPUs this process may use. candle 0.11.1 asks for its
+/// thread count on every matmul and, without that variable, counts physical cores by parsing
+/// `/proc/cpuinfo` each time: a quarter of a tiny-preset training step went to the kernel formatting
+/// that file (perf, docs/benchmarks.md). Call it first in `main`, before any thread exists.
+pub fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 // Plumbing.
 pub mod assets;
 pub mod device;

@@ -83,6 +83,7 @@ fn run(args: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    navigen_train::pin_thread_count();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,6 +5,8 @@ Usage:
   run.py --atomic-dir DIR --dataset NAME --models SASRec,Pop --out OUT.json
          [--epochs 200] [--threads T] [--seed 2020] [--max-seq-len 50] [--stopping-step 10]
          [--train-batch-size B]   (default: RecBole's 2048)
+         [--time-cap-s S]          (stop after the first epoch that ends past S seconds of fitting;
+                                    the best checkpoint so far is the one tested)
 
 Input: DIR/NAME/NAME.inter, a RecBole atomic file with header
 `user_id:token<TAB>item_id:token<TAB>timestamp:float`, whose timestamps are exact per-user ranks
@@ -71,7 +73,13 @@ def parse_args():
     ap.add_argument("--stopping-step", type=int, default=10)
     ap.add_argument("--train-batch-size", type=int, default=None,
                     help="override RecBole's train_batch_size (default: RecBole's, 2048)")
+    ap.add_argument("--time-cap-s", type=float, default=None,
+                    help="stop fitting after the first epoch that ends past this many seconds")
     return ap.parse_args()
+
+
+class TimeCap(Exception):
+    """Raised from the epoch callback when --time-cap-s has passed."""
 
 
 def write_json(path, obj):
@@ -329,19 +337,35 @@ def main():
             stats["valid_s"] += time.time() - s
             return r
 
+        stats["stopped_by"] = "epochs"
+        stats["curve"] = []
+
         def on_epoch(epoch_idx, valid_score):
             if stats["best"] is None or valid_score >= stats["best"]:
                 stats["best"], stats["best_epoch"] = valid_score, epoch_idx
+            stats["curve"].append([epoch_idx, round(float(valid_score), 6),
+                                   round(time.time() - t0, 1)])
             log(f"{model_name} epoch {epoch_idx}: valid {VALID_METRIC}={valid_score:.4f} "
                 f"(best {stats['best']:.4f} @ {stats['best_epoch']}), "
                 f"train {stats['train_s']:.0f}s total")
+            # RecBole saves the best checkpoint before it calls back, so stopping here loses
+            # nothing; the test below loads that checkpoint.
+            if args.time_cap_s is not None and time.time() - t0 > args.time_cap_s:
+                raise TimeCap()
 
         trainer._train_epoch, trainer._valid_epoch = timed_train, timed_valid
         torch.autograd.set_detect_anomaly(False)
         assert not torch.is_anomaly_enabled()
         t0 = time.time()
-        trainer.fit(train_data, valid_data, verbose=True, saved=True, show_progress=False,
-                    callback_fn=on_epoch)
+        try:
+            trainer.fit(train_data, valid_data, verbose=True, saved=True, show_progress=False,
+                        callback_fn=on_epoch)
+            if stats["epochs"] < config["epochs"] and trainer.epochs == config["epochs"]:
+                stats["stopped_by"] = "early_stopping"
+        except TimeCap:
+            stats["stopped_by"] = "time_cap"
+            log(f"{model_name}: time cap of {args.time_cap_s:.0f}s reached after "
+                f"{stats['epochs']} epochs")
         fit_s = time.time() - t0
 
         # Final numbers from the best checkpoint, at full precision (RecBole rounds to
@@ -367,6 +391,7 @@ def main():
         hp = SASREC_HPARAMS if model_name == "SASRec" else []
         cfg = {k: jsonable(config[k]) for k in hp + TRAIN_PARAMS if k in config}
         cfg["threads"] = args.threads
+        cfg["time_cap_s"] = args.time_cap_s
         if trainer.epochs != config["epochs"]:
             cfg["epochs"] = trainer.epochs  # TraditionalTrainer (Pop) always runs one epoch
         entry.update({
@@ -377,6 +402,8 @@ def main():
             "data_prep_seconds": round(prep_s, 3),
             "epochs_run": stats["epochs"],
             "best_epoch": stats["best_epoch"],
+            "stopped_by": stats["stopped_by"],
+            "valid_curve": stats["curve"],
             "config": cfg,
         })
         result["models"][model_name] = entry

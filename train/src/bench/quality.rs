@@ -40,6 +40,8 @@ pub struct QualityOptions {
     pub collab_weight: f32,
     /// Retrain RecBole's models even when an identical earlier result is in OUT.
     pub rerun_recbole: bool,
+    /// SASRec stops after the first epoch that ends past this many seconds (None: early stopping only).
+    pub sasrec_time_cap_s: Option<u64>,
 }
 
 /// The columns of the table.
@@ -47,6 +49,21 @@ const COLUMNS: [&str; 5] = ["recall@1", "recall@5", "recall@10", "recall@20", "n
 
 pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
     std::fs::create_dir_all(&o.out)?;
+    let parallel = o.bundle.is_none() && !o.no_recbole;
+    let threads = rayon::current_num_threads();
+    let recbole_threads = if parallel {
+        (threads / 2).max(1)
+    } else {
+        threads
+    };
+    if parallel && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // candle sizes the worker pool of its element-wise ops once, on first use (prepare's below
+        // may be it), from this variable; navigen's share of the cores when RecBole trains beside it.
+        std::env::set_var(
+            "CANDLE_NUM_THREADS",
+            (threads - recbole_threads).max(1).to_string(),
+        );
+    }
     let source: Source = o.dataset.parse()?;
     let data = o.out.join("data");
     if !data.join(prepare::REPORT_FILE).exists() {
@@ -56,6 +73,45 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
         p.collab_weight = o.collab_weight;
         prepare::prepare(&p)?;
     }
+    // RecBole first, in a child process, so that it trains beside navigen: on 2 cores each trainer
+    // loses little to the other (neither scales well to a second thread at these model sizes).
+    let mut recbole_run = None;
+    if !o.no_recbole {
+        let atomic = o.out.join("recbole").join("atomic");
+        let name = format!("navigen-{}", o.dataset.replace([':', '/', ','], "-"));
+        let users = recbole::write_atomic(&data, &atomic, &name)?;
+        let result = o.out.join("recbole").join("result.json");
+        let log = o.out.join("recbole").join("run.log");
+        let pending = recbole::start(
+            &atomic,
+            &name,
+            &result,
+            &RecboleOptions {
+                models: vec!["SASRec".into(), "Pop".into()],
+                epochs: o.sasrec_epochs,
+                threads: recbole_threads,
+                seed: o.seed,
+                max_seq_len: 50,
+                reuse: !o.rerun_recbole,
+                train_batch_size: o.sasrec_batch,
+                time_cap_s: o.sasrec_time_cap_s,
+                log: parallel.then(|| log.clone()),
+            },
+        )?;
+        if parallel && matches!(pending, recbole::Pending::Running { .. }) {
+            eprintln!(
+                "navigen-train: RecBole trains beside navigen ({recbole_threads} thread(s)); its progress: {}",
+                log.display()
+            );
+        }
+        recbole_run = Some((pending, result, users));
+    }
+    let navigen_threads = match &recbole_run {
+        Some((recbole::Pending::Running { .. }, ..)) if parallel => {
+            (threads - recbole_threads).max(1)
+        }
+        _ => threads,
+    };
     // navigen: train (or take) the bundle.
     let mut train_s = 0.0;
     let bundle = match &o.bundle {
@@ -68,7 +124,10 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             let mut s = SftOptions::new(&data, &run, Some(o.preset.clone()), 1);
             s.epochs = o.epochs;
             s.seed = o.seed;
-            let summary = sft::run_stage(&s)?;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(navigen_threads)
+                .build()?;
+            let summary = pool.install(|| sft::run_stage(&s))?;
             eprintln!(
                 "navigen-train: stage 1 done: {} steps, best val Recall@10 {:?}",
                 summary.steps, summary.best_val_recall10
@@ -90,29 +149,16 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
     let ranks = eval::next_item_ranks(&e, &test, &full, o.beams)?;
     let mut rows = vec![
         json!({"model": format!("navigen ({})", e.manifest().info["name"].as_str().unwrap_or("bundle")),
-               "metrics": rank_json(&ranks.model), "train_seconds": train_s, "eval_seconds": ranks.seconds}),
+               "metrics": rank_json(&ranks.model), "train_seconds": train_s, "eval_seconds": ranks.seconds,
+               "threads": navigen_threads}),
         json!({"model": "most-popular (navigen's)", "metrics": rank_json(&ranks.popular), "train_seconds": 0.0, "eval_seconds": 0.0}),
     ];
     let mut recbole_json = Value::Null;
-    if !o.no_recbole {
-        let atomic = o.out.join("recbole").join("atomic");
-        let name = format!("navigen-{}", o.dataset.replace([':', '/', ','], "-"));
-        let users = recbole::write_atomic(&data, &atomic, &name)?;
-        let result = o.out.join("recbole").join("result.json");
-        let r = recbole::run_models(
-            &atomic,
-            &name,
-            &result,
-            &RecboleOptions {
-                models: vec!["SASRec".into(), "Pop".into()],
-                epochs: o.sasrec_epochs,
-                threads: rayon::current_num_threads(),
-                seed: o.seed,
-                max_seq_len: 50,
-                reuse: !o.rerun_recbole,
-                train_batch_size: o.sasrec_batch,
-            },
-        )?;
+    if let Some((pending, result, users)) = recbole_run {
+        if matches!(pending, recbole::Pending::Running { .. }) {
+            eprintln!("navigen-train: waiting for RecBole");
+        }
+        let r = pending.wait()?;
         let tsv = PathBuf::from(format!("{}.test_items.tsv", result.display()));
         let same = recbole::check_test_items(&tsv, &data)?;
         anyhow::ensure!(same == users, "RecBole tested {same} of {users} users");
@@ -123,7 +169,19 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             } else {
                 ""
             };
-            rows.push(json!({"model": format!("RecBole {m}{reused}"), "metrics": v["test"], "train_seconds": v["train_seconds"], "eval_seconds": v["eval_seconds"]}));
+            let stop = match v["stopped_by"].as_str() {
+                Some("time_cap") => format!(
+                    ", {} epochs, time cap",
+                    v["epochs_run"].as_u64().unwrap_or(0)
+                ),
+                Some("early_stopping") => format!(
+                    ", {} epochs, early stopping",
+                    v["epochs_run"].as_u64().unwrap_or(0)
+                ),
+                _ if m == "SASRec" => format!(", {} epochs", v["epochs_run"].as_u64().unwrap_or(0)),
+                _ => String::new(),
+            };
+            rows.push(json!({"model": format!("RecBole {m}{stop}{reused}"), "metrics": v["test"], "train_seconds": v["train_seconds"], "eval_seconds": v["eval_seconds"], "threads": v["config"]["threads"]}));
         }
         recbole_json = r;
     }

@@ -108,17 +108,62 @@ pub struct RecboleOptions {
     pub max_seq_len: usize,
     /// Training batch (None: RecBole's 2048).
     pub train_batch_size: Option<usize>,
+    /// Stop fitting after the first epoch that ends past this many seconds (the best checkpoint so
+    /// far is tested); the result records `stopped_by` and the validation curve.
+    pub time_cap_s: Option<u64>,
     /// Reuse `out` when it was made from the same atomic file, options, script and environment.
     pub reuse: bool,
+    /// Where run.py's progress goes (None: this process's stderr).
+    pub log: Option<PathBuf>,
 }
 
-/// Trains and evaluates the models on `DIR/NAME`; returns run.py's JSON.
-pub fn run_models(
-    dir: &Path,
-    name: &str,
-    out: &Path,
-    o: &RecboleOptions,
-) -> Result<serde_json::Value> {
+/// A RecBole run that was started ([`start`]) and is collected with [`Pending::wait`].
+pub enum Pending {
+    Reused(serde_json::Value),
+    Running {
+        child: std::process::Child,
+        out: PathBuf,
+        key_file: PathBuf,
+        key: String,
+        log: Option<PathBuf>,
+    },
+}
+
+impl Pending {
+    /// Waits for the run and returns run.py's JSON (`reused: true` for a reused result).
+    pub fn wait(self) -> Result<serde_json::Value> {
+        match self {
+            Pending::Reused(v) => Ok(v),
+            Pending::Running {
+                mut child,
+                out,
+                key_file,
+                key,
+                log,
+            } => {
+                let st = child.wait().context("waiting for RecBole")?;
+                if !st.success() {
+                    let tail = log
+                        .as_ref()
+                        .and_then(|l| std::fs::read_to_string(l).ok())
+                        .map(|t| {
+                            let lines: Vec<&str> = t.lines().collect();
+                            lines[lines.len().saturating_sub(20)..].join("\n")
+                        })
+                        .unwrap_or_default();
+                    bail!("RecBole's run.py failed with {st}\n{tail}");
+                }
+                let v = serde_json::from_slice(&std::fs::read(&out)?)?;
+                std::fs::write(&key_file, key)?;
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// Trains and evaluates the models on `DIR/NAME`: starts run.py on `DIR/NAME` in a child process (or finds a reusable result) and returns at once,
+/// so navigen can train beside it.
+pub fn start(dir: &Path, name: &str, out: &Path, o: &RecboleOptions) -> Result<Pending> {
     let python = venv()?;
     // What determines the result: the data, the options (threads only change speed), the script
     // and the pinned environment.
@@ -129,8 +174,16 @@ pub fn run_models(
     h.update(REQUIREMENTS.as_bytes());
     h.update(
         format!(
-            "{:?} {} {} {} {:?}",
-            o.models, o.epochs, o.seed, o.max_seq_len, o.train_batch_size
+            "{:?} {} {} {} {:?}{}",
+            o.models,
+            o.epochs,
+            o.seed,
+            o.max_seq_len,
+            o.train_batch_size,
+            // Absent from keys made before the cap existed, so those results stay reusable.
+            o.time_cap_s
+                .map(|s| format!(" cap {s}"))
+                .unwrap_or_default()
         )
         .as_bytes(),
     );
@@ -143,7 +196,7 @@ pub fn run_models(
         );
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(out)?)?;
         v["reused"] = true.into();
-        return Ok(v);
+        return Ok(Pending::Reused(v));
     }
     let _ = std::fs::remove_file(&key_file);
     let script = out.with_file_name("recbole_run.py");
@@ -162,10 +215,21 @@ pub fn run_models(
     if let Some(b) = o.train_batch_size {
         cmd.args(["--train-batch-size", &b.to_string()]);
     }
-    run(&mut cmd)?;
-    let v = serde_json::from_slice(&std::fs::read(out)?)?;
-    std::fs::write(&key_file, key)?;
-    Ok(v)
+    if let Some(s) = o.time_cap_s {
+        cmd.args(["--time-cap-s", &s.to_string()]);
+    }
+    if let Some(l) = &o.log {
+        let f = std::fs::File::create(l).with_context(|| format!("creating {}", l.display()))?;
+        cmd.stdout(f.try_clone()?).stderr(f);
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    Ok(Pending::Running {
+        child,
+        out: out.to_path_buf(),
+        key_file,
+        key,
+        log: o.log.clone(),
+    })
 }
 
 /// RecBole's test item of every user (`OUT.test_items.tsv`) against navigen's test split; returns

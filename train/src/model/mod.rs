@@ -5,6 +5,7 @@ pub mod batch;
 pub mod beam;
 pub mod config;
 pub mod gguf;
+pub mod ops;
 pub mod preset;
 pub mod transformer;
 pub mod weights;
@@ -33,19 +34,18 @@ pub fn loss(w: &Weights, rope: &Rope, b: &Batch, columns: Option<&Tensor>) -> Re
             .index_select(&b.target_index, 0)?
             .matmul(&head.t()?)?
             .to_dtype(DType::F32)?;
-        sum = Some((candle_nn::loss::cross_entropy(&logits, &b.targets)? * n_text as f64)?);
+        sum = Some(ops::cross_entropy_sum(&logits, &b.targets)?);
     }
     if let (Some(idx), Some(tgt), Some(mask), Some(cols)) =
         (&b.code_index, &b.code_targets, &b.code_mask, columns)
     {
-        let n = idx.dim(0)?;
         let rows = head.index_select(cols, 0)?;
         let logits = (flat
             .index_select(idx, 0)?
             .matmul(&rows.t()?)?
             .to_dtype(DType::F32)?
             + mask)?;
-        let part = (candle_nn::loss::cross_entropy(&logits, tgt)? * n as f64)?;
+        let part = ops::cross_entropy_sum(&logits, tgt)?;
         sum = Some(match sum {
             Some(s) => (s + part)?,
             None => part,

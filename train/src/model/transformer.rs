@@ -9,6 +9,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 use super::config::ModelConfig;
+use super::ops;
 use super::weights::{layer, Weights, FINAL_NORM};
 
 /// Cosine and sine tables of rotary position embeddings (NEOX / Hugging Face layout: halves).
@@ -54,7 +55,10 @@ impl Rope {
 }
 
 /// Rotates x: (B, H, T, D) by gathered tables from [`Rope::at`].
-fn apply_rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+pub(crate) fn apply_rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
+    if ops::fused_applies(x) {
+        return Ok(ops::rope(x, cos, sin)?);
+    }
     let d = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, d / 2)?;
     let x2 = x.narrow(D::Minus1, d / 2, d / 2)?;
@@ -64,6 +68,9 @@ fn apply_rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
 
 /// RMS norm over the last dimension, computed in f32.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if ops::fused_applies(x) {
+        return Ok(ops::rms_norm(x, w, eps)?);
+    }
     let dtype = x.dtype();
     let xf = x.to_dtype(DType::F32)?;
     let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
@@ -160,13 +167,18 @@ fn attention(
     let rep = nh / nkv;
     let kr = repeat_kv(k_all.clone(), rep)?;
     let vr = repeat_kv(v_all.clone(), rep)?;
-    let mut scores = (q.matmul(&kr.t()?)? * (1.0 / (hd as f64).sqrt()))?;
-    if let Some(m) = mask {
-        scores = scores.broadcast_add(m)?;
-    }
-    // Softmax in f32, from differentiable primitives.
-    let probs =
-        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = q.matmul(&kr.t()?)?;
+    let probs = if ops::fused_applies(&scores) {
+        ops::scaled_softmax(&scores, scale, mask)?
+    } else {
+        let mut scores = (scores * scale)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        // Softmax in f32, from differentiable primitives.
+        candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(x.dtype())?
+    };
     let ctx = probs
         .matmul(&vr)?
         .transpose(1, 2)?
@@ -179,9 +191,14 @@ fn attention(
 }
 
 fn mlp(w: &Weights, i: usize, x: &Tensor) -> Result<Tensor> {
-    let gate = linear(x, w.get(&layer(i, "mlp.gate_proj.weight"))?)?.silu()?;
+    let gate = linear(x, w.get(&layer(i, "mlp.gate_proj.weight"))?)?;
     let up = linear(x, w.get(&layer(i, "mlp.up_proj.weight"))?)?;
-    linear(&(gate * up)?, w.get(&layer(i, "mlp.down_proj.weight"))?)
+    let act = if ops::fused_applies(&gate) {
+        ops::silu_mul(&gate, &up)?
+    } else {
+        (gate.silu()? * up)?
+    };
+    linear(&act, w.get(&layer(i, "mlp.down_proj.weight"))?)
 }
 
 /// Rows of the embedding matrix for (B, T) token ids: (B, T, H).
@@ -203,11 +220,15 @@ pub fn hidden_states(
     let c = &w.config;
     let mut x = embed(w, ids)?;
     let tables = rope.at(positions)?;
-    // Expanded once to all heads: each layer's add is then a plain contiguous add.
+    // The fused softmax reads one mask for all heads; the composed path adds it per layer, so it
+    // is expanded to all heads once here (a plain contiguous add).
     let (b, _, t, _) = mask.dims4()?;
-    let mask = mask
-        .broadcast_as((b, c.num_attention_heads, t, t))?
-        .contiguous()?;
+    let mask = if ops::fused_applies(mask) {
+        mask.clone()
+    } else {
+        mask.broadcast_as((b, c.num_attention_heads, t, t))?
+            .contiguous()?
+    };
     for i in 0..c.num_hidden_layers {
         let h = rms_norm(
             &x,
