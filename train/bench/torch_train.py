@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Forward+backward tokens/s of a Qwen3/Llama-shaped decoder in PyTorch (CPU), the reference for
-`navigen-train bench train`. Same shapes, batch, sequence length and thread count as our run.
+"""Forward+backward tokens/s of a Qwen3/Llama-shaped decoder in PyTorch, the reference for
+`navigen-train bench train` (CPU) and `scripts/gpu-check.sh` (CUDA). Same shapes, batch, sequence
+length and thread count as our run.
 
-Usage: torch_train.py CONFIG_JSON BATCH SEQ STEPS THREADS   (prints one JSON object)
+Usage: torch_train.py CONFIG_JSON BATCH SEQ STEPS THREADS [--device cpu|cuda] [--dtype f32|bf16]
+(prints one JSON object; peak_rss_mb is the process's peak resident memory, peak_gpu_mb the CUDA
+allocator's peak)
 """
+import argparse
 import json
-import sys
+import resource
 import time
 
 import torch
@@ -69,40 +73,65 @@ class Layer(torch.nn.Module):
 
 
 def main():
-    c = json.loads(open(sys.argv[1]).read())
-    b, t, steps, threads = map(int, sys.argv[2:6])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("batch", type=int)
+    ap.add_argument("seq", type=int)
+    ap.add_argument("steps", type=int)
+    ap.add_argument("threads", type=int)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    a = ap.parse_args()
+    c = json.loads(open(a.config).read())
+    b, t, steps, threads = a.batch, a.seq, a.steps, a.threads
+    dev = torch.device(a.device)
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     emb = torch.nn.Embedding(c["vocab_size"], c["hidden_size"])
     layers = torch.nn.ModuleList([Layer(c) for _ in range(c["num_hidden_layers"])])
     norm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
     head = torch.nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
-    params = list(emb.parameters()) + list(layers.parameters()) + list(norm.parameters()) + list(head.parameters())
+    mods = [emb, layers, norm, head]
+    for m in mods:
+        m.to(device=dev, dtype=dtype)
+    params = [p for m in mods for p in m.parameters()]
     hd = c["head_dim"]
     inv = 1.0 / (c["rope_theta"] ** (torch.arange(0, hd, 2).float() / hd))
     ang = torch.arange(t).float()[:, None] * inv[None, :]
-    cos = torch.cat([ang.cos(), ang.cos()], -1)[None, None]
-    sin = torch.cat([ang.sin(), ang.sin()], -1)[None, None]
-    mask = torch.full((t, t), float("-inf")).triu(1)[None, None]
-    ids = torch.randint(0, c["vocab_size"], (b, t))
+    cos = torch.cat([ang.cos(), ang.cos()], -1)[None, None].to(dev, dtype)
+    sin = torch.cat([ang.sin(), ang.sin()], -1)[None, None].to(dev, dtype)
+    mask = torch.full((t, t), float("-inf")).triu(1)[None, None].to(dev, dtype)
+    ids = torch.randint(0, c["vocab_size"], (b, t)).to(dev)
     # Loss on a quarter of the positions, as with answer-only targets.
-    pick = torch.arange(0, b * t, 4)
+    pick = torch.arange(0, b * t, 4).to(dev)
+    cuda = dev.type == "cuda"
     times = []
     for step in range(steps + 1):
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         x = emb(ids)
         for layer in layers:
             x = layer(x, cos, sin, mask)
         x = norm(x).reshape(b * t, -1)[pick]
-        loss = F.cross_entropy(head(x), ids.reshape(-1)[pick])
+        loss = F.cross_entropy(head(x).float(), ids.reshape(-1)[pick])
         for p in params:
             p.grad = None
         loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
         if step > 0:  # first step warms up
             times.append(time.perf_counter() - t0)
     times.sort()
     med = times[len(times) // 2]
-    print(json.dumps({"torch_version": torch.__version__, "threads": threads, "seconds_per_step": med, "tokens_per_s": b * t / med}))
+    out = {"torch_version": torch.__version__, "device": a.device, "dtype": a.dtype, "threads": threads,
+           "seconds_per_step": med, "tokens_per_s": b * t / med,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if cuda:
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu"] = torch.cuda.get_device_name()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

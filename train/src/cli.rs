@@ -186,6 +186,10 @@ pub struct SftArgs {
     /// Stop after this many optimiser steps (overrides --epochs).
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Stop after this many steps of the schedule sized by --epochs/--max-steps (a reference run
+    /// that follows a longer one step for step).
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Packed rows per micro-batch.
     #[arg(long)]
     batch_rows: Option<usize>,
@@ -195,6 +199,9 @@ pub struct SftArgs {
     grad_accum: usize,
     #[arg(long, default_value_t = 0.03)]
     warmup: f64,
+    /// Residual-stream dropout while training (0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
     #[arg(long, default_value_t = 50)]
     eval_every: usize,
     #[arg(long, default_value_t = 50)]
@@ -242,6 +249,8 @@ pub fn sft(a: SftArgs) -> Result<()> {
     if let Some(v) = a.max_len {
         o.max_len = v;
     }
+    o.dropout = a.dropout;
+    o.stop_after = a.stop_after;
     if let Some(v) = a.windows_per_user {
         o.windows_per_user = v;
     }
@@ -427,6 +436,15 @@ pub struct BenchTrainArgs {
     seq: usize,
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Alternating rounds of ours and PyTorch; the figures are medians over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// cpu or cuda[:N]; PyTorch runs on the same device.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 /// `bench train`: forward+backward tokens/s against PyTorch; prints the comparison as JSON.
@@ -436,6 +454,13 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         batch: a.batch,
         seq: a.seq,
         steps: a.steps,
+        rounds: a.rounds,
+        device: a.device,
+        dtype: match a.dtype.as_str() {
+            "f32" => candle_core::DType::F32,
+            "bf16" => candle_core::DType::BF16,
+            d => anyhow::bail!("--dtype {d}: use f32 or bf16"),
+        },
     })?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
@@ -458,6 +483,12 @@ pub struct BenchQualityArgs {
     /// Stage-1 epochs of navigen's training.
     #[arg(long, default_value_t = 6.0)]
     epochs: f64,
+    /// navigen's residual-stream dropout while training (`sft --dropout`).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
+    /// navigen's peak learning rate (default: `sft`'s for the preset).
+    #[arg(long)]
+    lr: Option<f64>,
     #[arg(long, default_value_t = navigen::prompt::MAX_HISTORY)]
     max_history: usize,
     #[arg(long, default_value_t = navigen::engine::DEFAULT_BEAMS)]
@@ -497,6 +528,8 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         bundle: a.bundle,
         preset: a.preset,
         epochs: a.epochs,
+        dropout: a.dropout,
+        lr: a.lr,
         max_history: a.max_history,
         beams: a.beams,
         sasrec_epochs: a.sasrec_epochs,

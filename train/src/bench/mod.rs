@@ -116,6 +116,11 @@ pub struct TrainBenchOptions {
     pub batch: usize,
     pub seq: usize,
     pub steps: usize,
+    /// Alternating rounds of ours and the reference (the VM's speed drifts; medians over rounds).
+    pub rounds: usize,
+    /// `cpu` or `cuda[:N]` (PyTorch runs on the same device).
+    pub device: String,
+    pub dtype: candle_core::DType,
 }
 
 /// The model shapes benchmarked: the tiny preset (vocabulary as on ml-100k) and SmolLM2-135M with
@@ -142,17 +147,26 @@ pub fn bench_shape(name: &str) -> Result<crate::model::ModelConfig> {
     })
 }
 
+/// The process's peak resident memory in MiB (Linux `VmHWM`; None elsewhere).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Forward + backward tokens/s of our candle model against the PyTorch reference on the same shape,
-/// batch, sequence length and thread count.
+/// batch, sequence length, thread count, device and dtype, in alternating rounds.
 pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
     use crate::model::batch::{make_batch, Row};
     use crate::model::{self, Rope, Trainable, Weights};
     crate::tune_allocator();
     let config = bench_shape(&o.shape)?;
-    let dev = candle_core::Device::Cpu;
-    let mut w = Weights::random(&config, &dev, candle_core::DType::F32, 0)?;
+    let dev = crate::device::parse(&o.device)?;
+    let dtype = o.dtype;
+    let mut w = Weights::random(&config, &dev, dtype, 0)?;
     w.set_trainable(Trainable::All)?;
-    let rope = Rope::new(&config, &dev, candle_core::DType::F32)?;
+    let rope = Rope::new(&config, &dev, dtype)?;
     // One example per row, causal, loss on every fourth position (as the reference does).
     let rows: Vec<Row> = (0..o.batch)
         .map(|r| Row {
@@ -168,44 +182,73 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                 .collect(),
         })
         .collect();
-    let b = make_batch(&rows, 0, &dev, candle_core::DType::F32, None)?;
-    let mut times = Vec::new();
-    for step in 0..=o.steps {
-        let t = Instant::now();
-        let loss = model::loss(&w, &rope, &b, None)?;
-        let _grads = loss.backward()?;
-        if step > 0 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let ours = times[times.len() / 2];
+    let b = make_batch(&rows, 0, &dev, dtype, None)?;
     let threads = rayon::current_num_threads();
     let cfg_path = std::env::temp_dir().join(format!("navigen-bench-{}.json", std::process::id()));
     std::fs::write(&cfg_path, serde_json::to_vec(&config)?)?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_train.py");
-    let out = Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
-        .arg(&script)
-        .args([
-            cfg_path.display().to_string(),
-            o.batch.to_string(),
-            o.seq.to_string(),
-            o.steps.to_string(),
-            threads.to_string(),
-        ])
-        .output()
-        .context("running python3 for torch")?;
-    let _ = std::fs::remove_file(&cfg_path);
-    if !out.status.success() {
-        anyhow::bail!("torch run failed (install the CPU wheel: `pip install torch --index-url https://download.pytorch.org/whl/cpu`): {}", String::from_utf8_lossy(&out.stderr));
+    let torch_dtype = if dtype == candle_core::DType::BF16 {
+        "bf16"
+    } else {
+        "f32"
+    };
+    let torch_device = if dev.is_cuda() { "cuda" } else { "cpu" };
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut ours_tps, mut torch_tps, mut torch_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _round in 0..o.rounds.max(1) {
+        let mut times = Vec::new();
+        for step in 0..=o.steps {
+            dev.synchronize()?;
+            let t = Instant::now();
+            let loss = model::loss(&w, &rope, &b, None, None)?;
+            let _grads = loss.backward()?;
+            dev.synchronize()?;
+            if step > 0 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        ours_tps.push((o.batch * o.seq) as f64 / median(&mut times));
+        let out =
+            Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
+                .arg(&script)
+                .args([
+                    cfg_path.display().to_string(),
+                    o.batch.to_string(),
+                    o.seq.to_string(),
+                    o.steps.to_string(),
+                    threads.to_string(),
+                    format!("--device={torch_device}"),
+                    format!("--dtype={torch_dtype}"),
+                ])
+                .output()
+                .context("running python3 for torch")?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&cfg_path);
+            anyhow::bail!("torch run failed (install the CPU wheel: `pip install torch --index-url https://download.pytorch.org/whl/cpu`; NAVIGEN_PYTHON picks the interpreter): {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let torch: Value = serde_json::from_slice(&out.stdout)?;
+        torch_tps.push(torch["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+        torch_runs.push(torch);
     }
-    let torch: Value = serde_json::from_slice(&out.stdout)?;
-    let torch_tps = torch["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
-    let ours_tps = (o.batch * o.seq) as f64 / ours;
+    let _ = std::fs::remove_file(&cfg_path);
+    let ours_rss = peak_rss_mb();
+    let torch_rss: Vec<f64> = torch_runs
+        .iter()
+        .filter_map(|t| t["peak_rss_mb"].as_f64())
+        .collect();
+    let ours_round_tps = ours_tps.clone();
+    let torch_round_tps = torch_tps.clone();
+    let (ours_med, torch_med) = (median(&mut ours_tps), median(&mut torch_tps));
     Ok(json!({
-        "shape": o.shape, "params": config.param_count(), "batch": o.batch, "seq": o.seq, "steps": o.steps, "threads": threads,
-        "ours": {"seconds_per_step": ours, "tokens_per_s": ours_tps},
-        "torch": torch,
-        "ratio_ours_over_torch": ours_tps / torch_tps,
+        "shape": o.shape, "params": config.param_count(), "batch": o.batch, "seq": o.seq, "steps": o.steps,
+        "rounds": o.rounds.max(1), "threads": threads, "device": o.device, "dtype": torch_dtype,
+        "ours": {"tokens_per_s": ours_med, "rounds_tokens_per_s": ours_round_tps, "peak_rss_mb": ours_rss},
+        "torch": {"tokens_per_s": torch_med, "rounds_tokens_per_s": torch_round_tps,
+                  "peak_rss_mb": torch_rss.iter().copied().fold(f64::NAN, f64::max),
+                  "version": torch_runs[0]["torch_version"], "last": torch_runs.last()},
+        "ratio_ours_over_torch": ours_med / torch_med,
     }))
 }

@@ -29,6 +29,8 @@ pub struct QualityOptions {
     pub bundle: Option<PathBuf>,
     pub preset: Preset,
     pub epochs: f64,
+    pub dropout: f32,
+    pub lr: Option<f64>,
     pub max_history: usize,
     pub beams: usize,
     pub sasrec_epochs: usize,
@@ -114,6 +116,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
     };
     // navigen: train (or take) the bundle.
     let mut train_s = 0.0;
+    let mut training = Value::Null;
     let bundle = match &o.bundle {
         Some(b) => b.clone(),
         None => {
@@ -124,6 +127,18 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             let mut s = SftOptions::new(&data, &run, Some(o.preset.clone()), 1);
             s.epochs = o.epochs;
             s.seed = o.seed;
+            s.dropout = o.dropout;
+            if let Some(lr) = o.lr {
+                s.lr = lr;
+            }
+            // Rows that hold a whole window of max_history + 1 items (3 code tokens each, plus the
+            // prompt), with the tokens per batch kept.
+            let window = 3 * (o.max_history + 1) + 40;
+            if window > s.max_len {
+                let tokens = s.max_len * s.batch_rows;
+                s.max_len = window.next_multiple_of(32);
+                s.batch_rows = (tokens / s.max_len).max(1);
+            }
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(navigen_threads)
                 .build()?;
@@ -140,6 +155,9 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
                 verify_tokens: 16,
             })?;
             train_s = t.elapsed().as_secs_f64();
+            training = json!({"preset": name, "epochs": o.epochs, "steps": summary.steps,
+                "lr": s.lr, "dropout": s.dropout, "max_history": o.max_history, "max_len": s.max_len,
+                "batch_rows": s.batch_rows, "best_val_recall10": summary.best_val_recall10});
             bundle
         }
     };
@@ -197,6 +215,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
         "most_popular_with_history": rank_json(&ranks.popular_with_history),
         "recbole": recbole_json,
         "bundle": bundle,
+        "navigen_training": training,
     });
     navigen::format::write_atomic(
         &o.out.join("quality.json"),

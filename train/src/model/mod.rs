@@ -21,9 +21,16 @@ pub use weights::{Trainable, Weights};
 /// Mean cross-entropy over the answer tokens of a batch. Logits are computed only at positions that
 /// carry a target (a small fraction of the row), which saves most of the output-head cost; CID code
 /// targets are scored over the codes the trie allows ([`batch::CodeConstraint`]), the rest over the
-/// whole vocabulary. `columns`: the token ids of the code block (from the same constraint).
-pub fn loss(w: &Weights, rope: &Rope, b: &Batch, columns: Option<&Tensor>) -> Result<Tensor> {
-    let h = transformer::hidden_states(w, rope, &b.ids, &b.positions, &b.mask)?;
+/// whole vocabulary. `columns`: the token ids of the code block (from the same constraint);
+/// `dropout` only while training.
+pub fn loss(
+    w: &Weights,
+    rope: &Rope,
+    b: &Batch,
+    columns: Option<&Tensor>,
+    dropout: Option<&mut transformer::Dropout>,
+) -> Result<Tensor> {
+    let h = transformer::hidden_states(w, rope, &b.ids, &b.positions, &b.mask, dropout)?;
     let (bsz, t, d) = h.dims3()?;
     let flat = h.reshape((bsz * t, d))?;
     let head = w.head()?;

@@ -824,7 +824,7 @@ mod tests {
         let rows = vec![row(1, &[9, 5, 10]), row(2, &[20, 4])];
         let b = make_batch(&rows, 0, &dev, DType::F32, None).unwrap();
         let run = || {
-            let loss = crate::model::loss(&w, &rope, &b, None).unwrap();
+            let loss = crate::model::loss(&w, &rope, &b, None, None).unwrap();
             let grads = loss.backward().unwrap();
             let g: Vec<(String, Tensor)> = w
                 .trainable()

@@ -209,16 +209,64 @@ fn embed(w: &Weights, ids: &Tensor) -> Result<Tensor> {
         .reshape((b, t, e.dim(1)?))?)
 }
 
-/// Final-normed hidden states (B, T, H) of packed rows. `mask` from [`packed_mask`].
+/// Dropout of the residual stream while training (GPT-2's embedding and residual dropout; SASRec's
+/// hidden dropout): on the embeddings and on each attention and MLP output before it is added. The
+/// mask comes from a seeded generator, so a step is reproducible and a resumed run draws the same
+/// masks (candle's CPU `rand` cannot be seeded).
+pub struct Dropout {
+    p: f32,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl Dropout {
+    /// `None` when `p` is 0 (nothing to drop).
+    pub fn new(p: f32, seed: u64) -> Option<Self> {
+        use rand::SeedableRng;
+        (p > 0.0).then(|| Dropout {
+            p: p.min(0.9),
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        })
+    }
+
+    /// x with each element zeroed with probability p and the rest scaled by 1 / (1 - p).
+    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        use rand::Rng;
+        let keep = 1.0 - self.p;
+        let threshold = (keep as f64 * u32::MAX as f64) as u32;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if self.rng.gen::<u32>() < threshold {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+}
+
+fn maybe_drop(d: &mut Option<&mut Dropout>, x: Tensor) -> Result<Tensor> {
+    match d {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}
+
+/// Final-normed hidden states (B, T, H) of packed rows. `mask` from [`packed_mask`]; `dropout` only
+/// while training.
 pub fn hidden_states(
     w: &Weights,
     rope: &Rope,
     ids: &Tensor,
     positions: &Tensor,
     mask: &Tensor,
+    mut dropout: Option<&mut Dropout>,
 ) -> Result<Tensor> {
     let c = &w.config;
-    let mut x = embed(w, ids)?;
+    let mut x = maybe_drop(&mut dropout, embed(w, ids)?)?;
     let tables = rope.at(positions)?;
     // The fused softmax reads one mask for all heads; the composed path adds it per layer, so it
     // is expanded to all heads once here (a plain contiguous add).
@@ -235,13 +283,14 @@ pub fn hidden_states(
             w.get(&layer(i, "input_layernorm.weight"))?,
             c.rms_norm_eps,
         )?;
-        x = (x + attention(w, &tables, i, &h, Some(&mask), None)?.out)?;
+        let a = attention(w, &tables, i, &h, Some(&mask), None)?.out;
+        x = (x + maybe_drop(&mut dropout, a)?)?;
         let h = rms_norm(
             &x,
             w.get(&layer(i, "post_attention_layernorm.weight"))?,
             c.rms_norm_eps,
         )?;
-        x = (x + mlp(w, i, &h)?)?;
+        x = (x + maybe_drop(&mut dropout, mlp(w, i, &h)?)?)?;
     }
     rms_norm(&x, w.get(FINAL_NORM)?, c.rms_norm_eps)
 }

