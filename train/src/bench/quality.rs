@@ -58,14 +58,6 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
     } else {
         threads
     };
-    if parallel && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // candle sizes the worker pool of its element-wise ops once, on first use (prepare's below
-        // may be it), from this variable; navigen's share of the cores when RecBole trains beside it.
-        std::env::set_var(
-            "CANDLE_NUM_THREADS",
-            (threads - recbole_threads).max(1).to_string(),
-        );
-    }
     let source: Source = o.dataset.parse()?;
     let data = o.out.join("data");
     if !data.join(prepare::REPORT_FILE).exists() {
@@ -114,6 +106,13 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
         }
         _ => threads,
     };
+    if navigen_threads < threads && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // candle sizes the worker pool of its element-wise ops once, on first use, from this
+        // variable: navigen's share of the cores while RecBole trains beside it (set only then: a
+        // reused RecBole result leaves navigen every core). When prepare ran above, the pool already
+        // has every core, and the two trainers oversubscribe a little.
+        std::env::set_var("CANDLE_NUM_THREADS", navigen_threads.to_string());
+    }
     // navigen: train (or take) the bundle.
     let mut train_s = 0.0;
     let mut training = Value::Null;

@@ -387,3 +387,29 @@ pub fn greedy(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_drops_its_share_keeps_the_mean_and_repeats_with_its_seed() {
+        assert!(Dropout::new(0.0, 1).is_none());
+        let x = Tensor::ones((64, 1024), DType::F32, &Device::Cpu).unwrap();
+        let a = Dropout::new(0.2, 7).unwrap().apply(&x).unwrap();
+        let v = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let zeros = v.iter().filter(|&&e| e == 0.0).count() as f64 / v.len() as f64;
+        let mean = v.iter().map(|&e| e as f64).sum::<f64>() / v.len() as f64;
+        assert!((zeros - 0.2).abs() < 0.01, "dropped {zeros}");
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!(v.iter().all(|&e| e == 0.0 || (e - 1.25).abs() < 1e-6));
+        let b = Dropout::new(0.2, 7).unwrap().apply(&x).unwrap();
+        let c = Dropout::new(0.2, 8).unwrap().apply(&x).unwrap();
+        let same = |p: &Tensor, q: &Tensor| {
+            p.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                == q.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert!(same(&a, &b));
+        assert!(!same(&a, &c));
+    }
+}

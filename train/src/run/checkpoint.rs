@@ -48,6 +48,9 @@ pub fn save(dir: &Path, state: &State, w: &Weights, opt: &AdamW, keep: usize) ->
     for (k, t) in &opt.v {
         moments.insert(format!("v.{k}"), t.to_device(&Device::Cpu)?);
     }
+    for (k, t) in &opt.master {
+        moments.insert(format!("w32.{k}"), t.to_device(&Device::Cpu)?);
+    }
     moments.insert(
         "adam_step".into(),
         Tensor::new(&[opt.step as u32], &Device::Cpu)?,
@@ -141,11 +144,17 @@ pub fn load(
     let moments = candle_core::safetensors::load(d.join("optimizer.safetensors"), device)?;
     opt.m.clear();
     opt.v.clear();
+    opt.master.clear();
     for (k, t) in moments {
         if let Some(name) = k.strip_prefix("m.") {
             opt.m.insert(name.to_string(), t);
         } else if let Some(name) = k.strip_prefix("v.") {
             opt.v.insert(name.to_string(), t);
+        } else if let Some(name) = k.strip_prefix("w32.") {
+            // Only while the weights stay narrow (a run resumed in f32 uses its own weights).
+            if dtype != DType::F32 {
+                opt.master.insert(name.to_string(), t);
+            }
         } else if k == "adam_step" {
             opt.step = t.to_vec1::<u32>()?.first().copied().unwrap_or(0) as u64;
         }

@@ -32,6 +32,10 @@ pub struct AdamW {
     pub step: u64,
     pub m: BTreeMap<String, Tensor>,
     pub v: BTreeMap<String, Tensor>,
+    /// f32 master copies of weights held in a narrower dtype (bf16 on CUDA): an update of lr x ~1
+    /// is below bf16's resolution (2^-8 relative) for lr < ~4e-3, so applied to the bf16 weight
+    /// directly most updates would round away and training would stall.
+    pub master: BTreeMap<String, Tensor>,
 }
 
 impl AdamW {
@@ -41,6 +45,7 @@ impl AdamW {
             step: 0,
             m: BTreeMap::new(),
             v: BTreeMap::new(),
+            master: BTreeMap::new(),
         }
     }
 
@@ -67,7 +72,10 @@ impl AdamW {
                 None => (g.sqr()? * (1.0 - c.beta2))?,
             };
             let update = ((&m / bc1)? / ((&v / bc2)?.sqrt()? + c.eps)?)?;
-            let w = var.as_tensor().to_dtype(DType::F32)?;
+            let w = match self.master.get(name) {
+                Some(w) => w.clone(),
+                None => var.as_tensor().to_dtype(DType::F32)?,
+            };
             let decay = if w.rank() >= 2 {
                 1.0 - lr * c.weight_decay
             } else {
@@ -75,6 +83,9 @@ impl AdamW {
             };
             let new = ((w * decay)? - (update * lr)?)?;
             var.set(&new.to_dtype(var.dtype())?)?;
+            if var.dtype() != DType::F32 {
+                self.master.insert(name.clone(), new);
+            }
             self.m.insert(name.clone(), m);
             self.v.insert(name.clone(), v);
         }
@@ -142,5 +153,42 @@ mod tests {
         }
         let v = x.as_tensor().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|a| a.abs() < 0.05), "{v:?}");
+    }
+    /// 200 steps of lr 1e-4 on a bf16 weight at 1.0 (bf16's spacing there is 2^-7): each Adam step
+    /// (~lr) rounds away on the weight itself; the f32 master copy accumulates them.
+    #[test]
+    fn bf16_weights_move_by_updates_below_their_resolution() {
+        let w = Var::from_tensor(
+            &Tensor::new(&[1.0f32, 1.0], &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap(),
+        )
+        .unwrap();
+        let vars = BTreeMap::from([("w".to_string(), w.clone())]);
+        let mut opt = AdamW::new(AdamWConfig {
+            weight_decay: 0.0,
+            ..Default::default()
+        });
+        let g = Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
+        for _ in 0..200 {
+            let grads = BTreeMap::from([("w".to_string(), g.clone())]);
+            opt.update(&vars, &grads, 1e-4).unwrap();
+        }
+        let master = opt.master["w"].to_vec1::<f32>().unwrap();
+        assert!(
+            (master[0] - 0.98).abs() < 1e-3 && (master[1] - 1.02).abs() < 1e-3,
+            "{master:?}"
+        );
+        let v = w
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            v[0] < 0.99 && v[1] > 1.01,
+            "the bf16 weights did not move: {v:?}"
+        );
     }
 }
