@@ -13,8 +13,9 @@ echo "== cargo clippy -D warnings" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo check --features cuda (CUDA 13.0 from PyPI wheels, no GPU needed: scripts/cuda-toolkit.sh)" >&2
 # The CUDA trainer is built only where a GPU is; this keeps it compiling everywhere. Same target
-# folder as the rest: cargo keeps the artefacts of each feature set apart, so only the crates that
-# the feature changes (candle, cudarc, the trainer) are checked again, and llama.cpp is not rebuilt.
+# folder as the rest: cargo keeps the artefacts of each feature set apart. The first run compiles
+# candle's kernels with nvcc and builds llama.cpp once more (one package's features unify differently
+# from the workspace's); later runs reuse both.
 (eval "$(bash scripts/cuda-toolkit.sh)" &&
   cargo check -q -p navigen-train --features cuda --locked)
 echo "== cargo test" >&2

@@ -483,6 +483,16 @@ pub struct BenchQualityArgs {
     /// Stage-1 epochs of navigen's training.
     #[arg(long, default_value_t = 6.0)]
     epochs: f64,
+    /// navigen's training steps (overrides --epochs; the learning-rate schedule ends there): a cap for
+    /// large datasets on a CPU.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Validation users that pick navigen's checkpoint (0 = all; default: `sft`'s).
+    #[arg(long)]
+    val_users: Option<usize>,
+    /// Steps between navigen's validations (default: `sft`'s).
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// navigen's residual-stream dropout while training (`sft --dropout`).
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
@@ -528,6 +538,9 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         bundle: a.bundle,
         preset: a.preset,
         epochs: a.epochs,
+        max_steps: a.max_steps,
+        val_users: a.val_users,
+        eval_every: a.eval_every,
         dropout: a.dropout,
         lr: a.lr,
         max_history: a.max_history,

@@ -29,6 +29,11 @@ pub struct QualityOptions {
     pub bundle: Option<PathBuf>,
     pub preset: Preset,
     pub epochs: f64,
+    /// navigen's training steps (overrides `epochs`; the schedule ends there).
+    pub max_steps: Option<usize>,
+    /// Validation users for navigen's checkpoint selection (0 = all) and how often it runs.
+    pub val_users: Option<usize>,
+    pub eval_every: Option<usize>,
     pub dropout: f32,
     pub lr: Option<f64>,
     pub max_history: usize,
@@ -125,6 +130,14 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             let t = Instant::now();
             let mut s = SftOptions::new(&data, &run, Some(o.preset.clone()), 1);
             s.epochs = o.epochs;
+            s.max_steps = o.max_steps;
+            if let Some(v) = o.val_users {
+                s.val_users = v;
+            }
+            if let Some(v) = o.eval_every {
+                s.eval_every = v;
+                s.save_every = v;
+            }
             s.seed = o.seed;
             s.dropout = o.dropout;
             if let Some(lr) = o.lr {
@@ -154,7 +167,8 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
                 verify_tokens: 16,
             })?;
             train_s = t.elapsed().as_secs_f64();
-            training = json!({"preset": name, "epochs": o.epochs, "steps": summary.steps,
+            training = json!({"preset": name, "epochs": o.epochs, "max_steps": o.max_steps, "steps": summary.steps,
+                "val_users": s.val_users, "eval_every": s.eval_every,
                 "lr": s.lr, "dropout": s.dropout, "max_history": o.max_history, "max_len": s.max_len,
                 "batch_rows": s.batch_rows, "best_val_recall10": summary.best_val_recall10});
             bundle
