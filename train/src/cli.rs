@@ -202,6 +202,10 @@ pub struct SftArgs {
     /// Residual-stream dropout while training (0 = none).
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
+    /// Decay of a moving average of the weights that validation, the kept model and the export
+    /// use (0 = none; e.g. 0.99 averages over the last ~100 steps).
+    #[arg(long, default_value_t = 0.0)]
+    ema: f64,
     #[arg(long, default_value_t = 50)]
     eval_every: usize,
     #[arg(long, default_value_t = 50)]
@@ -250,6 +254,12 @@ pub fn sft(a: SftArgs) -> Result<()> {
         o.max_len = v;
     }
     o.dropout = a.dropout;
+    anyhow::ensure!(
+        (0.0..1.0).contains(&a.ema),
+        "--ema {}: use a value in [0, 1)",
+        a.ema
+    );
+    o.ema = a.ema;
     o.stop_after = a.stop_after;
     if let Some(v) = a.windows_per_user {
         o.windows_per_user = v;
@@ -496,6 +506,9 @@ pub struct BenchQualityArgs {
     /// navigen's residual-stream dropout while training (`sft --dropout`).
     #[arg(long, default_value_t = 0.0)]
     dropout: f32,
+    /// navigen's moving average of the weights (`sft --ema`).
+    #[arg(long, default_value_t = 0.0)]
+    ema: f64,
     /// navigen's peak learning rate (default: `sft`'s for the preset).
     #[arg(long)]
     lr: Option<f64>,
@@ -542,6 +555,7 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         val_users: a.val_users,
         eval_every: a.eval_every,
         dropout: a.dropout,
+        ema: a.ema,
         lr: a.lr,
         max_history: a.max_history,
         beams: a.beams,

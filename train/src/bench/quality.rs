@@ -35,6 +35,8 @@ pub struct QualityOptions {
     pub val_users: Option<usize>,
     pub eval_every: Option<usize>,
     pub dropout: f32,
+    /// `sft --ema`.
+    pub ema: f64,
     pub lr: Option<f64>,
     pub max_history: usize,
     pub beams: usize,
@@ -140,6 +142,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             }
             s.seed = o.seed;
             s.dropout = o.dropout;
+            s.ema = o.ema;
             if let Some(lr) = o.lr {
                 s.lr = lr;
             }
@@ -169,7 +172,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             train_s = t.elapsed().as_secs_f64();
             training = json!({"preset": name, "epochs": o.epochs, "max_steps": o.max_steps, "steps": summary.steps,
                 "val_users": s.val_users, "eval_every": s.eval_every,
-                "lr": s.lr, "dropout": s.dropout, "max_history": o.max_history, "max_len": s.max_len,
+                "lr": s.lr, "dropout": s.dropout, "ema": s.ema, "max_history": o.max_history, "max_len": s.max_len,
                 "batch_rows": s.batch_rows, "best_val_recall10": summary.best_val_recall10});
             bundle
         }

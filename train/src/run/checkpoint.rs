@@ -51,6 +51,9 @@ pub fn save(dir: &Path, state: &State, w: &Weights, opt: &AdamW, keep: usize) ->
     for (k, t) in &opt.master {
         moments.insert(format!("w32.{k}"), t.to_device(&Device::Cpu)?);
     }
+    for (k, t) in &opt.ema {
+        moments.insert(format!("ema.{k}"), t.to_device(&Device::Cpu)?);
+    }
     moments.insert(
         "adam_step".into(),
         Tensor::new(&[opt.step as u32], &Device::Cpu)?,
@@ -145,6 +148,7 @@ pub fn load(
     opt.m.clear();
     opt.v.clear();
     opt.master.clear();
+    opt.ema.clear();
     for (k, t) in moments {
         if let Some(name) = k.strip_prefix("m.") {
             opt.m.insert(name.to_string(), t);
@@ -155,6 +159,8 @@ pub fn load(
             if dtype != DType::F32 {
                 opt.master.insert(name.to_string(), t);
             }
+        } else if let Some(name) = k.strip_prefix("ema.") {
+            opt.ema.insert(name.to_string(), t);
         } else if k == "adam_step" {
             opt.step = t.to_vec1::<u32>()?.first().copied().unwrap_or(0) as u64;
         }

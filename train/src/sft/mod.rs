@@ -56,6 +56,9 @@ pub struct SftOptions {
     pub weight_decay: f64,
     /// Residual-stream dropout while training (0 = none; [`crate::model::transformer::Dropout`]).
     pub dropout: f32,
+    /// Decay of the weights' moving average that validation, the kept model and the export read
+    /// (0 = the raw weights; [`optim::AdamW::ema`]).
+    pub ema: f64,
     pub eval_every: usize,
     pub save_every: usize,
     pub log_every: usize,
@@ -135,6 +138,7 @@ impl SftOptions {
             clip: 1.0,
             weight_decay: 0.01,
             dropout: 0.0,
+            ema: 0.0,
             eval_every: 50,
             save_every: 50,
             log_every: 1,
@@ -354,6 +358,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
     let mut opt = optim::AdamW::new(optim::AdamWConfig {
         weight_decay: opts.weight_decay,
+        ema_decay: opts.ema,
         ..Default::default()
     });
     let ckpt_dir = opts.run.join(CHECKPOINTS_DIR);
@@ -386,6 +391,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
             w.set_trainable(trainable)?;
             opt = optim::AdamW::new(optim::AdamWConfig {
                 weight_decay: opts.weight_decay,
+                ema_decay: opts.ema,
                 ..Default::default()
             });
         }
@@ -499,6 +505,9 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         bar.set_position(step as u64);
         let eval_now = !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == stop);
         if eval_now {
+            // Validation and the kept model read the moving average (when there is one); the
+            // training state and the checkpoint keep the raw weights.
+            opt.swap_ema(w.trainable())?;
             let v = mean_loss(&w, &rope, &val_rows, opts, pad, (&codes, &code_columns))?;
             let (r, n) = if opts.select == Select::Recall && !val_next.is_empty() {
                 let (r, n) = val_next.measure(&w, &rope, &decoder, opts.val_beams)?;
@@ -534,6 +543,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                 best_recall = r;
                 save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
             }
+            opt.swap_ema(w.trainable())?;
         }
         if step % opts.save_every.max(1) == 0 || step == stop {
             checkpoint::save(
@@ -555,7 +565,9 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     }
     bar.finish_and_clear();
     if val_rows.is_empty() || !opts.run.join(stage_weights(opts.stage)).exists() {
+        opt.swap_ema(w.trainable())?;
         save_weights(&w, &opts.run.join(stage_weights(opts.stage)))?;
+        opt.swap_ema(w.trainable())?;
     }
     if !info.stages_done.contains(&opts.stage) {
         info.stages_done.push(opts.stage);
