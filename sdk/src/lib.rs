@@ -7,6 +7,7 @@ compile_error!(
 );
 
 pub mod bundle;
+pub mod chat;
 pub mod cid;
 pub mod embedding;
 pub mod engine;

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::cid::{cid_begin_lit, cid_end_lit, Cid};
 pub use crate::format::catalog::{MAX_TID_TERMS, MAX_TID_TERM_CHARS};
 
+pub mod teacher;
+
 /// Version of the prompt and answer formats in this module. Bump it whenever a template changes: a
 /// bundle records the version it was trained with and the runtime refuses a mismatch.
 pub const PROMPT_VERSION: u32 = 2;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use navigen::format::Dtype;
 
@@ -567,5 +567,172 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         rerun_recbole: a.rerun_recbole,
         sasrec_time_cap_s: (a.sasrec_time_cap_min > 0).then_some(a.sasrec_time_cap_min * 60),
     })?;
+    Ok(())
+}
+
+type BoxedTeacher = Box<dyn crate::teach::backend::Teacher>;
+
+/// Which teacher answers (one of the three backends).
+#[derive(Args, Clone, Debug)]
+pub struct TeacherArgs {
+    /// An instruct GGUF on navigen's llama.cpp runtime (default: SmolLM2-135M-Instruct from the
+    /// assets, when no URL is given).
+    #[arg(long)]
+    teacher_gguf: Option<PathBuf>,
+    /// An OpenAI-compatible endpoint, up to /v1 (e.g. http://127.0.0.1:8080/v1).
+    #[arg(long, conflicts_with = "teacher_gguf")]
+    teacher_url: Option<String>,
+    /// The endpoint's model name.
+    #[arg(long, default_value = "default")]
+    teacher_model: String,
+    /// Environment variable holding the endpoint's API key (not sent when unset).
+    #[arg(long, default_value = "NAVIGEN_TEACHER_KEY")]
+    teacher_key_env: String,
+    /// Seconds before one endpoint request is abandoned.
+    #[arg(long, default_value_t = 120.0)]
+    teacher_timeout_s: f64,
+    /// Attempts per endpoint request (connection errors, 429, 5xx), with doubling backoff.
+    #[arg(long, default_value_t = 4)]
+    teacher_attempts: u32,
+    /// Endpoint requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    teacher_concurrency: usize,
+    /// A judge other than the teacher (GGUF path); default: the teacher judges.
+    #[arg(long)]
+    judge_gguf: Option<PathBuf>,
+    /// A judge endpoint other than the teacher (URL up to /v1), with --judge-model.
+    #[arg(long, conflicts_with = "judge_gguf")]
+    judge_url: Option<String>,
+    #[arg(long, default_value = "default")]
+    judge_model: String,
+    /// CPU threads of a local teacher (0 = all).
+    #[arg(long, default_value_t = 0)]
+    threads: u32,
+}
+
+impl TeacherArgs {
+    fn endpoint(&self, url: &str, model: &str) -> crate::teach::backend::EndpointConfig {
+        crate::teach::backend::EndpointConfig {
+            url: url.to_string(),
+            model: model.to_string(),
+            key_env: self.teacher_key_env.clone(),
+            timeout: std::time::Duration::from_secs_f64(self.teacher_timeout_s.max(0.1)),
+            attempts: self.teacher_attempts.max(1),
+            backoff: std::time::Duration::from_millis(500),
+            concurrency: self.teacher_concurrency.max(1),
+        }
+    }
+
+    /// The teacher and the judge (`None`: the teacher judges).
+    pub fn open(&self) -> Result<(BoxedTeacher, Option<BoxedTeacher>)> {
+        let teacher: BoxedTeacher = match &self.teacher_url {
+            Some(u) => Box::new(crate::teach::backend::EndpointTeacher::new(
+                self.endpoint(u, &self.teacher_model),
+            )),
+            None => {
+                let path = match &self.teacher_gguf {
+                    Some(p) => p.clone(),
+                    None => assets::SMOLLM2.ensure()?.join(assets::SMOLLM2.members[0].1),
+                };
+                Box::new(crate::teach::backend::LocalTeacher::open(
+                    &path,
+                    self.threads,
+                )?)
+            }
+        };
+        let judge: Option<Box<dyn crate::teach::backend::Teacher>> =
+            match (&self.judge_gguf, &self.judge_url) {
+                (Some(p), _) => Some(Box::new(crate::teach::backend::LocalTeacher::open(
+                    p,
+                    self.threads,
+                )?)),
+                (None, Some(u)) => Some(Box::new(crate::teach::backend::EndpointTeacher::new(
+                    self.endpoint(u, &self.judge_model),
+                ))),
+                (None, None) => None,
+            };
+        Ok((teacher, judge))
+    }
+}
+
+#[derive(Args)]
+pub struct TeachArgs {
+    /// A prepared data folder; supervision.jsonl is written into it.
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    teacher: TeacherArgs,
+    /// Users searched (0 = all), a seeded sample; each gets --windows-per-user windows.
+    #[arg(long, default_value_t = 0)]
+    users: usize,
+    /// cid2ins windows per user: the same number as `sft --windows-per-user`.
+    #[arg(long, default_value_t = 2)]
+    windows_per_user: usize,
+    /// The seed `sft` uses (it picks the windows).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Rounds of judge + crossover + mutation.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Founders, and the population each round keeps.
+    #[arg(long, default_value_t = 3)]
+    population: usize,
+    /// Weights of consistency, novelty, aesthetic and executability (comma-separated).
+    #[arg(long, default_value = "0.35,0.20,0.25,0.20")]
+    weights: String,
+    /// Sampling temperature of the writing roles (the judge is greedy).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Token budget of one written answer.
+    #[arg(long, default_value_t = 200)]
+    max_tokens: u32,
+    /// Tests: abort after this many teacher requests, as a kill would.
+    #[arg(long, default_value_t = 0, hide = true)]
+    die_after: u64,
+}
+
+/// `teach`: searched supervision for cid2ins into DATA/supervision.jsonl (resumable, cached).
+pub fn teach(a: TeachArgs) -> Result<()> {
+    let w: Vec<f64> = a
+        .weights
+        .split(',')
+        .map(|s| s.trim().parse::<f64>())
+        .collect::<std::result::Result<_, _>>()
+        .context("--weights: four numbers separated by commas")?;
+    let weights: [f64; 4] = w
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--weights: exactly four numbers"))?;
+    let (teacher, judge) = a.teacher.open()?;
+    let opts = crate::teach::TeachOptions {
+        data: a.data.clone(),
+        windows_per_user: a.windows_per_user,
+        users: a.users,
+        seed: a.seed,
+        search: crate::teach::search::SearchConfig {
+            rounds: a.rounds,
+            population: a.population.max(1),
+            weights,
+            temperature: a.temperature,
+            max_tokens: a.max_tokens,
+            seed: a.seed,
+            ..Default::default()
+        },
+        progress: true,
+        die_after: a.die_after,
+    };
+    let r = crate::teach::teach(&opts, teacher.as_ref(), judge.as_deref())?;
+    println!(
+        "teach: {} windows of {} users ({} searched now); requests {}, cache hits {}, fallbacks {}; winner {:.2} vs best founder {:.2} (judge overall); {:.0} s; wrote {}",
+        r["records"],
+        r["users"],
+        r["searched_this_run"],
+        r["teacher_counts"]["requests"],
+        r["teacher_counts"]["cache_hits"],
+        r["teacher_counts"]["fallbacks"],
+        r["mean_winner_overall"].as_f64().unwrap_or(0.0),
+        r["mean_best_founder_overall"].as_f64().unwrap_or(0.0),
+        r["seconds"].as_f64().unwrap_or(0.0),
+        a.data.join(crate::teach::SUPERVISION_FILE).display()
+    );
     Ok(())
 }

@@ -9,7 +9,7 @@
 //!   `score` (pure metrics), `run` (run folder, checkpoints, metrics, optimiser: what every training
 //!   stage shares);
 //! - pipeline: `data` -> `embed` -> `rq` -> `tid` -> `prepare` (drives the four before it) -> `tasks`
-//!   (supervision) -> `sft` -> (`rl`) -> `export` -> `eval`; a training stage uses `run` and `model`,
+//!   (task formats) -> `teach` (searched supervision) -> `sft` -> (`rl`) -> `export` -> `eval`; a training stage uses `run` and `model`,
 //!   never another stage's internals;
 //! - tools over all of it: `bench`, `inspect`, `cli` (the commands the binary dispatches to).
 //!
@@ -63,6 +63,8 @@ pub mod tid;
 pub mod prepare;
 
 pub mod tasks;
+
+pub mod teach;
 
 pub mod sft;
 

@@ -35,6 +35,9 @@ enum Cmd {
     ExportEmbedder(cli::ExportEmbedderArgs),
     /// Validate a navigen file and print a summary; exits non-zero on a damaged file.
     Inspect(cli::InspectArgs),
+    /// Searched supervision for cid2ins: a teacher reasons, an evolutionary search with a judge picks the
+    /// instruction, the reasoning is distilled in the first person -> DATA/supervision.jsonl.
+    Teach(cli::TeachArgs),
     /// Supervised fine-tuning, stage 1 (new rows and head) or stage 2 (everything, with reasoning).
     Sft(cli::SftArgs),
     /// Write the bundle the device opens: model.gguf, catalog, codebooks, bundle.json.
@@ -66,6 +69,7 @@ fn run(args: Cli) -> Result<()> {
         Cmd::Prepare(a) => cli::prepare(a),
         Cmd::ExportEmbedder(a) => cli::export_embedder(a),
         Cmd::Inspect(a) => cli::inspect(a),
+        Cmd::Teach(a) => cli::teach(a),
         Cmd::Sft(a) => cli::sft(a),
         Cmd::Export(a) => cli::export(a),
         Cmd::BundleZeroShot(a) => cli::bundle_zero_shot(a),

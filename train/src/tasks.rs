@@ -54,6 +54,16 @@ pub trait InstructionTeacher: Send + Sync {
     fn reason_next(&self, history: &[ItemView], target: &ItemView) -> String {
         self.supervise(history, target).reasoning
     }
+    /// The supervision of one window of the data, `None` when this teacher has none for it (a
+    /// searched sample covers some windows only: the others get no cid2ins example).
+    fn for_window(
+        &self,
+        _ex: &Example,
+        history: &[ItemView],
+        target: &ItemView,
+    ) -> Option<Supervision> {
+        Some(self.supervise(history, target))
+    }
 }
 
 /// Terms of a history by frequency (recent items break ties), most frequent first.
@@ -218,7 +228,9 @@ fn instruction_example(
     if h.is_empty() {
         return;
     }
-    let s = teacher.supervise(&views(cat, &ex.history), &ItemView::from(t));
+    let Some(s) = teacher.for_window(ex, &views(cat, &ex.history), &ItemView::from(t)) else {
+        return;
+    };
     out.push(SftExample {
         task: Task::Cid2Ins,
         prompt: prompt::prompt_cid2ins(&h, Mode::Think),
@@ -227,6 +239,24 @@ fn instruction_example(
             &prompt::answer_json_ins(&s.target_tid, &s.instruction),
         ),
     });
+}
+
+/// The (history, target) windows of one user that get a cid2ins example: `n` of them, drawn with a
+/// generator of their own per user (seed and user id), so that `teach` finds exactly the pairs that
+/// `sft` will ask for, whatever else changes in the mix.
+pub fn instruction_windows(
+    seq: &TrainSequence,
+    max_history: usize,
+    n: usize,
+    seed: u64,
+) -> Vec<Example> {
+    let mut windows: Vec<Example> = seq.examples(max_history).collect();
+    let user_seed = seq.user.bytes().fold(seed ^ 0xCBF2_9CE4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    });
+    windows.shuffle(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(user_seed));
+    windows.truncate(n);
+    windows
 }
 
 /// Windows of one user's items for the next-item format, as (context, targets): windows of
@@ -315,10 +345,8 @@ pub fn training_examples(
             out.push(next_item_example(&context, &targets));
         }
         if opts.stage >= 2 {
-            let mut windows: Vec<Example> = seq.examples(opts.max_history).collect();
-            windows.shuffle(&mut rng);
-            for ex in windows.iter().take(opts.windows_per_user) {
-                instruction_example(cat, ex, teacher, &mut out);
+            for ex in instruction_windows(seq, opts.max_history, opts.windows_per_user, opts.seed) {
+                instruction_example(cat, &ex, teacher, &mut out);
             }
         }
     }
