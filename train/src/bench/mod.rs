@@ -186,7 +186,10 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
     let threads = rayon::current_num_threads();
     let cfg_path = std::env::temp_dir().join(format!("navigen-bench-{}.json", std::process::id()));
     std::fs::write(&cfg_path, serde_json::to_vec(&config)?)?;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/torch_train.py");
+    // The reference travels inside the binary: a binary carried to another machine (the GPU check)
+    // has no source tree beside it.
+    let script = std::env::temp_dir().join(format!("navigen-torch-train-{}.py", std::process::id()));
+    std::fs::write(&script, include_str!("../../bench/torch_train.py"))?;
     let torch_dtype = if dtype == candle_core::DType::BF16 {
         "bf16"
     } else {
@@ -227,6 +230,7 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                 .context("running python3 for torch")?;
         if !out.status.success() {
             let _ = std::fs::remove_file(&cfg_path);
+            let _ = std::fs::remove_file(&script);
             anyhow::bail!("torch run failed (install the CPU wheel: `pip install torch --index-url https://download.pytorch.org/whl/cpu`; NAVIGEN_PYTHON picks the interpreter): {}", String::from_utf8_lossy(&out.stderr));
         }
         let torch: Value = serde_json::from_slice(&out.stdout)?;
@@ -234,6 +238,7 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
         torch_runs.push(torch);
     }
     let _ = std::fs::remove_file(&cfg_path);
+    let _ = std::fs::remove_file(&script);
     let ours_rss = peak_rss_mb();
     let torch_rss: Vec<f64> = torch_runs
         .iter()
