@@ -188,7 +188,8 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
     std::fs::write(&cfg_path, serde_json::to_vec(&config)?)?;
     // The reference travels inside the binary: a binary carried to another machine (the GPU check)
     // has no source tree beside it.
-    let script = std::env::temp_dir().join(format!("navigen-torch-train-{}.py", std::process::id()));
+    let script =
+        std::env::temp_dir().join(format!("navigen-torch-train-{}.py", std::process::id()));
     std::fs::write(&script, include_str!("../../bench/torch_train.py"))?;
     let torch_dtype = if dtype == candle_core::DType::BF16 {
         "bf16"
