@@ -686,9 +686,9 @@ pub struct TeachArgs {
     /// Token budget of one written answer.
     #[arg(long, default_value_t = 200)]
     max_tokens: u32,
-    /// Tests: abort after this many teacher requests, as a kill would.
+    /// Tests: after this many teacher requests, wait to be killed.
     #[arg(long, default_value_t = 0, hide = true)]
-    die_after: u64,
+    pause_after: u64,
 }
 
 /// `teach`: searched supervision for cid2ins into DATA/supervision.jsonl (resumable, cached).
@@ -718,7 +718,7 @@ pub fn teach(a: TeachArgs) -> Result<()> {
             ..Default::default()
         },
         progress: true,
-        die_after: a.die_after,
+        pause_after: a.pause_after,
     };
     let r = crate::teach::teach(&opts, teacher.as_ref(), judge.as_deref())?;
     println!(

@@ -2,6 +2,7 @@
 //! history, and run the end-to-end demo on a held-out user.
 
 mod bench;
+mod serve;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,9 @@ enum Cmd {
     /// Speed of the runtime on a bundle: open time, prefill and decode tokens/s, next-item and
     /// latency, and how much resident memory opening added (mapped model pages included once touched).
     Bench(bench::BenchOptions),
+    /// An OpenAI-compatible chat endpoint over an instruct GGUF (loopback by default): serves a teacher
+    /// to `navigen-train teach --teacher-url`.
+    Serve(serve::ServeOptions),
     /// The end-to-end demo on a held-out user of a prepared dataset.
     Demo {
         #[arg(long)]
@@ -293,6 +297,10 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+        }
+        Cmd::Serve(mut o) => {
+            o.threads = cli.threads;
+            serve::run(o)?;
         }
         Cmd::Bench(mut o) => {
             o.params = ep.clone();

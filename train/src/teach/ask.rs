@@ -60,8 +60,8 @@ pub struct Asker<'t> {
     counts: Mutex<Counts>,
     /// Attempts per question (each with its own seed).
     pub attempts: u32,
-    /// Stop after this many requests (tests: a deterministic point to die at; 0 = never).
-    pub die_after: u64,
+    /// Tests: after this many requests, say so on stdout and wait forever (to be killed; 0 = never).
+    pub pause_after: u64,
     sent: AtomicU64,
 }
 
@@ -96,7 +96,7 @@ impl<'t> Asker<'t> {
             cache: Mutex::new((map, file)),
             counts: Mutex::new(Counts::default()),
             attempts: 3,
-            die_after: 0,
+            pause_after: 0,
             sent: AtomicU64::new(0),
         })
     }
@@ -132,9 +132,12 @@ impl<'t> Asker<'t> {
             return Ok(r.clone());
         }
         let n = self.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.die_after > 0 && n > self.die_after {
-            // A kill at a known point: the process stops here as `kill -9` would stop it.
-            std::process::abort();
+        if self.pause_after > 0 && n > self.pause_after {
+            // A known point for a test to `kill -9` the process at, whatever the machine's speed.
+            println!("teach: paused after {} requests", self.pause_after);
+            loop {
+                std::thread::park();
+            }
         }
         {
             let mut c = self.counts.lock().unwrap();

@@ -79,8 +79,8 @@ pub struct TeachOptions {
     pub seed: u64,
     pub search: SearchConfig,
     pub progress: bool,
-    /// Tests: abort the process after this many teacher requests (0 = never).
-    pub die_after: u64,
+    /// Tests: stop and wait to be killed after this many teacher requests (0 = never).
+    pub pause_after: u64,
 }
 
 /// The windows to search: [`tasks::instruction_windows`] of the sampled users.
@@ -165,11 +165,11 @@ pub fn teach(
     let dir = opts.data.join(TEACH_DIR);
     std::fs::create_dir_all(&dir)?;
     let mut ask = Asker::open(teacher, &dir.join(CACHE_FILE))?;
-    ask.die_after = opts.die_after;
+    ask.pause_after = opts.pause_after;
     let judge_ask = match judge {
         Some(j) => {
             let mut a = Asker::open(j, &dir.join(format!("judge-{CACHE_FILE}")))?;
-            a.die_after = opts.die_after;
+            a.pause_after = opts.pause_after;
             Some(a)
         }
         None => None,
