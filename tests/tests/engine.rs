@@ -305,7 +305,7 @@ fn eval_through_the_runtime_writes_every_metric() {
     let _turn = turn();
     let f = fixture();
     let out = f.dir.join("eval.json");
-    let r = navigen_train::eval::eval(&navigen_train::eval::EvalOptions {
+    let opts = navigen_train::eval::EvalOptions {
         data: f.data.clone(),
         bundle: f.bundle.clone(),
         zero_shot: Some(zero_shot(f)),
@@ -314,8 +314,14 @@ fn eval_through_the_runtime_writes_every_metric() {
         instruction_users: 1,
         beams: 40,
         no_repeat_ngram: navigen::engine::DEFAULT_NO_REPEAT_NGRAM,
-    })
-    .unwrap();
+    };
+    // A real judge: SmolLM2-135M-Instruct on the SDK's llama.cpp runtime.
+    let smollm2 = navigen_train::assets::SMOLLM2
+        .ensure()
+        .unwrap()
+        .join(navigen_train::assets::SMOLLM2.members[0].1);
+    let judge = navigen_train::teach::backend::LocalTeacher::open(&smollm2, 2).unwrap();
+    let r = navigen_train::eval::eval(&opts, Some(&judge)).unwrap();
     let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     // Same report on disk (floats compared through their printed form).
     assert_eq!(
@@ -337,11 +343,40 @@ fn eval_through_the_runtime_writes_every_metric() {
     // Recall can only grow with K.
     assert!(r["next_item"]["recall@40"].as_f64() >= r["next_item"]["recall@1"].as_f64());
     for section in [&r["instruction"], &r["baselines"]["zero_shot"]] {
-        for key in ["parse_rate", "tid_f1", "relevance"] {
+        for key in [
+            "parse_rate",
+            "tid_f1",
+            "relevance",
+            "relevance_target",
+            "relevance_history",
+            "distinct_1",
+            "distinct_2",
+        ] {
             let v = section[key].as_f64().unwrap_or(-2.0);
             assert!((-1.0..=1.0).contains(&v), "{key} = {v}");
         }
+        // Every instruction user is judged (or counted as a failed judgement), on the 0-10 scale.
+        let j = &section["judge"];
+        assert_eq!(
+            j["judged"].as_u64().unwrap() + j["judge_failed"].as_u64().unwrap(),
+            1,
+            "{j}"
+        );
+        let o = j["overall"].as_f64().unwrap();
+        assert!((-1.0..=10.0).contains(&o), "{j}");
     }
+    // The judge's answers are cached beside the report: a second run asks nothing.
+    let again = navigen_train::eval::eval(&opts, Some(&judge)).unwrap();
+    assert_eq!(
+        again["instruction"]["judge"]["overall"],
+        r["instruction"]["judge"]["overall"]
+    );
+    assert!(out.with_file_name("eval.json.judge-answers.jsonl").exists());
+    assert_eq!(
+        again["judge_counts"]["requests"], 0,
+        "{}",
+        again["judge_counts"]
+    );
 }
 
 /// `register_item` on the device (bundle's embedder on llama.cpp + memory-mapped codebooks) agrees

@@ -383,21 +383,39 @@ pub struct EvalArgs {
     /// The answer's no-repeat n-gram guard (0: off; the device's default).
     #[arg(long, default_value_t = navigen::engine::DEFAULT_NO_REPEAT_NGRAM)]
     no_repeat_ngram: u32,
+    /// Scores every instruction (bundle and zero-shot alike) with this judge; best one that did not
+    /// write the supervision. Endpoint keys come from NAVIGEN_TEACHER_KEY.
+    #[command(flatten)]
+    judge: JudgeArgs,
 }
 
 /// `eval`: quality through the shipped runtime; writes eval.json and prints the headline numbers.
 pub fn eval(a: EvalArgs) -> Result<()> {
     let out = a.out;
-    let r = eval::eval(&eval::EvalOptions {
-        data: a.data,
-        bundle: a.bundle,
-        zero_shot: a.zero_shot,
-        out: out.clone(),
-        users: a.users,
-        instruction_users: a.instruction_users,
-        beams: a.beams,
-        no_repeat_ngram: a.no_repeat_ngram,
+    let judge = a.judge.open(0, |u: &str, m: &str| {
+        crate::teach::backend::EndpointConfig {
+            url: u.to_string(),
+            model: m.to_string(),
+            key_env: "NAVIGEN_TEACHER_KEY".into(),
+            timeout: std::time::Duration::from_secs(120),
+            attempts: 4,
+            backoff: std::time::Duration::from_millis(500),
+            concurrency: 1,
+        }
     })?;
+    let r = eval::eval(
+        &eval::EvalOptions {
+            data: a.data,
+            bundle: a.bundle,
+            zero_shot: a.zero_shot,
+            out: out.clone(),
+            users: a.users,
+            instruction_users: a.instruction_users,
+            beams: a.beams,
+            no_repeat_ngram: a.no_repeat_ngram,
+        },
+        judge.as_deref(),
+    )?;
     println!("test users {}; next item recall@10 {:.4} ndcg@10 {:.4} (most popular {:.4}); instruction parse rate {:.2}, tid F1 {:.3}, relevance {:.3}; wrote {}",
         r["test_users"], r["next_item"]["recall@10"].as_f64().unwrap_or(0.0), r["next_item"]["ndcg@10"].as_f64().unwrap_or(0.0),
         r["baselines"]["most_popular"]["recall@10"].as_f64().unwrap_or(0.0), r["instruction"]["parse_rate"].as_f64().unwrap_or(0.0),
@@ -597,17 +615,42 @@ pub struct TeacherArgs {
     /// Endpoint requests in flight at once.
     #[arg(long, default_value_t = 4)]
     teacher_concurrency: usize,
-    /// A judge other than the teacher (GGUF path); default: the teacher judges.
+    #[command(flatten)]
+    judge: JudgeArgs,
+    /// CPU threads of a local teacher (0 = all).
+    #[arg(long, default_value_t = 0)]
+    threads: u32,
+}
+
+/// A judge other than the teacher (`teach`), or the judge of `eval`.
+#[derive(Args, Clone, Debug)]
+pub struct JudgeArgs {
+    /// A judge GGUF on navigen's llama.cpp runtime (teach: default, the teacher judges).
     #[arg(long)]
     judge_gguf: Option<PathBuf>,
-    /// A judge endpoint other than the teacher (URL up to /v1), with --judge-model.
+    /// A judge endpoint (URL up to /v1), with --judge-model.
     #[arg(long, conflicts_with = "judge_gguf")]
     judge_url: Option<String>,
     #[arg(long, default_value = "default")]
     judge_model: String,
-    /// CPU threads of a local teacher (0 = all).
-    #[arg(long, default_value_t = 0)]
-    threads: u32,
+}
+
+impl JudgeArgs {
+    fn open(
+        &self,
+        threads: u32,
+        endpoint: impl Fn(&str, &str) -> crate::teach::backend::EndpointConfig,
+    ) -> Result<Option<BoxedTeacher>> {
+        Ok(match (&self.judge_gguf, &self.judge_url) {
+            (Some(p), _) => Some(Box::new(crate::teach::backend::LocalTeacher::open(
+                p, threads,
+            )?)),
+            (None, Some(u)) => Some(Box::new(crate::teach::backend::EndpointTeacher::new(
+                endpoint(u, &self.judge_model),
+            ))),
+            (None, None) => None,
+        })
+    }
 }
 
 impl TeacherArgs {
@@ -640,17 +683,9 @@ impl TeacherArgs {
                 )?)
             }
         };
-        let judge: Option<Box<dyn crate::teach::backend::Teacher>> =
-            match (&self.judge_gguf, &self.judge_url) {
-                (Some(p), _) => Some(Box::new(crate::teach::backend::LocalTeacher::open(
-                    p,
-                    self.threads,
-                )?)),
-                (None, Some(u)) => Some(Box::new(crate::teach::backend::EndpointTeacher::new(
-                    self.endpoint(u, &self.judge_model),
-                ))),
-                (None, None) => None,
-            };
+        let judge = self
+            .judge
+            .open(self.threads, |u: &str, m: &str| self.endpoint(u, m))?;
         Ok((teacher, judge))
     }
 }

@@ -18,6 +18,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::data::sequences::{self, Example, TrainSequence};
 use crate::score::{self, Ranks};
+use crate::teach::backend::Teacher;
+use crate::teach::{self, ask::Asker, search, search::SearchConfig};
 use navigen::bundle::Manifest;
 use navigen::embedding::TextEmbedder;
 use navigen::engine::{Engine, EngineParams, InstructionOptions, PredictOptions};
@@ -48,16 +50,22 @@ fn rank_metrics(ranks: &Ranks, out: &mut Map<String, Value>) {
     }
 }
 
-/// Instruction metrics of one engine over the given examples.
+/// Instruction metrics of one engine over the given examples: the same users, options and judge
+/// for every engine compared.
 fn instruction_metrics(
     e: &Engine,
     examples: &[Example],
     embedder: &TextEmbedder,
     opts: &InstructionOptions,
+    judge: Option<&Asker<'_>>,
 ) -> Result<Value> {
     let cat = e.catalog();
-    let (mut parsed, mut p_sum, mut r_sum, mut f_sum, mut rel_sum, mut n_rel) =
-        (0usize, 0.0, 0.0, 0.0, 0.0, 0usize);
+    let (mut parsed, mut p_sum, mut r_sum, mut f_sum) = (0usize, 0.0, 0.0, 0.0);
+    // Relevance: to the mean of history and target captions (the headline), and to each alone.
+    let (mut rel, mut rel_target, mut rel_history) = (0.0, 0.0, 0.0);
+    let (mut judged, mut judge_failed) = (0usize, 0usize);
+    let mut scores_sum = [0.0f64; 5];
+    let mut instructions: Vec<String> = Vec::new();
     let mut samples = Vec::new();
     let bar = crate::progress::bar(examples.len() as u64, "instructions");
     for ex in examples {
@@ -75,7 +83,10 @@ fn instruction_metrics(
         p_sum += p;
         r_sum += r;
         f_sum += f;
-        if !ins.target_ins.trim().is_empty() {
+        let said = !ins.target_ins.trim().is_empty();
+        let mut row_scores = None;
+        if said {
+            instructions.push(ins.target_ins.clone());
             let mut texts: Vec<String> = ex
                 .history
                 .iter()
@@ -87,24 +98,72 @@ fn instruction_metrics(
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let v = embedder.embed_many(&refs, &mut |_| ())?;
             let (ins_v, ctx) = v.split_last().expect("at least the instruction");
-            rel_sum += score::relevance(ins_v, ctx) as f64;
-            n_rel += 1;
+            let (target_v, history_v) = ctx.split_last().expect("at least the target");
+            rel += score::relevance(ins_v, ctx) as f64;
+            rel_target += score::cosine(ins_v, target_v) as f64;
+            if !history_v.is_empty() {
+                rel_history += score::relevance(ins_v, history_v) as f64;
+            }
+            if let Some(j) = judge {
+                let history = teach::item_texts(cat, &ex.history);
+                match search::judge_scores(j, &history, &gold, &ins.target_ins) {
+                    Some(s) => {
+                        // No leak penalty here: naming the held-out item's terms is the model
+                        // predicting well, not a supervision leak.
+                        let o = search::overall(&s, false, &SearchConfig::default());
+                        for (acc, v) in scores_sum.iter_mut().zip([
+                            s.consistency,
+                            s.novelty,
+                            s.aesthetic,
+                            s.executability,
+                            o,
+                        ]) {
+                            *acc += v.clamp(-10.0, 10.0);
+                        }
+                        judged += 1;
+                        row_scores = Some(o);
+                    }
+                    None => judge_failed += 1,
+                }
+            }
+        } else if judge.is_some() {
+            // Nothing to judge: scored 0, as an unparsed answer counts 0 in the relevance means.
+            judged += 1;
         }
         if samples.len() < 3 {
-            samples.push(json!({"history_tail": ex.history.iter().rev().take(3).collect::<Vec<_>>(), "target": ex.target, "target_tid": gold, "predicted_tid": ins.target_tid, "instruction": ins.target_ins}));
+            samples.push(json!({"history_tail": ex.history.iter().rev().take(3).collect::<Vec<_>>(), "target": ex.target, "target_tid": gold, "predicted_tid": ins.target_tid, "instruction": ins.target_ins, "judge_overall": row_scores}));
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
     let n = examples.len().max(1) as f64;
+    let texts: Vec<&str> = instructions.iter().map(String::as_str).collect();
+    let words: Vec<usize> = texts.iter().map(|t| score::words(t).len()).collect();
+    let judge_json = judge.map(|j| {
+        let m = |i: usize| scores_sum[i] / judged.max(1) as f64;
+        json!({
+            "judge": j.identity(),
+            "judged": judged,
+            "judge_failed": judge_failed,
+            "consistency": m(0), "novelty": m(1), "aesthetic": m(2), "executability": m(3),
+            "overall": m(4),
+            "weights": SearchConfig::default().weights,
+        })
+    });
     Ok(json!({
         "users": examples.len(),
         "parse_rate": parsed as f64 / n,
         "tid_precision": p_sum / n,
         "tid_recall": r_sum / n,
         "tid_f1": f_sum / n,
-        // Over answers with an instruction; unparsed answers count as 0 in the mean over users.
-        "relevance": if n_rel > 0 { rel_sum / n } else { 0.0 },
+        // Means over users; an answer without an instruction counts 0.
+        "relevance": rel / n,
+        "relevance_target": rel_target / n,
+        "relevance_history": rel_history / n,
+        "instruction_words": if words.is_empty() { 0.0 } else { words.iter().sum::<usize>() as f64 / words.len() as f64 },
+        "distinct_1": score::distinct_n(&texts, 1),
+        "distinct_2": score::distinct_n(&texts, 2),
+        "judge": judge_json,
         "samples": samples,
     }))
 }
@@ -204,7 +263,10 @@ pub fn rank_json(ranks: &Ranks) -> Value {
     Value::Object(m)
 }
 
-pub fn eval(o: &EvalOptions) -> Result<Value> {
+/// Runs the evaluation; `judge` (a model that did not write the supervision, where one is at hand)
+/// scores every instruction of the bundle and of the zero-shot baseline alike. Its answers are cached
+/// beside `o.out`, so a rerun asks nothing twice.
+pub fn eval(o: &EvalOptions, judge: Option<&dyn Teacher>) -> Result<Value> {
     let test: Vec<Example> = sequences::read_jsonl(&o.data.join(sequences::TEST_FILE))?;
     let users: Vec<Example> = if o.users == 0 {
         test.clone()
@@ -227,19 +289,22 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
         no_repeat_ngram: o.no_repeat_ngram,
         ..Default::default()
     };
-    let instruction = instruction_metrics(&e, &ins_users, &embedder, &opts)?;
+    let judge = match judge {
+        Some(j) => {
+            let name = o.out.file_name().unwrap_or_default().to_string_lossy();
+            Some(Asker::open(
+                j,
+                &o.out.with_file_name(format!("{name}.judge-answers.jsonl")),
+            )?)
+        }
+        None => None,
+    };
+    let instruction = instruction_metrics(&e, &ins_users, &embedder, &opts, judge.as_ref())?;
+    // The same users, budgets, guard and judge as the bundle.
     let zero_shot = match &o.zero_shot {
         Some(z) => {
             let ze = Engine::open(z, EngineParams::default())?;
-            instruction_metrics(
-                &ze,
-                &ins_users,
-                &embedder,
-                &InstructionOptions {
-                    max_answer_tokens: 160,
-                    ..opts.clone()
-                },
-            )?
+            instruction_metrics(&ze, &ins_users, &embedder, &opts, judge.as_ref())?
         }
         None => Value::Null,
     };
@@ -255,6 +320,7 @@ pub fn eval(o: &EvalOptions) -> Result<Value> {
         "baselines": {"most_popular": rank_json(&ranks.popular), "most_popular_with_history": rank_json(&ranks.popular_with_history), "zero_shot": zero_shot},
         "instruction": instruction,
         "relevance_embedder": crate::embed::EMBEDDER_NAME,
+        "judge_counts": judge.as_ref().map(|j| j.counts()),
     });
     navigen::format::write_atomic(&o.out, &serde_json::to_vec_pretty(&report)?)?;
     Ok(report)

@@ -98,9 +98,53 @@ pub fn relevance(v: &[f32], context: &[Vec<f32>]) -> f32 {
     cosine(v, &mean)
 }
 
+/// Lower-case words with the punctuation around them removed: what distinct-n and lengths count.
+pub fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+/// Distinct-n over a set of texts (Li et al., 2016): distinct word n-grams / all word n-grams, counted
+/// over the whole set, so that a model that writes the same instruction for everyone scores low even
+/// when each instruction is fluent. 0 when there is no n-gram.
+pub fn distinct_n(texts: &[&str], n: usize) -> f64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0usize;
+    for t in texts {
+        let w = words(t);
+        for g in w.windows(n.max(1)) {
+            total += 1;
+            seen.insert(g.to_vec());
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        seen.len() as f64 / total as f64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distinct_n_counts_over_the_set() {
+        // "a cat sat" twice: 3 distinct unigrams of 6, 2 distinct bigrams of 4.
+        let same = ["A cat sat.", "a CAT sat"];
+        assert_eq!(distinct_n(&same, 1), 0.5);
+        assert_eq!(distinct_n(&same, 2), 0.5);
+        let varied = ["a cat sat", "the dog ran"];
+        assert_eq!(distinct_n(&varied, 1), 1.0);
+        assert_eq!(distinct_n(&varied, 2), 1.0);
+        assert_eq!(distinct_n(&["one"], 2), 0.0);
+        assert_eq!(distinct_n(&[], 1), 0.0);
+    }
 
     #[test]
     fn ranking_metrics() {

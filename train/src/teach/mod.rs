@@ -110,7 +110,8 @@ pub fn windows(
     (out, n)
 }
 
-fn texts(cat: &Catalog, ids: &[String]) -> Vec<ItemText> {
+/// The items as the teacher's prompts show them (title and TID terms), in order; unknown ids skipped.
+pub fn item_texts(cat: &Catalog, ids: &[String]) -> Vec<ItemText> {
     ids.iter()
         .filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i)))
         .map(|it| ItemText {
@@ -222,7 +223,7 @@ pub fn teach(
                         .and_then(|i| cat.item(i))
                         .with_context(|| format!("target {} is not in the catalog", ex.target))?;
                     let target_tid = target.tid_vec();
-                    let history = texts(&cat, &ex.history);
+                    let history = item_texts(&cat, &ex.history);
                     let views: Vec<ItemView> = history
                         .iter()
                         .map(|h| ItemView {

@@ -137,20 +137,35 @@ pub fn overall(s: &Scores, leak: bool, c: &SearchConfig) -> f64 {
 /// Whether a written text says something: at least `min_words` words, and not a loop (a small
 /// model's failure: the same words over and over until the budget ends).
 pub fn usable(text: &str, min_words: usize) -> bool {
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect();
+    let words = crate::score::words(text);
     let distinct: std::collections::HashSet<&String> = words.iter().collect();
     words.len() >= min_words && distinct.len() * 2 >= words.len()
 }
 
+/// How the judge is sampled, in the search and in `eval`: greedy, one budget.
+pub const JUDGE_SAMPLING: Sampling = Sampling {
+    temperature: 0.0,
+    seed: 0,
+    max_tokens: 64,
+};
+
+/// The judge's four scores of one instruction for a (history, target) pair; `None` when it gave no
+/// valid answer (counted by the asker as a fallback).
+pub fn judge_scores(
+    judge_by: &Asker<'_>,
+    history: &[ItemText],
+    target_tid: &[String],
+    instruction: &str,
+) -> Option<Scores> {
+    judge_by.ask::<Scores>(
+        &tp::judge(history, target_tid, &tidy(instruction)),
+        JUDGE_SAMPLING,
+        |_| true,
+    )
+}
+
 /// Sentences as the judge and the device see them: whitespace collapsed.
-fn tidy(s: &str) -> String {
+pub fn tidy(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -169,11 +184,6 @@ pub fn search(
         temperature: cfg.temperature,
         seed: cfg.seed ^ key_seed ^ n.wrapping_mul(0x9E37_79B9),
         max_tokens: cfg.max_tokens,
-    };
-    let judge_s = Sampling {
-        temperature: 0.0,
-        seed: 0,
-        max_tokens: 64,
     };
     let mut fallbacks = Vec::new();
 
@@ -227,9 +237,7 @@ pub fn search(
     }
     // Judging is a pure function of the text (greedy, cached): a candidate judged once keeps its score.
     let judge = |c: &mut Candidate, fb: &mut Vec<String>| {
-        let s = judge_by.ask::<Scores>(&tp::judge(history, target_tid, &c.prompt), judge_s, |_| {
-            true
-        });
+        let s = judge_scores(judge_by, history, target_tid, &c.prompt);
         c.leak = leaks(&c.prompt, target_tid);
         c.scores = s;
         c.overall = match &s {
