@@ -8,7 +8,20 @@ use super::MAX_TID_TERMS;
 
 /// Version of the teacher prompts and schemas. Bump it when a text changes: it is part of the key of
 /// every cached teacher answer, so a change is never answered from an old cache.
-pub const TEACHER_PROMPT_VERSION: u32 = 1;
+pub const TEACHER_PROMPT_VERSION: u32 = 2;
+
+/// The most recent items a teacher prompt shows. A 135M teacher loses the thread in a 20-item list;
+/// the device's model still reads the whole history.
+pub const TEACHER_HISTORY_ITEMS: usize = 10;
+
+/// A worked answer shown with every writing prompt, for another person's history. Small teachers
+/// without one answer with the task itself ("Write a creation instruction that ..."); the search
+/// rejects copies of it ([`EXAMPLE_PROMPT`]).
+pub const EXAMPLE_PROMPT: &str =
+    "A watercolour of an old lighthouse keeper feeding a stray cat on a stormy \
+evening, warm lamplight in the window, loose brushwork.";
+const EXAMPLE_REASONING: &str =
+    "They keep returning to quiet stories about animals and lonely people.";
 
 /// An item as the teacher reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +61,8 @@ recently engaged with. You answer with one JSON object only.";
 
 fn history_lines(history: &[ItemText]) -> String {
     let mut s = String::new();
-    for (i, it) in history.iter().enumerate() {
+    let recent = &history[history.len().saturating_sub(TEACHER_HISTORY_ITEMS)..];
+    for (i, it) in recent.iter().enumerate() {
         s.push_str(&format!("{}. {}", i + 1, it.title));
         if !it.terms.is_empty() {
             s.push_str(&format!(" ({})", it.terms.join(", ")));
@@ -89,14 +103,21 @@ fn candidate_schema() -> String {
 
 fn context(history: &[ItemText], target_tid: &[String]) -> String {
     format!(
-        "History, oldest first:\n{}\nWhat they engaged with next is described by: {}\n",
+        "Recent history, oldest first:\n{}\nWhat they engaged with next is described by: {}\n",
         history_lines(history),
         terms(target_tid)
     )
 }
 
-/// How a written answer is described: no placeholder text a small model could copy as its answer.
-const WRITTEN: &str = "Answer with JSON: \"prompt\" holds the instruction itself, \"reasoning\" one sentence on why it fits.";
+/// How a written answer is described, with a worked answer for someone else (not a placeholder a
+/// small model could copy: the search rejects copies).
+fn written() -> String {
+    format!(
+        "Answer with JSON: \"prompt\" holds the instruction itself (what the picture or clip shows, not a \
+         request to write one), \"reasoning\" one sentence on why it fits. For another person it could be: {}",
+        serde_json::json!({"prompt": EXAMPLE_PROMPT, "reasoning": EXAMPLE_REASONING})
+    )
+}
 
 const NO_LEAK: &str = "Point at what these terms mean without quoting any of them.";
 
@@ -127,9 +148,10 @@ pub fn founder(
         user: format!(
             "{}\nWhy: {reasoning}\n\nWrite one creation instruction (one or two sentences: subject, scene, style) for an \
              image or video generator that shows what this person wants next. Approach: {} {NO_LEAK}\n\
-             {WRITTEN}",
+             {}",
             context(history, target_tid),
-            style.1
+            style.1,
+            written()
         ),
         schema: candidate_schema(),
     }
@@ -169,8 +191,9 @@ pub fn crossover(
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction A: {elite}\nInstruction B: {mate}\n\nWrite one new instruction that keeps what A shows \
-             and takes the visual expressiveness of B. {NO_LEAK}\n{WRITTEN}",
-            context(history, target_tid)
+             and takes the visual expressiveness of B. {NO_LEAK}\n{}",
+            context(history, target_tid),
+            written()
         ),
         schema: candidate_schema(),
     }
@@ -183,8 +206,9 @@ pub fn mutation(history: &[ItemText], target_tid: &[String], elite: &str) -> Tea
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction: {elite}\n\nChange one thing (the setting, the light, the camera or the medium) and keep \
-             what it shows. {NO_LEAK}\n{WRITTEN}",
-            context(history, target_tid)
+             what it shows. {NO_LEAK}\n{}",
+            context(history, target_tid),
+            written()
         ),
         schema: candidate_schema(),
     }
@@ -264,5 +288,22 @@ mod tests {
             .contains("1. The Aristocats (1970) (cats, animation)"));
         assert!(ps[0].user.contains(r#"["cats","family"]"#));
         assert!(ps[2].user.contains(r#""Paint a \"cat\".""#));
+        // Writing prompts carry the worked example; the judge's does not.
+        assert!(ps[1].user.contains(EXAMPLE_PROMPT) && ps[3].user.contains(EXAMPLE_PROMPT));
+        assert!(!ps[2].user.contains(EXAMPLE_PROMPT));
+    }
+
+    #[test]
+    fn prompts_show_the_most_recent_items() {
+        let h: Vec<ItemText> = (1..=15)
+            .map(|i| ItemText {
+                title: format!("Film {i}"),
+                terms: vec![],
+            })
+            .collect();
+        let p = reason(&h, &["x".to_string()]);
+        assert!(p.user.contains("1. Film 6\n"), "{}", p.user);
+        assert!(p.user.contains("10. Film 15\n"), "{}", p.user);
+        assert!(!p.user.contains("Film 5\n"), "{}", p.user);
     }
 }

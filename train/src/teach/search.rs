@@ -142,6 +142,22 @@ pub fn usable(text: &str, min_words: usize) -> bool {
     words.len() >= min_words && distinct.len() * 2 >= words.len()
 }
 
+/// Whether a written instruction describes a scene: usable, not the task said back ("write an
+/// instruction that ..."), and not a copy of the prompts' worked example ([`tp::EXAMPLE_PROMPT`]).
+pub fn describes_a_scene(prompt: &str) -> bool {
+    let words = crate::score::words(prompt);
+    let meta = ["instruction", "instructions", "prompt", "json", "generator"];
+    if !usable(prompt, 5) || words.iter().any(|w| meta.contains(&w.as_str())) {
+        return false;
+    }
+    let example: std::collections::HashSet<String> = crate::score::words(tp::EXAMPLE_PROMPT)
+        .into_iter()
+        .collect();
+    let own: std::collections::HashSet<&String> = words.iter().collect();
+    let shared = own.iter().filter(|w| example.contains(**w)).count();
+    shared * 2 < own.len()
+}
+
 /// How the judge is sampled, in the search and in `eval`: greedy, one budget.
 pub const JUDGE_SAMPLING: Sampling = Sampling {
     temperature: 0.0,
@@ -211,7 +227,7 @@ pub fn search(
             None
         }
     };
-    let ok = |w: &Written| usable(&w.prompt, 5);
+    let ok = |w: &Written| describes_a_scene(&w.prompt);
     let mut candidates: Vec<Candidate> = Vec::new();
     for i in 0..cfg.population.max(1) {
         let style = FOUNDER_STYLES[i % FOUNDER_STYLES.len()];
@@ -366,6 +382,20 @@ mod tests {
             executability: 10.0,
         };
         assert!((overall(&wild, false, &c) - (3.5 + 2.5 + 2.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_task_said_back_and_the_example_are_not_scenes() {
+        assert!(describes_a_scene(
+            "A paper-cut animation of a boy and his dog racing a storm across a wheat field."
+        ));
+        assert!(!describes_a_scene(
+            "Write a 1st-hand creation instruction that describes what you want next."
+        ));
+        assert!(!describes_a_scene(tp::EXAMPLE_PROMPT));
+        assert!(!describes_a_scene(
+            "A watercolour of an old lighthouse keeper feeding a stray dog on a stormy night."
+        ));
     }
 
     #[test]
