@@ -8,20 +8,11 @@ use super::MAX_TID_TERMS;
 
 /// Version of the teacher prompts and schemas. Bump it when a text changes: it is part of the key of
 /// every cached teacher answer, so a change is never answered from an old cache.
-pub const TEACHER_PROMPT_VERSION: u32 = 2;
+pub const TEACHER_PROMPT_VERSION: u32 = 3;
 
 /// The most recent items a teacher prompt shows. A 135M teacher loses the thread in a 20-item list;
 /// the device's model still reads the whole history.
 pub const TEACHER_HISTORY_ITEMS: usize = 10;
-
-/// A worked answer shown with every writing prompt, for another person's history. Small teachers
-/// without one answer with the task itself ("Write a creation instruction that ..."); the search
-/// rejects copies of it ([`EXAMPLE_PROMPT`]).
-pub const EXAMPLE_PROMPT: &str =
-    "A watercolour of an old lighthouse keeper feeding a stray cat on a stormy \
-evening, warm lamplight in the window, loose brushwork.";
-const EXAMPLE_REASONING: &str =
-    "They keep returning to quiet stories about animals and lonely people.";
 
 /// An item as the teacher reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,15 +100,10 @@ fn context(history: &[ItemText], target_tid: &[String]) -> String {
     )
 }
 
-/// How a written answer is described, with a worked answer for someone else (not a placeholder a
-/// small model could copy: the search rejects copies).
-fn written() -> String {
-    format!(
-        "Answer with JSON: \"prompt\" holds the instruction itself (what the picture or clip shows, not a \
-         request to write one), \"reasoning\" one sentence on why it fits. For another person it could be: {}",
-        serde_json::json!({"prompt": EXAMPLE_PROMPT, "reasoning": EXAMPLE_REASONING})
-    )
-}
+/// How a written answer is described. No worked example: SmolLM2-135M copied one verbatim in 45 of 50
+/// answers (prompt version 2, docs/benchmarks.md), and no placeholder text it could copy either.
+const WRITTEN: &str = "Answer with JSON: \"prompt\" holds the instruction itself, what the picture or clip shows \
+(subject, setting, light, medium), not a request to write one; \"reasoning\" one sentence on why it fits.";
 
 const NO_LEAK: &str = "Point at what these terms mean without quoting any of them.";
 
@@ -148,10 +134,9 @@ pub fn founder(
         user: format!(
             "{}\nWhy: {reasoning}\n\nWrite one creation instruction (one or two sentences: subject, scene, style) for an \
              image or video generator that shows what this person wants next. Approach: {} {NO_LEAK}\n\
-             {}",
+             {WRITTEN}",
             context(history, target_tid),
-            style.1,
-            written()
+            style.1
         ),
         schema: candidate_schema(),
     }
@@ -191,9 +176,8 @@ pub fn crossover(
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction A: {elite}\nInstruction B: {mate}\n\nWrite one new instruction that keeps what A shows \
-             and takes the visual expressiveness of B. {NO_LEAK}\n{}",
-            context(history, target_tid),
-            written()
+             and takes the visual expressiveness of B. {NO_LEAK}\n{WRITTEN}",
+            context(history, target_tid)
         ),
         schema: candidate_schema(),
     }
@@ -206,9 +190,8 @@ pub fn mutation(history: &[ItemText], target_tid: &[String], elite: &str) -> Tea
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction: {elite}\n\nChange one thing (the setting, the light, the camera or the medium) and keep \
-             what it shows. {NO_LEAK}\n{}",
-            context(history, target_tid),
-            written()
+             what it shows. {NO_LEAK}\n{WRITTEN}",
+            context(history, target_tid)
         ),
         schema: candidate_schema(),
     }
@@ -288,9 +271,6 @@ mod tests {
             .contains("1. The Aristocats (1970) (cats, animation)"));
         assert!(ps[0].user.contains(r#"["cats","family"]"#));
         assert!(ps[2].user.contains(r#""Paint a \"cat\".""#));
-        // Writing prompts carry the worked example; the judge's does not.
-        assert!(ps[1].user.contains(EXAMPLE_PROMPT) && ps[3].user.contains(EXAMPLE_PROMPT));
-        assert!(!ps[2].user.contains(EXAMPLE_PROMPT));
     }
 
     #[test]

@@ -142,20 +142,14 @@ pub fn usable(text: &str, min_words: usize) -> bool {
     words.len() >= min_words && distinct.len() * 2 >= words.len()
 }
 
-/// Whether a written instruction describes a scene: usable, not the task said back ("write an
-/// instruction that ..."), and not a copy of the prompts' worked example ([`tp::EXAMPLE_PROMPT`]).
+/// Whether a written instruction describes a scene: usable, and not the task said back ("write an
+/// instruction that ...": most of SmolLM2-135M's answers to prompt version 1).
 pub fn describes_a_scene(prompt: &str) -> bool {
-    let words = crate::score::words(prompt);
     let meta = ["instruction", "instructions", "prompt", "json", "generator"];
-    if !usable(prompt, 5) || words.iter().any(|w| meta.contains(&w.as_str())) {
-        return false;
-    }
-    let example: std::collections::HashSet<String> = crate::score::words(tp::EXAMPLE_PROMPT)
-        .into_iter()
-        .collect();
-    let own: std::collections::HashSet<&String> = words.iter().collect();
-    let shared = own.iter().filter(|w| example.contains(**w)).count();
-    shared * 2 < own.len()
+    usable(prompt, 5)
+        && !crate::score::words(prompt)
+            .iter()
+            .any(|w| meta.contains(&w.as_str()))
 }
 
 /// How the judge is sampled, in the search and in `eval`: greedy, one budget.
@@ -385,16 +379,15 @@ mod tests {
     }
 
     #[test]
-    fn the_task_said_back_and_the_example_are_not_scenes() {
+    fn the_task_said_back_is_not_a_scene() {
         assert!(describes_a_scene(
             "A paper-cut animation of a boy and his dog racing a storm across a wheat field."
         ));
         assert!(!describes_a_scene(
             "Write a 1st-hand creation instruction that describes what you want next."
         ));
-        assert!(!describes_a_scene(tp::EXAMPLE_PROMPT));
         assert!(!describes_a_scene(
-            "A watercolour of an old lighthouse keeper feeding a stray dog on a stormy night."
+            "What is your new prompt for the picture?"
         ));
     }
 
