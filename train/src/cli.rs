@@ -213,6 +213,10 @@ pub struct SftArgs {
     /// History windows sampled per user for cid2ins (stage 2); next-item training uses every item.
     #[arg(long)]
     windows_per_user: Option<usize>,
+    /// Stage 2's cid2ins supervision: auto = DATA/supervision.jsonl when `teach` wrote one, else the
+    /// offline template.
+    #[arg(long, value_enum, default_value_t = sft::Instructions::Auto)]
+    instructions: sft::Instructions,
     /// Validation users for the loss and Recall@10 (0 = all).
     #[arg(long)]
     val_users: Option<usize>,
@@ -264,6 +268,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
     if let Some(v) = a.windows_per_user {
         o.windows_per_user = v;
     }
+    o.instructions = a.instructions;
     if let Some(v) = a.val_users {
         o.val_users = v;
     }

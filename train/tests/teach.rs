@@ -153,6 +153,40 @@ fn teach_resumes_after_kill_9_without_asking_twice() {
     // `sft` finds them.
     let searched = teach::Searched::open(&data).unwrap();
     assert_eq!(searched.len(), 2);
+    // ... and trains stage 2's cid2ins on exactly those windows, with the winners and the distilled
+    // reasoning (`sft --instructions auto`, the default, picks the file up).
+    let cat = navigen::Catalog::open(&data.join(navigen::format::catalog::FILE_NAME)).unwrap();
+    let mix = navigen_train::tasks::MixOptions {
+        stage: 2,
+        max_history,
+        windows_per_user: 1,
+        item_tasks: true,
+        seed: 42,
+    };
+    let cid2ins = |choice| {
+        let t = navigen_train::sft::instruction_teacher(&data, choice).unwrap();
+        navigen_train::tasks::training_examples(&cat, &train, &mix, t.as_ref())
+            .into_iter()
+            .filter(|e| e.task == navigen::prompt::Task::Cid2Ins)
+            .collect::<Vec<_>>()
+    };
+    let from_search = cid2ins(navigen_train::sft::Instructions::Auto);
+    assert_eq!(from_search.len(), records.len());
+    for rec in &records {
+        let ins = serde_json::to_string(&rec.instruction).unwrap();
+        assert!(
+            from_search.iter().any(
+                |e| e.answer.contains(&ins) && e.answer.contains(rec.search.distilled.as_str())
+            ),
+            "no cid2ins example carries {ins}"
+        );
+    }
+    // The template stays an explicit choice: every user's window, none of the searched text.
+    let template = cid2ins(navigen_train::sft::Instructions::Template);
+    assert_eq!(template.len(), train.len());
+    assert!(!template
+        .iter()
+        .any(|e| records.iter().any(|r| e.answer.contains(&r.instruction))));
 
     // 3. Nothing left to ask.
     let out = teach_cmd(&data).output().unwrap();

@@ -9,7 +9,7 @@
 //! The run folder, checkpoints, metrics and the optimiser are [`crate::run`]'s; stage 1 creates the run.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -63,6 +63,8 @@ pub struct SftOptions {
     pub save_every: usize,
     pub log_every: usize,
     pub windows_per_user: usize,
+    /// Stage 2's cid2ins supervision.
+    pub instructions: Instructions,
     /// Validation users for the loss and for Recall@10 (0 = all).
     pub val_users: usize,
     /// Beams of the validation next-item search (the device's default).
@@ -77,6 +79,32 @@ pub struct SftOptions {
     /// How many checkpoints to keep.
     pub keep_checkpoints: usize,
     pub progress: bool,
+}
+
+/// Where stage 2's cid2ins examples come from (docs/method.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Instructions {
+    /// `DATA/supervision.jsonl` when `teach` wrote one, else the offline template.
+    Auto,
+    /// The offline template, whatever the data folder holds.
+    Template,
+    /// `DATA/supervision.jsonl` (`navigen-train teach`); an error when there is none.
+    Searched,
+}
+
+/// The instruction teacher `sft` trains cid2ins from: searched supervision or the offline template.
+pub fn instruction_teacher(
+    data: &Path,
+    choice: Instructions,
+) -> Result<Box<dyn InstructionTeacher>> {
+    let file = data.join(crate::teach::SUPERVISION_FILE);
+    Ok(match choice {
+        Instructions::Template => Box::new(OfflineTeacher),
+        Instructions::Auto if !file.exists() => Box::new(OfflineTeacher),
+        Instructions::Auto | Instructions::Searched => {
+            Box::new(crate::teach::Searched::open(data)?)
+        }
+    })
 }
 
 /// What picks the model a stage keeps.
@@ -143,6 +171,7 @@ impl SftOptions {
             save_every: 50,
             log_every: 1,
             windows_per_user: 2,
+            instructions: Instructions::Auto,
             val_users: 1000,
             val_beams: navigen::engine::DEFAULT_BEAMS,
             select: Select::Recall,
@@ -307,7 +336,16 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     // Data.
     let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
     let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
-    let teacher = OfflineTeacher;
+    let teacher = if opts.stage >= 2 {
+        instruction_teacher(&opts.data, opts.instructions)?
+    } else {
+        Box::new(OfflineTeacher)
+    };
+    if opts.stage >= 2 && info.teacher != teacher.name() {
+        // The bundle's manifest says which supervision its instructions were trained on.
+        info.teacher = teacher.name().to_string();
+        info.write(&opts.run)?;
+    }
     let mix = MixOptions {
         stage: opts.stage,
         // What prepare split the data with (`prepare --max-history`), not a second default.
@@ -318,7 +356,20 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         item_tasks: opts.stage >= 2 || info.preset.pretrained(),
         seed: opts.seed,
     };
-    let examples = tasks::training_examples(&cat, &train, &mix, &teacher);
+    let examples = tasks::training_examples(&cat, &train, &mix, teacher.as_ref());
+    if opts.stage >= 2 && teacher.name() != OfflineTeacher.name() {
+        let n = examples
+            .iter()
+            .filter(|e| e.task == navigen::prompt::Task::Cid2Ins)
+            .count();
+        if n == 0 {
+            bail!(
+                "{} has no record for the windows sft draws: run `teach` with this --seed and --windows-per-user",
+                opts.data.join(crate::teach::SUPERVISION_FILE).display()
+            );
+        }
+        eprintln!("sft: {n} cid2ins examples from {}", teacher.name());
+    }
     let (tokenized, too_long) = tokenize_all(&tok, &examples, opts.max_len)?;
     let rows = batch::pack(&tokenized, opts.max_len);
     let val_users = if opts.val_users == 0 {
@@ -326,7 +377,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     } else {
         opts.val_users.min(valid.len())
     };
-    let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, &teacher, val_users);
+    let val_ex = tasks::validation_examples(&cat, &valid, opts.stage, teacher.as_ref(), val_users);
     let val_next = recall::ValidationSet::new(&cat, &train, &valid[..val_users]);
     let decoder = crate::model::beam::NextItemDecoder::new(&cat, &tok)?;
     let codes = CodeConstraint::new(&cat, &tok)?;
