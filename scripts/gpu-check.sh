@@ -12,8 +12,14 @@
 #   scripts/gpu-check.sh                    build and run here (a GPU machine with cargo and network)
 #
 # Options: --out DIR (default runs/gpu-check), --dataset NAME (default ml-1m), --steps N (GPU run
-# steps, default 60), --cpu-steps N (steps compared on the CPU, default 8), --eval-users N (test users
-# evaluated through the runtime on the CPU, default 500: all 6,040 of ml-1m would outlast the budget).
+# steps, default 60), --cpu-steps N (steps compared on the CPU, default 3: one f32 step of the 135M
+# model took 10.5 s on the H200 machine's 16 cores), --val-users N (validation users of the GPU run,
+# default 200), --eval-users N (test users evaluated through the runtime on the CPU, default 300: all
+# 6,040 of ml-1m would outlast the budget), --profile (also time every CUDA kernel of one smollm2-shape
+# training step with Nsight Compute: DIR/kernels.json, the kernels that take the time).
+# The stages run in order of what they tell (speed, the GPU run, export and evaluation, the CPU
+# reference, the profile); a stage that fails is recorded, and the summary (gpu-check.json) is
+# written from whatever finished.
 #
 # Offline GPU machines (no cargo, no network): `--pack DIR` writes DIR/navigen-train.xz (stripped, built
 # with --features cuda against the PyPI CUDA 13.0 wheels: scripts/cuda-toolkit.sh), DIR/data (prepared
@@ -25,7 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mode=run dry=0 out=runs/gpu-check dataset=ml-1m steps=60 cpu_steps=8 eval_users="" dir=""
+mode=run dry=0 out=runs/gpu-check dataset=ml-1m steps=60 cpu_steps=3 val_users="" eval_users="" dir="" profile=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
@@ -35,7 +41,9 @@ while [ $# -gt 0 ]; do
     --dataset) dataset="$2"; shift ;;
     --steps) steps="$2"; shift ;;
     --cpu-steps) cpu_steps="$2"; shift ;;
+    --val-users) val_users="$2"; shift ;;
     --eval-users) eval_users="$2"; shift ;;
+    --profile) profile=1 ;;
     -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -106,10 +114,10 @@ else
 fi
 
 if [ "$dry" = 1 ]; then
-  dev=cpu dtype=f32 bench_steps=2 rounds=1 val_users=20 eval_users=${eval_users:-50}
+  dev=cpu dtype=f32 bench_steps=2 rounds=1 val_users=${val_users:-20} eval_users=${eval_users:-50}
 else
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt"
-  dev=cuda dtype=bf16 bench_steps=5 rounds=3 val_users=500 eval_users=${eval_users:-500}
+  dev=cuda dtype=bf16 bench_steps=5 rounds=3 val_users=${val_users:-200} eval_users=${eval_users:-300}
 fi
 python=${NAVIGEN_PYTHON:-python3}
 log() { echo "== gpu-check: $*" >&2; }
@@ -130,26 +138,65 @@ for shape in tiny smollm2; do
 done
 
 log "smollm2-135m stage 1 on $dataset: $steps steps on $dev ($dtype)"
-rm -rf "$out/run-$dev" "$out/run-cpu-ref"
+rm -rf "$out/run-$dev" "$out/run-cpu-ref" "$out/bundle" "$out/eval.json" "$out/kernels.json"
 t0=$(date +%s)
 "$train" sft --data "$data" --run "$out/run-$dev" --preset smollm2-135m --stage 1 --max-steps "$steps" \
-  --device $dev --dtype $dtype --eval-every "$steps" --save-every "$steps" --val-users $val_users > "$out/sft-$dev.json"
+  --device $dev --dtype $dtype --eval-every "$steps" --save-every "$steps" --val-users $val_users \
+  > "$out/sft-$dev.json" || log "the $dev run failed"
 t1=$(date +%s)
+
+log "export and evaluation through the runtime"
+if "$train" export --run "$out/run-$dev" --out "$out/bundle" --dtype f16; then
+  "$train" eval --data "$data" --bundle "$out/bundle" --out "$out/eval.json" --users $eval_users \
+    --instruction-users 10 || log "eval failed"
+else
+  log "export failed"
+fi
+
 log "the same batches on the CPU (f32), $cpu_steps steps"
+t2=$(date +%s)
 # Same schedule as the device run (--max-steps), stopped early: the same learning rate at every step.
 "$train" sft --data "$data" --run "$out/run-cpu-ref" --preset smollm2-135m --stage 1 --max-steps "$steps" \
   --stop-after "$cpu_steps" --device cpu --dtype f32 --eval-every 1000000 --save-every "$cpu_steps" --val-users 1 \
-  > "$out/sft-cpu-ref.json"
-t2=$(date +%s)
+  > "$out/sft-cpu-ref.json" || log "the CPU reference run failed"
+t3=$(date +%s)
 
-log "export and evaluation through the runtime"
-"$train" export --run "$out/run-$dev" --out "$out/bundle" --dtype f16
-"$train" eval --data "$data" --bundle "$out/bundle" --out "$out/eval.json" --users $eval_users --instruction-users 10
+if [ "$profile" = 1 ] && [ "$dev" = cuda ] && command -v ncu > /dev/null; then
+  log "kernel profile of one smollm2-shape training step (Nsight Compute)"
+  # One metric (the kernel's duration) keeps ncu to one replay per kernel; only our process is
+  # profiled, not the PyTorch reference it starts.
+  ncu --target-processes application-only --metrics gpu__time_duration.sum --csv --print-units base \
+    --log-file "$out/ncu.csv" "$train" bench train --shape smollm2 --batch 8 --seq 1024 --steps 1 \
+    --rounds 1 --device cuda --dtype bf16 > /dev/null || log "the profile failed"
+  "$python" - "$out" <<'EOF' || log "the profile summary failed"
+import csv, json, os, sys
+out = sys.argv[1]
+lines = [l for l in open(os.path.join(out, "ncu.csv")) if l.startswith('"')]
+by = {}
+for r in csv.DictReader(lines):
+    if r.get("Metric Name") != "gpu__time_duration.sum":
+        continue
+    v = float(r["Metric Value"].replace(",", ""))
+    v *= {"nsecond": 1e-6, "usecond": 1e-3, "msecond": 1.0, "second": 1e3}.get(r.get("Metric Unit"), 1.0)
+    k = by.setdefault(r["Kernel Name"][:120], [0, 0.0])
+    k[0] += 1
+    k[1] += v
+total = sum(v for _, v in by.values())
+top = sorted(by.items(), key=lambda kv: -kv[1][1])[:40]
+json.dump({"launches": sum(c for c, _ in by.values()), "total_ms": total,
+           "note": "the warm-up step and one timed step of ours (bench train --steps 1)",
+           "top": [{"kernel": n, "launches": c, "ms": ms, "share": ms / total if total else None}
+                   for n, (c, ms) in top]},
+          open(os.path.join(out, "kernels.json"), "w"), indent=2)
+EOF
+fi
 
-"$python" - "$out" "$dev" "$cpu_steps" "$((t1 - t0))" "$((t2 - t1))" "$dry" <<'EOF'
+"$python" - "$out" "$dev" "$cpu_steps" "$((t1 - t0))" "$((t3 - t2))" "$dry" <<'EOF'
 import json, os, sys
 out, dev, k, gpu_s, cpu_s, dry = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 def losses(run):
+    if not os.path.exists(os.path.join(run, "metrics.jsonl")):
+        return {}
     recs = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl"))]
     return {r["step"]: r["loss"] for r in recs if r.get("loss") is not None and "step" in r}
 a, b = losses(os.path.join(out, f"run-{dev}")), losses(os.path.join(out, "run-cpu-ref"))
@@ -159,7 +206,11 @@ diffs = [abs(a[s] - b[s]) for s in common]
 # agree to within 3 % of the CPU loss at every compared step (f32 on both sides: 1e-3).
 tol = 1e-3 if dev == "cpu" else 0.03
 ok = bool(common) and all(abs(a[s] - b[s]) <= tol * max(b[s], 1e-9) for s in common)
-read = lambda f: json.load(open(os.path.join(out, f))) if os.path.exists(os.path.join(out, f)) else None
+def read(f):
+    try:
+        return json.load(open(os.path.join(out, f)))
+    except (OSError, ValueError):
+        return None
 ev = read("eval.json") or {}
 r = {
     "dry_run": dry, "device": dev,
@@ -168,7 +219,8 @@ r = {
     "sft": {"device_run": read(f"sft-{dev}.json"), "device_seconds": gpu_s, "cpu_ref_seconds": cpu_s},
     "loss_curve": {"steps": common, "device": [a[s] for s in common], "cpu_f32": [b[s] for s in common],
                    "max_abs_diff": max(diffs) if diffs else None, "relative_tolerance": tol, "within_tolerance": ok},
-    "eval": {k2: ev.get(k2) for k2 in ("next_item", "instructions", "users") if k2 in ev} or ev,
+    "eval": {k2: ev.get(k2) for k2 in ("next_item", "baselines", "test_users", "next_item_seconds_per_user") if k2 in ev},
+    "kernels": read("kernels.json"),
 }
 json.dump(r, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
 print(json.dumps(r["loss_curve"]))

@@ -289,6 +289,101 @@ pub fn sft(a: SftArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+pub struct GrpoArgs {
+    /// A folder written by `prepare` (the one the run was trained on).
+    #[arg(long)]
+    data: PathBuf,
+    /// A run folder with a finished stage 2.
+    #[arg(long)]
+    run: PathBuf,
+    #[arg(long, default_value_t = 600)]
+    steps: usize,
+    /// Completions per prompt (G).
+    #[arg(long, default_value_t = 8)]
+    group: usize,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 8)]
+    prompts: usize,
+    /// Peak learning rate (full-parameter updates; the reference's 3e-4 is LoRA's).
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    /// KL weight to the frozen stage-2 model (0: no reference is loaded).
+    #[arg(long, default_value_t = 0.01)]
+    beta: f64,
+    /// Lower clip of the importance ratio.
+    #[arg(long, default_value_t = 0.2)]
+    eps: f64,
+    /// Upper clip (default: --eps; DAPO raises it).
+    #[arg(long)]
+    eps_high: Option<f64>,
+    #[arg(long, value_enum, default_value_t = crate::rl::objective::Norm::Sequence)]
+    norm: crate::rl::objective::Norm,
+    /// Rollout temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Policy updates per batch of rollouts.
+    #[arg(long, default_value_t = 1)]
+    updates: usize,
+    #[arg(long, default_value_t = 50)]
+    val_every: usize,
+    /// Validation users (0 = all).
+    #[arg(long, default_value_t = 300)]
+    val_users: usize,
+    /// The watch: stop when at least this share of groups has zero reward std ...
+    #[arg(long, default_value_t = 0.9)]
+    collapse_share: f64,
+    /// ... for this many steps in a row.
+    #[arg(long, default_value_t = 10)]
+    patience: usize,
+    /// Roll back when validation Recall@10 falls this far under the best while the reward rises.
+    #[arg(long, default_value_t = 0.02)]
+    recall_drop: f64,
+    #[arg(long, default_value_t = 2)]
+    max_rollbacks: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32 (default on CPU) or bf16 (default on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+/// `grpo`: the third stage from the run's stage-2 model; prints its summary as JSON.
+pub fn grpo(a: GrpoArgs) -> Result<()> {
+    let mut o = crate::rl::GrpoOptions::new(&a.data, &a.run);
+    o.device = device::parse(&a.device)?;
+    o.dtype = match a.dtype.as_deref() {
+        Some("f32") => candle_core::DType::F32,
+        Some("bf16") => candle_core::DType::BF16,
+        Some(d) => anyhow::bail!("--dtype {d}: use f32 or bf16"),
+        None if o.device.is_cuda() => candle_core::DType::BF16,
+        None => candle_core::DType::F32,
+    };
+    anyhow::ensure!(a.temperature > 0.0, "--temperature must be positive");
+    o.steps = a.steps;
+    o.group = a.group;
+    o.prompts = a.prompts;
+    o.lr = a.lr;
+    o.objective.beta = a.beta;
+    o.objective.eps_low = a.eps;
+    o.objective.eps_high = a.eps_high.unwrap_or(a.eps);
+    o.objective.norm = a.norm;
+    o.temperature = a.temperature;
+    o.updates = a.updates;
+    o.val_every = a.val_every;
+    o.val_users = a.val_users;
+    o.collapse_share = a.collapse_share;
+    o.patience = a.patience;
+    o.recall_drop = a.recall_drop;
+    o.max_rollbacks = a.max_rollbacks;
+    o.seed = a.seed;
+    let s = crate::rl::run(&o)?;
+    println!("{}", serde_json::to_string_pretty(&s)?);
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct ExportArgs {
     #[arg(long)]
     run: PathBuf,

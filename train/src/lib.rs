@@ -9,7 +9,7 @@
 //!   `score` (pure metrics), `run` (run folder, checkpoints, metrics, optimiser: what every training
 //!   stage shares);
 //! - pipeline: `data` -> `embed` -> `rq` -> `tid` -> `prepare` (drives the four before it) -> `tasks`
-//!   (task formats) -> `teach` (searched supervision) -> `sft` -> (`rl`) -> `export` -> `eval`; a training stage uses `run` and `model`,
+//!   (task formats) -> `teach` (searched supervision) -> `sft` -> `rl` -> `export` -> `eval`; a training stage uses `run` and `model`,
 //!   never another stage's internals;
 //! - tools over all of it: `bench`, `inspect`, `cli` (the commands the binary dispatches to).
 //!
@@ -66,6 +66,8 @@ pub mod tasks;
 
 pub mod teach;
 
+/// GRPO, the third stage: rollouts, rewards, the objective and the watch.
+pub mod rl;
 pub mod sft;
 
 pub mod export;

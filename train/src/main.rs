@@ -40,6 +40,8 @@ enum Cmd {
     Teach(cli::TeachArgs),
     /// Supervised fine-tuning, stage 1 (new rows and head) or stage 2 (everything, with reasoning).
     Sft(cli::SftArgs),
+    /// GRPO from a run's stage-2 model: trie-constrained next-item rollouts, the method's rewards, and a watch for reward collapse -> RUN/stage3.safetensors
+    Grpo(cli::GrpoArgs),
     /// Write the bundle the device opens: model.gguf, catalog, codebooks, bundle.json.
     Export(cli::ExportArgs),
     /// Write a zero-shot bundle (an instruct GGUF without CID tokens, SmolLM2 by default) for a dataset.
@@ -71,6 +73,7 @@ fn run(args: Cli) -> Result<()> {
         Cmd::Inspect(a) => cli::inspect(a),
         Cmd::Teach(a) => cli::teach(a),
         Cmd::Sft(a) => cli::sft(a),
+        Cmd::Grpo(a) => cli::grpo(a),
         Cmd::Export(a) => cli::export(a),
         Cmd::BundleZeroShot(a) => cli::bundle_zero_shot(a),
         Cmd::Eval(a) => cli::eval(a),

@@ -9,8 +9,9 @@ use navigen_train::export::{export, ExportOptions};
 use navigen_train::gguf::ExportDtype;
 use navigen_train::model::preset::Preset;
 use navigen_train::prepare::{prepare, PrepareOptions};
+use navigen_train::rl::{self, GrpoOptions};
 use navigen_train::run::{
-    metrics, stage_weights, RunInfo, BASE_WEIGHTS, CONFIG_FILE, TOKENIZER_FILE,
+    load_run_model, metrics, stage_weights, RunInfo, BASE_WEIGHTS, CONFIG_FILE, TOKENIZER_FILE,
 };
 use navigen_train::sft::{self, Resume, SftOptions, SftSummary};
 
@@ -282,4 +283,126 @@ fn a_hugging_face_folder_is_a_base_model() {
     })
     .unwrap();
     assert!(rep.all_identical(), "{:?}", rep.checks);
+}
+
+/// A copy of the shared tiny run (its top-level files), so GRPO's stage 3 leaves the other tests'
+/// run as it was.
+fn copy_of_tiny_run(prefix: &str) -> PathBuf {
+    let src = &tiny_run().dir;
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap()
+        .keep();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    dir
+}
+
+/// GRPO from stage 2: rollouts, rewards and updates happen, the watch's figures are logged every
+/// step, and the kept model is the best by validation recall, the starting model included.
+#[test]
+fn grpo_trains_from_stage_two_and_logs_the_watch() {
+    let dir = copy_of_tiny_run("navigen-grpo-");
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = GrpoOptions::new(data(), &dir);
+    o.steps = 8;
+    o.group = 4;
+    o.prompts = 4;
+    o.val_every = 4;
+    o.val_users = 32;
+    o.lr = 1e-4;
+    let s = rl::run(&o).expect("grpo");
+    assert_eq!(s.steps, 8);
+    assert!(s.stopped.is_none(), "{:?}", s.stopped);
+    let recs: Vec<_> = metrics::read(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.stage == rl::STAGE)
+        .collect();
+    let steps: Vec<_> = recs.iter().filter(|r| r.reward_mean.is_some()).collect();
+    assert_eq!(steps.len(), 8, "one watch record per step");
+    for r in &steps {
+        let unit = |v: Option<f64>| v.is_some_and(|x| (0.0..=1.0).contains(&x));
+        assert!(
+            unit(r.reward_mean) && unit(r.zero_std_share) && unit(r.clip_frac),
+            "{r:?}"
+        );
+        assert!(r.reward_std.is_some_and(|x| x >= 0.0), "{r:?}");
+        assert!(
+            r.entropy.is_some_and(|x| x > 0.0),
+            "sampling has spread: {r:?}"
+        );
+        assert!(r.kl.is_some_and(|x| x.is_finite() && x >= 0.0), "{r:?}");
+    }
+    // The first update starts at the reference (KL 0); later ones have moved away from it.
+    assert!(steps[0].kl.unwrap() < 1e-6, "{:?}", steps[0]);
+    assert!(
+        steps[1..].iter().any(|r| r.kl.unwrap() > 0.0),
+        "the policy never moved"
+    );
+    let vals: Vec<(usize, f64)> = recs
+        .iter()
+        .filter_map(|r| r.val_recall10.map(|v| (r.step, v)))
+        .collect();
+    assert_eq!(vals.iter().map(|v| v.0).collect::<Vec<_>>(), [0, 4, 8]);
+    assert_eq!(s.start_val_recall10, vals[0].1);
+    let best = vals.iter().map(|v| v.1).fold(f64::MIN, f64::max);
+    assert_eq!(s.best_val_recall10, best);
+    // What the run keeps and exports is stage 3.
+    assert!(dir.join(stage_weights(rl::STAGE)).exists());
+    assert!(RunInfo::read(&dir)
+        .unwrap()
+        .stages_done
+        .contains(&rl::STAGE));
+    let (_, _, _, stage) = load_run_model(&dir, &Device::Cpu, candle_core::DType::F32).unwrap();
+    assert_eq!(stage, rl::STAGE);
+    let png = std::fs::read(dir.join(metrics::GRPO_PLOT)).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+/// A collapsed policy (a near-zero temperature: every completion of a group the same, so every
+/// group's reward std is 0) trips the watch: the run stops after `patience` steps, makes no update
+/// (nothing to learn), and keeps the starting model.
+#[test]
+fn grpo_watch_stops_a_collapsed_policy() {
+    let dir = copy_of_tiny_run("navigen-grpo-collapse-");
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = GrpoOptions::new(data(), &dir);
+    o.steps = 20;
+    o.group = 4;
+    o.prompts = 4;
+    o.val_users = 16;
+    o.temperature = 1e-4;
+    o.patience = 3;
+    let s = rl::run(&o).expect("grpo");
+    assert_eq!(s.steps, 3);
+    assert!(
+        s.stopped
+            .as_deref()
+            .is_some_and(|w| w.contains("collapsed")),
+        "{:?}",
+        s.stopped
+    );
+    assert_eq!(s.best_step, 0);
+    let recs: Vec<_> = metrics::read(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.stage == rl::STAGE && r.reward_mean.is_some())
+        .collect();
+    assert!(recs
+        .iter()
+        .all(|r| r.zero_std_share == Some(1.0) && r.kl == Some(0.0)));
+    assert!(recs.last().unwrap().event.is_some());
+    let start = std::fs::read(dir.join(stage_weights(2))).unwrap().len();
+    assert_eq!(
+        std::fs::read(dir.join(stage_weights(rl::STAGE)))
+            .unwrap()
+            .len(),
+        start
+    );
 }

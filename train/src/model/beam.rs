@@ -10,7 +10,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use tokenizers::Tokenizer;
 
-use super::transformer::{forward_cached, KvCache};
+use super::transformer::{forward_cached_rows, KvCache};
 use super::{Rope, Weights};
 use navigen::trie::CidTrie;
 use navigen::{Catalog, Cid};
@@ -39,45 +39,74 @@ impl NextItemDecoder {
         })
     }
 
-    /// The `k` best next items (catalog indices, best first) after `history`, with `beams` beams;
-    /// items of `seen` are left out.
-    /// `net`: the weights, their rotary tables and the output head.
-    pub fn predict(
-        &self,
-        net: (&Weights, &Rope, &Tensor),
-        history: &[Cid],
-        seen: &HashSet<u32>,
-        beams: usize,
-        k: usize,
-    ) -> Result<Vec<u32>> {
-        let (w, rope, head) = net;
-        let levels = self.trie.levels();
+    /// The tokens before the next item: the prompt, then the history's code tokens.
+    pub fn context_ids(&self, history: &[Cid]) -> Vec<u32> {
         let mut ids = self.prompt_ids.clone();
         for c in history {
             for (l, &code) in c.codes().iter().enumerate() {
                 ids.push(self.code_ids[l][code as usize]);
             }
         }
-        let mut root = KvCache::default();
-        let logits = forward_cached(w, rope, head, &ids, &mut root)?.to_vec1::<f32>()?;
-        // (codes, log-probability, cache after the codes but the last, logits after all codes)
-        let mut level_logits = vec![(Vec::<u16>::new(), 0f32, root, logits)];
+        ids
+    }
+
+    /// The token of `code` at `level`.
+    pub fn code_token(&self, level: usize, code: u16) -> u32 {
+        self.code_ids[level][code as usize]
+    }
+
+    pub fn trie(&self) -> &CidTrie {
+        &self.trie
+    }
+
+    /// The output head's rows of each level's code tokens, [level] -> (codes, hidden): beam search
+    /// scores only these (the softmax runs over the allowed codes anyway). Once per set of weights.
+    pub fn level_heads(&self, head: &Tensor) -> Result<Vec<Tensor>> {
+        self.code_ids
+            .iter()
+            .map(|ids| {
+                let idx = Tensor::from_slice(ids, ids.len(), head.device())?;
+                Ok(head.index_select(&idx, 0)?)
+            })
+            .collect()
+    }
+
+    /// The `k` best next items (catalog indices, best first) after `history`, with `beams` beams;
+    /// items of `seen` are left out.
+    /// `net`: the weights, their rotary tables and [`Self::level_heads`]. The beams of a level run as
+    /// one batched forward (their caches are rows of one cache).
+    pub fn predict(
+        &self,
+        net: (&Weights, &Rope, &[Tensor]),
+        history: &[Cid],
+        seen: &HashSet<u32>,
+        beams: usize,
+        k: usize,
+    ) -> Result<Vec<u32>> {
+        let (w, rope, heads) = net;
+        let levels = self.trie.levels();
+        anyhow::ensure!(heads.len() == levels, "one head per CID level");
+        let ids = self.context_ids(history);
+        let mut cache = KvCache::default();
+        // Row r of `logits` scores level `level`'s codes after beam r's codes.
+        let mut logits =
+            forward_cached_rows(w, rope, &heads[0], &ids, 1, &mut cache)?.to_vec2::<f32>()?;
+        let mut live: Vec<(Vec<u16>, f32)> = vec![(Vec::new(), 0.0)];
         for level in 0..levels {
             let last = level + 1 == levels;
-            let mut next: Vec<(Vec<u16>, f32, usize)> = Vec::new();
-            for (j, (codes, score, _, logits)) in level_logits.iter().enumerate() {
+            // (codes, log-probability, parent row)
+            let mut next: Vec<(Vec<u16>, f32, u32)> = Vec::new();
+            for (j, ((codes, score), row)) in live.iter().zip(&logits).enumerate() {
                 // Softmax over the codes allowed here, as trained and as the runtime ranks.
                 let kids = self.trie.allowed(codes);
-                let ids = &self.code_ids[level];
-                let lse = log_sum_exp(kids.iter().map(|&c| logits[ids[c as usize] as usize]));
+                let lse = log_sum_exp(kids.iter().map(|&c| row[c as usize]));
                 for &c in kids {
                     let mut n = codes.clone();
                     n.push(c);
                     if last && self.trie.item(&n).is_some_and(|i| seen.contains(&i)) {
                         continue;
                     }
-                    let lp = logits[self.code_ids[level][c as usize] as usize] - lse;
-                    next.push((n, score + lp, j));
+                    next.push((n, score + row[c as usize] - lse, j as u32));
                 }
             }
             next.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -89,14 +118,21 @@ impl NextItemDecoder {
                     .collect());
             }
             next.truncate(beams);
-            let mut fed = Vec::with_capacity(next.len());
-            for (codes, score, parent) in next {
-                let mut cache = level_logits[parent].2.clone();
-                let tok = self.code_ids[level][*codes.last().expect("one code") as usize];
-                let logits = forward_cached(w, rope, head, &[tok], &mut cache)?.to_vec1::<f32>()?;
-                fed.push((codes, score, cache, logits));
+            if next.is_empty() {
+                break;
             }
-            level_logits = fed;
+            let parents: Vec<u32> = next.iter().map(|n| n.2).collect();
+            let toks: Vec<u32> = next
+                .iter()
+                .map(|(codes, _, _)| {
+                    self.code_ids[level][*codes.last().expect("one code") as usize]
+                })
+                .collect();
+            cache = cache.select(&parents)?;
+            logits =
+                forward_cached_rows(w, rope, &heads[level + 1], &toks, toks.len(), &mut cache)?
+                    .to_vec2::<f32>()?;
+            live = next.into_iter().map(|(c, s, _)| (c, s)).collect();
         }
         Ok(Vec::new())
     }

@@ -43,15 +43,7 @@ pub fn loss(
             .to_dtype(DType::F32)?;
         sum = Some(ops::cross_entropy_sum(&logits, &b.targets)?);
     }
-    if let (Some(idx), Some(tgt), Some(mask), Some(cols)) =
-        (&b.code_index, &b.code_targets, &b.code_mask, columns)
-    {
-        let rows = head.index_select(cols, 0)?;
-        let logits = (flat
-            .index_select(idx, 0)?
-            .matmul(&rows.t()?)?
-            .to_dtype(DType::F32)?
-            + mask)?;
+    if let (Some(logits), Some(tgt)) = (code_logits(&flat, &head, b, columns)?, &b.code_targets) {
         let part = ops::cross_entropy_sum(&logits, tgt)?;
         sum = Some(match sum {
             Some(s) => (s + part)?,
@@ -60,4 +52,48 @@ pub fn loss(
     }
     let sum = sum.ok_or_else(|| anyhow::anyhow!("batch has no targets"))?;
     Ok((sum / b.loss_tokens.max(1) as f64)?)
+}
+
+/// Logits (f32) of the batch's code-target positions over the code block's columns, with the trie's
+/// mask added (disallowed codes at -1e9). `flat`: hidden states (B * T, H).
+fn code_logits(
+    flat: &Tensor,
+    head: &Tensor,
+    b: &Batch,
+    columns: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let (Some(idx), Some(mask), Some(cols)) = (&b.code_index, &b.code_mask, columns) else {
+        return Ok(None);
+    };
+    let rows = head.index_select(cols, 0)?;
+    Ok(Some(
+        (flat
+            .index_select(idx, 0)?
+            .matmul(&rows.t()?)?
+            .to_dtype(DType::F32)?
+            + mask)?,
+    ))
+}
+
+/// Log-probabilities (f32, with gradient) of the batch's code targets, each under the softmax over
+/// the codes the trie allows at its position, as decoding draws them (logits divided by
+/// `temperature`). In the batch's order: row by row, position by position.
+pub fn code_log_probs(
+    w: &Weights,
+    rope: &Rope,
+    b: &Batch,
+    columns: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let h = transformer::hidden_states(w, rope, &b.ids, &b.positions, &b.mask, None)?;
+    let (bsz, t, d) = h.dims3()?;
+    let flat = h.reshape((bsz * t, d))?;
+    let (Some(logits), Some(tgt)) = (
+        code_logits(&flat, &w.head()?, b, Some(columns))?,
+        &b.code_targets,
+    ) else {
+        anyhow::bail!("the batch has no code targets");
+    };
+    let lp = candle_nn::ops::log_softmax(&(logits / temperature)?, candle_core::D::Minus1)?;
+    Ok(lp.gather(&tgt.unsqueeze(1)?, 1)?.squeeze(1)?)
 }

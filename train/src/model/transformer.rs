@@ -295,12 +295,33 @@ pub fn hidden_states(
     rms_norm(&x, w.get(FINAL_NORM)?, c.rms_norm_eps)
 }
 
-/// Per-layer keys and values of the tokens seen so far (one sequence). Feeding never changes a
-/// tensor it holds (it appends into new ones), so a clone is a cheap fork: beam search forks one per beam.
+/// Per-layer keys and values of the tokens seen so far, for one or more sequences of the same
+/// length (rows). Feeding never changes a tensor it holds (it appends into new ones), so a clone is
+/// a cheap fork, and [`KvCache::select`] forks rows: beam search keeps one row per beam.
 #[derive(Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     pub len: usize,
+}
+
+impl KvCache {
+    /// A cache whose row r is row `rows[r]` of this one (rows may repeat: one parent, many beams).
+    pub fn select(&self, rows: &[u32]) -> Result<KvCache> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(match l {
+                Some((k, v)) => {
+                    let idx = Tensor::from_slice(rows, rows.len(), k.device())?;
+                    Some((k.index_select(&idx, 0)?, v.index_select(&idx, 0)?))
+                }
+                None => None,
+            });
+        }
+        Ok(KvCache {
+            layers,
+            len: self.len,
+        })
+    }
 }
 
 /// Feeds `tokens` after what the cache holds; returns the logits (vocab,) of the last token, in f32.
@@ -311,20 +332,41 @@ pub fn forward_cached(
     tokens: &[u32],
     cache: &mut KvCache,
 ) -> Result<Tensor> {
+    Ok(forward_cached_rows(w, rope, head, tokens, 1, cache)?.squeeze(0)?)
+}
+
+/// Feeds `rows` sequences of equal length at once (`tokens` row after row) after what the cache holds
+/// (empty, or `rows` rows); returns each row's logits after its last token, (rows, head rows), in f32.
+/// `head` may be a subset of the output head's rows: beam search scores only the codes of a level.
+/// One batched forward instead of one per row: beams share every weight read.
+pub fn forward_cached_rows(
+    w: &Weights,
+    rope: &Rope,
+    head: &Tensor,
+    tokens: &[u32],
+    rows: usize,
+    cache: &mut KvCache,
+) -> Result<Tensor> {
     let c = &w.config;
-    anyhow::ensure!(!tokens.is_empty(), "no tokens to feed");
     anyhow::ensure!(
-        cache.len + tokens.len() <= c.max_position_embeddings,
+        rows > 0 && !tokens.is_empty() && tokens.len() % rows == 0,
+        "{} tokens do not make {rows} rows",
+        tokens.len()
+    );
+    let n = tokens.len() / rows;
+    anyhow::ensure!(
+        cache.len + n <= c.max_position_embeddings,
         "sequence longer than max_position_embeddings"
     );
     if cache.layers.len() != c.num_hidden_layers {
         cache.layers = vec![None; c.num_hidden_layers];
     }
     let dev = &w.device;
-    let n = tokens.len();
-    let ids = Tensor::from_slice(tokens, (1, n), dev)?;
-    let pos: Vec<u32> = (cache.len..cache.len + n).map(|p| p as u32).collect();
-    let positions = Tensor::from_vec(pos, (1, n), dev)?;
+    let ids = Tensor::from_slice(tokens, (rows, n), dev)?;
+    let pos: Vec<u32> = (0..rows)
+        .flat_map(|_| (cache.len..cache.len + n).map(|p| p as u32))
+        .collect();
+    let positions = Tensor::from_vec(pos, (rows, n), dev)?;
     // Causal within the new tokens; everything cached is visible.
     let mask = if n > 1 {
         let past = cache.len;
@@ -358,11 +400,11 @@ pub fn forward_cached(
     }
     cache.len += n;
     let last = rms_norm(
-        &x.i((0, n - 1))?.unsqueeze(0)?,
+        &x.i((.., n - 1))?.contiguous()?,
         w.get(FINAL_NORM)?,
         c.rms_norm_eps,
     )?;
-    Ok(last.matmul(&head.t()?)?.squeeze(0)?.to_dtype(DType::F32)?)
+    Ok(last.matmul(&head.t()?)?.to_dtype(DType::F32)?)
 }
 
 /// Greedy decoding with the KV cache: up to `max_new` tokens, stopping after any of `stop`.
@@ -391,6 +433,61 @@ pub fn greedy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows fed at once give each row's logits as feeding it alone does, and `select` forks rows.
+    #[test]
+    fn batched_rows_match_one_row_at_a_time() {
+        let c = ModelConfig {
+            num_hidden_layers: 2,
+            ..ModelConfig::tiny(300)
+        };
+        let dev = Device::Cpu;
+        let w = Weights::random(&c, &dev, DType::F32, 11).unwrap();
+        let rope = Rope::new(&c, &dev, DType::F32).unwrap();
+        let head = w.head().unwrap();
+        let prompt = [5u32, 17, 42, 7, 99];
+        let next = [3u32, 250, 3];
+        // Reference: each continuation on its own fork of the prompt's cache.
+        let mut root = KvCache::default();
+        forward_cached(&w, &rope, &head, &prompt, &mut root).unwrap();
+        let alone: Vec<Vec<f32>> = next
+            .iter()
+            .map(|&t| {
+                let mut c = root.clone();
+                let l = forward_cached(&w, &rope, &head, &[t], &mut c).unwrap();
+                let l2 = forward_cached(&w, &rope, &head, &[t + 1], &mut c).unwrap();
+                [l.to_vec1::<f32>().unwrap(), l2.to_vec1::<f32>().unwrap()].concat()
+            })
+            .collect();
+        // Batched: one parent broadcast to three rows, then rows 2, 0, 1 reordered by select.
+        let mut b = root.select(&[0, 0, 0]).unwrap();
+        let l = forward_cached_rows(&w, &rope, &head, &next, 3, &mut b).unwrap();
+        let l = l.to_vec2::<f32>().unwrap();
+        let order = [2u32, 0, 1];
+        let mut b = b.select(&order).unwrap();
+        let toks: Vec<u32> = order.iter().map(|&r| next[r as usize] + 1).collect();
+        let l2 = forward_cached_rows(&w, &rope, &head, &toks, 3, &mut b).unwrap();
+        let l2 = l2.to_vec2::<f32>().unwrap();
+        assert_eq!(b.len, prompt.len() + 2);
+        for (j, &r) in order.iter().enumerate() {
+            let r = r as usize;
+            let got = [l[r].clone(), l2[j].clone()].concat();
+            let d = got
+                .iter()
+                .zip(&alone[r])
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-4, "row {r}: logits differ by {d}");
+        }
+        // A head subset scores exactly those rows.
+        let sub = head
+            .index_select(&Tensor::new(&[250u32, 3], &dev).unwrap(), 0)
+            .unwrap();
+        let mut c = root.clone();
+        let s = forward_cached_rows(&w, &rope, &sub, &[3], 1, &mut c).unwrap();
+        let s = s.to_vec2::<f32>().unwrap();
+        assert!((s[0][0] - alone[0][250]).abs() < 1e-4 && (s[0][1] - alone[0][3]).abs() < 1e-4);
+    }
 
     #[test]
     fn dropout_drops_its_share_keeps_the_mean_and_repeats_with_its_seed() {

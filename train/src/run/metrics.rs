@@ -28,6 +28,24 @@ pub struct Record {
     pub tokens_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub elapsed_s: Option<f64>,
+    /// GRPO: the mean reward of the step's completions, the mean within-group std, the share of
+    /// groups whose completions all earned the same (they teach nothing; a collapse drives it to 1),
+    /// the policy's mean entropy at sampling (nats), the k3 KL to the reference, the clipped share.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_std: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub zero_std_share: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub entropy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kl: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub clip_frac: Option<f64>,
+    /// What the watch did at this step (a stop, a rollback), in words.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub event: Option<String>,
 }
 
 pub const FILE: &str = "metrics.jsonl";
@@ -207,5 +225,71 @@ pub fn plot(run: &Path) -> Result<()> {
         root.present().context("writing the loss plot")?;
     }
     std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+pub const GRPO_PLOT: &str = "grpo.png";
+
+/// The GRPO watch as a picture (`RUN/grpo.png`): per step the mean reward, the mean within-group std,
+/// the share of groups with zero std, and validation Recall@10 where it was measured; all in [0, 1].
+pub fn plot_grpo(run: &Path, stage: u8) -> Result<()> {
+    use plotters::prelude::*;
+    let records: Vec<Record> = read(run)?
+        .into_iter()
+        .filter(|r| r.stage == stage)
+        .collect();
+    if records.is_empty() {
+        return Ok(());
+    }
+    let last = records.iter().map(|r| r.step).max().unwrap_or(0).max(1) as f64;
+    let tmp = run.join(".grpo.png.part.png");
+    {
+        let root = BitMapBackend::new(&tmp, (900, 540)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let labels = font();
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .margin(20)
+            .x_label_area_size(if labels { 40 } else { 5 })
+            .y_label_area_size(if labels { 50 } else { 5 });
+        if labels {
+            builder.caption("navigen GRPO watch", ("sans-serif", 22));
+        }
+        let mut chart = builder.build_cartesian_2d(0f64..last, 0f64..1.05)?;
+        let mut mesh = chart.configure_mesh();
+        if labels {
+            mesh.x_desc("GRPO step").y_desc("value");
+        } else {
+            mesh.disable_x_axis().disable_y_axis();
+        }
+        mesh.draw()?;
+        type Pick = fn(&Record) -> Option<f64>;
+        let series: [(&str, Pick, RGBColor); 4] = [
+            ("reward mean", |r| r.reward_mean, BLUE),
+            ("reward std in groups", |r| r.reward_std, RED),
+            ("groups with zero std", |r| r.zero_std_share, MAGENTA),
+            ("val Recall@10", |r| r.val_recall10, GREEN),
+        ];
+        for (name, pick, c) in series {
+            let pts: Vec<(f64, f64)> = records
+                .iter()
+                .filter_map(|r| pick(r).map(|v| (r.step as f64, v)))
+                .collect();
+            let s = chart.draw_series(LineSeries::new(pts, c.stroke_width(2)))?;
+            if labels {
+                s.label(name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+            }
+        }
+        if labels {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present().context("writing the GRPO plot")?;
+    }
+    std::fs::rename(&tmp, run.join(GRPO_PLOT))?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod recall;
 
 use std::path::{Path, PathBuf};
 

@@ -19,15 +19,11 @@ use rand::SeedableRng;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-mod recall;
-
-pub use recall::ValidationSet;
-
 use crate::data::sequences::{self, Example, TrainSequence};
 use crate::model::batch::{self, CodeConstraint, Row, Tokenized};
 use crate::model::{self, preset, ModelConfig, Rope, Trainable, Weights};
 use crate::run::{
-    checkpoint, metrics, optim, save_weights, stage_weights, RunInfo, BASE_WEIGHTS,
+    checkpoint, metrics, optim, recall, save_weights, stage_weights, RunInfo, BASE_WEIGHTS,
     CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILE, TOKENIZER_FILE,
 };
 use crate::tasks::{self, InstructionTeacher, MixOptions, OfflineTeacher, SftExample};

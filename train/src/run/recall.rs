@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
-use candle_core::Tensor;
 
 use crate::data::sequences::{Example, TrainSequence};
 use crate::model::beam::NextItemDecoder;
@@ -68,10 +67,10 @@ impl ValidationSet {
         decoder: &NextItemDecoder,
         beams: usize,
     ) -> Result<(f64, f64)> {
-        let head: Tensor = w.head()?;
+        let heads = decoder.level_heads(&w.head()?)?;
         let (mut hits, mut ndcg) = (0usize, 0f64);
         for u in &self.users {
-            let top = decoder.predict((w, rope, &head), &u.history, &u.seen, beams, 10)?;
+            let top = decoder.predict((w, rope, &heads), &u.history, &u.seen, beams, 10)?;
             if let Some(r) = top.iter().position(|&i| i == u.target) {
                 hits += 1;
                 ndcg += 1.0 / ((r + 2) as f64).log2();

@@ -1,0 +1,467 @@
+//! GRPO, the third stage (docs/method.md section 5), on the next-item task: from the run's stage-2
+//! model, G completions per prompt decoded as the device decodes ([`rollout`]), rewarded with the
+//! method's hierarchical CID reward ([`reward`]), and the clipped, KL-regularised, group-relative
+//! objective ([`objective`]). The kept model (`stage3.safetensors`) is the one with the best
+//! validation Recall@10 through the device's beam search, the starting model included, so GRPO never
+//! ships a model that recommends worse than the one it started from.
+//!
+//! The watch (the "Generate, Not Recommend" collapse: rewards within groups become all equal): every
+//! step logs the reward mean, the within-group std, the share of groups with zero std, the entropy, the
+//! KL and the clipped share (`metrics.jsonl`, `grpo.png`). When the zero-std share stays at or above
+//! `collapse_share` for `patience` steps the run stops; when validation recall falls by more than
+//! `recall_drop` under the best while the reward rises (reward hacking), the policy rolls back to the
+//! best model; after `max_rollbacks` the run stops. Either way the kept model is the best one.
+//!
+//! Full-parameter updates; LoRA and cid2ins rollouts (two-phase decoding, the judge's reward) are not
+//! built yet (issue 13).
+//!
+//! Uses the run, checkpoint, metrics and optimiser code of [`crate::run`]; no SFT internals.
+
+pub mod objective;
+pub mod reward;
+pub mod rollout;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::data::sequences::{self, Example, TrainSequence};
+use crate::model::batch::{self, CodeConstraint, Row};
+use crate::model::beam::NextItemDecoder;
+use crate::model::{self, ModelConfig, Rope, Trainable, Weights};
+use crate::run::{
+    metrics, optim, recall, save_weights, stage_weights, RunInfo, CONFIG_FILE, TOKENIZER_FILE,
+};
+use navigen::format::catalog;
+use navigen::{Catalog, Cid};
+use objective::{group_advantages, grpo_loss, Objective};
+
+/// The stage number GRPO writes (`stage3.safetensors`, metrics' `stage`).
+pub const STAGE: u8 = 3;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpoOptions {
+    pub data: PathBuf,
+    pub run: PathBuf,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Completions per prompt (G).
+    pub group: usize,
+    /// Prompts per step.
+    pub prompts: usize,
+    pub lr: f64,
+    pub warmup_frac: f64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    /// Sampling temperature of the rollouts (the log-probabilities use the same).
+    pub temperature: f32,
+    pub objective: Objective,
+    /// Policy updates per batch of rollouts (1: on-policy, the ratio is 1 at the update).
+    pub updates: usize,
+    pub val_every: usize,
+    pub val_users: usize,
+    pub val_beams: usize,
+    /// The watch: stop when the share of zero-std groups stays at or above this for `patience` steps.
+    pub collapse_share: f64,
+    pub patience: usize,
+    /// Roll back when validation Recall@10 falls this far under the best while the reward rises.
+    pub recall_drop: f64,
+    pub max_rollbacks: usize,
+    pub seed: u64,
+    #[serde(skip)]
+    pub device: Device,
+    #[serde(skip)]
+    pub dtype: DType,
+}
+
+impl GrpoOptions {
+    /// The method's defaults (G = 8, eps 0.2, beta 0.01, 600 steps); the learning rate is for
+    /// full-parameter updates (the reference's 3e-4 is LoRA's).
+    pub fn new(data: &Path, run: &Path) -> Self {
+        GrpoOptions {
+            data: data.to_path_buf(),
+            run: run.to_path_buf(),
+            steps: 600,
+            group: 8,
+            prompts: 8,
+            lr: 1e-5,
+            warmup_frac: 0.03,
+            weight_decay: 0.01,
+            clip: 1.0,
+            temperature: 1.0,
+            objective: Objective::default(),
+            updates: 1,
+            val_every: 50,
+            val_users: 300,
+            val_beams: 20,
+            collapse_share: 0.9,
+            patience: 10,
+            recall_drop: 0.02,
+            max_rollbacks: 2,
+            seed: 42,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GrpoSummary {
+    pub steps: usize,
+    pub start_val_recall10: f64,
+    pub best_val_recall10: f64,
+    pub best_step: usize,
+    pub first_reward: Option<f64>,
+    pub last_reward: Option<f64>,
+    pub rollbacks: usize,
+    /// Why the run stopped before `steps` (the watch), if it did.
+    pub stopped: Option<String>,
+    pub seconds: f64,
+}
+
+/// One prompt: the history's CIDs and the target's.
+struct Prompt {
+    history: Vec<Cid>,
+    target: Cid,
+}
+
+/// Every (history, next item) of the training prefixes, as sft's next-item windows see them: at most
+/// the device's history length before the target.
+fn prompts(cat: &Catalog, train: &[TrainSequence]) -> Vec<Prompt> {
+    let mut out = Vec::new();
+    for t in train {
+        let cids: Vec<Cid> = t
+            .items
+            .iter()
+            .filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i)).map(|it| it.cid))
+            .collect();
+        for end in 1..cids.len() {
+            let start = end.saturating_sub(navigen::prompt::MAX_HISTORY);
+            out.push(Prompt {
+                history: cids[start..end].to_vec(),
+                target: cids[end],
+            });
+        }
+    }
+    out
+}
+
+/// A completion as a training row: the context (no targets), then the sampled codes, each the target
+/// of the position before it, so the batch scores them under the trie ([`CodeConstraint`]).
+fn completion_row(decoder: &NextItemDecoder, history: &[Cid], codes: &[u16]) -> Row {
+    let mut ids = decoder.context_ids(history);
+    let ctx = ids.len();
+    ids.extend(
+        codes
+            .iter()
+            .enumerate()
+            .map(|(l, &c)| decoder.code_token(l, c)),
+    );
+    let n = ids.len();
+    let targets = (0..n)
+        .map(|i| (i + 1 >= ctx && i + 1 < n).then(|| ids[i + 1]))
+        .collect();
+    Row {
+        positions: (0..n as u32).collect(),
+        segments: vec![0; n],
+        targets,
+        ids,
+    }
+}
+
+/// The model's log-probabilities of every completion's codes, (completions, levels).
+pub fn completion_log_probs(
+    w: &Weights,
+    rope: &Rope,
+    rows: &[Row],
+    pad: u32,
+    codes: &CodeConstraint,
+    columns: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let b = batch::make_batch(rows, pad, &w.device, w.dtype, Some(codes))?;
+    let lp = model::code_log_probs(w, rope, &b, columns, temperature)?;
+    let n = rows.len();
+    let per = lp.dim(0)? / n.max(1);
+    anyhow::ensure!(per * n == lp.dim(0)?, "completions of unequal length");
+    Ok(lp.reshape((n, per))?)
+}
+
+fn load(run: &Path, file: &str, opts: &GrpoOptions) -> Result<Weights> {
+    let config: ModelConfig = serde_json::from_slice(&std::fs::read(run.join(CONFIG_FILE))?)?;
+    Weights::from_safetensors(config, &[run.join(file)], &opts.device, opts.dtype)
+}
+
+/// Runs GRPO from the run's stage-2 model; writes `stage3.safetensors` (the best by validation recall).
+pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
+    let t0 = Instant::now();
+    let mut info = RunInfo::read(&opts.run)?;
+    if !info.stages_done.contains(&2) {
+        bail!("GRPO starts from stage 2's model: run `navigen-train sft --stage 2` first");
+    }
+    anyhow::ensure!(opts.group >= 2, "a group needs at least 2 completions");
+    let start_file = stage_weights(2);
+    let mut w = load(&opts.run, &start_file, opts)?;
+    w.set_trainable(Trainable::All)?;
+    let reference = if opts.objective.beta > 0.0 {
+        Some(load(&opts.run, &start_file, opts)?)
+    } else {
+        None
+    };
+    let tok =
+        Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pad = tok
+        .token_to_id(crate::tokenizer::END_OF_TEXT)
+        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
+        .unwrap_or(0);
+    let cat = Catalog::open(&opts.data.join(catalog::FILE_NAME))?;
+    let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
+    let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
+    let pool = prompts(&cat, &train);
+    anyhow::ensure!(
+        !pool.is_empty(),
+        "no training prompts in {}",
+        opts.data.display()
+    );
+    let val_users = if opts.val_users == 0 {
+        valid.len()
+    } else {
+        opts.val_users.min(valid.len())
+    };
+    let val = recall::ValidationSet::new(&cat, &train, &valid[..val_users]);
+    let decoder = NextItemDecoder::new(&cat, &tok)?;
+    let codes = CodeConstraint::new(&cat, &tok)?;
+    let columns = Tensor::from_slice(&codes.columns, codes.columns.len(), &opts.device)?;
+    let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
+    let mut opt = optim::AdamW::new(optim::AdamWConfig {
+        weight_decay: opts.weight_decay,
+        ..Default::default()
+    });
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let warmup = ((opts.warmup_frac * opts.steps as f64).ceil() as usize).max(1);
+    let kept = opts.run.join(stage_weights(STAGE));
+    metrics::truncate_after(&opts.run, STAGE, 0)?;
+
+    let measure = |w: &Weights| -> Result<(f64, f64)> {
+        if val.is_empty() {
+            return Ok((0.0, 0.0));
+        }
+        val.measure(w, &rope, &decoder, opts.val_beams)
+    };
+    // The starting model is the first candidate: GRPO keeps it unless a later one recommends better.
+    let (r0, n0) = measure(&w)?;
+    save_weights(&w, &kept)?;
+    metrics::append(
+        &opts.run,
+        &metrics::Record {
+            stage: STAGE,
+            step: 0,
+            val_recall10: Some(r0),
+            val_ndcg10: Some(n0),
+            ..Default::default()
+        },
+    )?;
+    eprintln!(
+        "grpo: from stage 2 of {}: {} prompts, G = {}, {} prompts a step, {} steps; val Recall@10 {r0:.4}",
+        opts.run.display(),
+        pool.len(),
+        opts.group,
+        opts.prompts,
+        opts.steps
+    );
+    let (mut best, mut best_step, mut reward_at_best) = (r0, 0usize, None::<f64>);
+    let (mut first_reward, mut last_reward) = (None, None);
+    let (mut rollbacks, mut collapsed_for, mut stopped) = (0usize, 0usize, None::<String>);
+    let mut recent: Vec<f64> = Vec::new();
+    let bar = crate::progress::bar(opts.steps as u64, "grpo");
+    let mut step = 0;
+    while step < opts.steps {
+        step += 1;
+        let ts = Instant::now();
+        // Rollouts with the current policy.
+        let heads = decoder.level_heads(&w.head()?)?;
+        let mut rows = Vec::new();
+        let mut rewards = Vec::new();
+        let mut entropy = 0f64;
+        for _ in 0..opts.prompts {
+            let p = &pool[rng.gen_range(0..pool.len())];
+            let g = rollout::sample_group(
+                &decoder,
+                (&w, &rope, &heads),
+                &p.history,
+                opts.group,
+                opts.temperature,
+                &mut rng,
+            )?;
+            entropy += g.entropy as f64;
+            for c in &g.codes {
+                let cid = Cid::new(c).ok_or_else(|| anyhow::anyhow!("bad codes {c:?}"))?;
+                rewards.push(reward::cid2cid_codes(&cid, &p.target).total);
+                rows.push(completion_row(&decoder, &p.history, c));
+            }
+        }
+        let (adv, stds) = group_advantages(&rewards, opts.group);
+        let zero_share = stds.iter().filter(|&&s| s < 1e-6).count() as f64 / stds.len() as f64;
+        let reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / rewards.len() as f64;
+        let reward_std = stds.iter().map(|&s| s as f64).sum::<f64>() / stds.len() as f64;
+        first_reward.get_or_insert(reward_mean);
+        last_reward = Some(reward_mean);
+        let t = opts.temperature as f64;
+        let old = completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?.detach();
+        let reference_lp = match &reference {
+            Some(r) => {
+                Some(completion_log_probs(r, &rope, &rows, pad, &codes, &columns, t)?.detach())
+            }
+            None => None,
+        };
+        let adv_t = Tensor::from_slice(&adv, adv.len(), &opts.device)?;
+        let mask = old.ones_like()?;
+        let lr = optim::lr_at(step - 1, opts.steps, warmup, opts.lr, 0.1);
+        // The policy's k3 KL to the reference before this step's update (logged also when the
+        // update is skipped).
+        let kl = match &reference_lp {
+            Some(r) => {
+                let d = (r - &old)?;
+                ((d.exp()? - &d)? - 1.0)?.mean_all()?.to_scalar::<f32>()? as f64
+            }
+            None => 0.0,
+        };
+        let (mut clip_frac, mut norm) = (0.0, 0.0);
+        // Groups whose rewards are all equal have zero advantage: nothing to learn, skip the update.
+        if zero_share < 1.0 {
+            for _ in 0..opts.updates.max(1) {
+                let lp = completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?;
+                let parts = grpo_loss(
+                    &lp,
+                    &old,
+                    reference_lp.as_ref(),
+                    &adv_t,
+                    &mask,
+                    &opts.objective,
+                )?;
+                let g = parts.loss.backward()?;
+                let mut grads = BTreeMap::new();
+                for (name, var) in w.trainable() {
+                    if let Some(gt) = g.get(var.as_tensor()) {
+                        grads.insert(name.clone(), gt.to_dtype(DType::F32)?);
+                    }
+                }
+                norm = optim::clip(&mut grads, opts.clip)?;
+                opt.update(w.trainable(), &grads, lr)?;
+                clip_frac = parts.clip_frac;
+            }
+        }
+        // The watch, part 1: a collapse of the reward's spread within groups.
+        collapsed_for = if zero_share >= opts.collapse_share {
+            collapsed_for + 1
+        } else {
+            0
+        };
+        let mut event = None;
+        if collapsed_for >= opts.patience.max(1) {
+            let why = format!(
+                "reward std collapsed: {:.0} % of groups had zero std for {collapsed_for} steps",
+                zero_share * 100.0
+            );
+            event = Some(why.clone());
+            stopped = Some(why);
+        }
+        metrics::append(
+            &opts.run,
+            &metrics::Record {
+                stage: STAGE,
+                step,
+                lr: Some(lr),
+                grad_norm: Some(norm),
+                reward_mean: Some(reward_mean),
+                reward_std: Some(reward_std),
+                zero_std_share: Some(zero_share),
+                entropy: Some(entropy / opts.prompts.max(1) as f64),
+                kl: Some(kl),
+                clip_frac: Some(clip_frac),
+                elapsed_s: Some(t0.elapsed().as_secs_f64()),
+                tokens_per_s: Some(rows.len() as f64 * 3.0 / ts.elapsed().as_secs_f64().max(1e-9)),
+                event: event.clone(),
+                ..Default::default()
+            },
+        )?;
+        recent.push(reward_mean);
+        bar.set_message(format!("grpo reward {reward_mean:.3} std {reward_std:.3}"));
+        bar.set_position(step as u64);
+        if stopped.is_some() {
+            break;
+        }
+        if step % opts.val_every.max(1) == 0 || step == opts.steps {
+            let (r, n) = measure(&w)?;
+            let window = recent.len().min(opts.val_every.max(1));
+            let reward_now = recent[recent.len() - window..].iter().sum::<f64>() / window as f64;
+            let mut event = None;
+            if r > best {
+                best = r;
+                best_step = step;
+                reward_at_best = Some(reward_now);
+                save_weights(&w, &kept)?;
+            } else if r < best - opts.recall_drop && reward_at_best.is_none_or(|rb| reward_now > rb)
+            {
+                // The watch, part 2: the reward rises while what it stands for falls.
+                rollbacks += 1;
+                w = load(&opts.run, &stage_weights(STAGE), opts)?;
+                w.set_trainable(Trainable::All)?;
+                opt = optim::AdamW::new(optim::AdamWConfig {
+                    weight_decay: opts.weight_decay,
+                    ..Default::default()
+                });
+                let why = format!(
+                    "val Recall@10 {r:.4} fell under the best {best:.4} (step {best_step}) while the reward rose to {reward_now:.3}: rolled back"
+                );
+                if rollbacks > opts.max_rollbacks {
+                    stopped = Some(format!("{why}; {rollbacks} rollbacks, stopping"));
+                }
+                event = Some(why);
+            }
+            metrics::append(
+                &opts.run,
+                &metrics::Record {
+                    stage: STAGE,
+                    step,
+                    val_recall10: Some(r),
+                    val_ndcg10: Some(n),
+                    event,
+                    ..Default::default()
+                },
+            )?;
+            bar.println(format!(
+                "grpo step {step}: val Recall@10 {r:.4} (best {best:.4} at step {best_step}), reward {reward_now:.3}"
+            ));
+            if stopped.is_some() {
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if let Some(s) = &stopped {
+        eprintln!("grpo: stopped at step {step}: {s}; kept the model of step {best_step}");
+    }
+    if !info.stages_done.contains(&STAGE) {
+        info.stages_done.push(STAGE);
+    }
+    info.write(&opts.run)?;
+    metrics::plot_grpo(&opts.run, STAGE)?;
+    Ok(GrpoSummary {
+        steps: step,
+        start_val_recall10: r0,
+        best_val_recall10: best,
+        best_step,
+        first_reward,
+        last_reward,
+        rollbacks,
+        stopped,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
