@@ -340,6 +340,16 @@ pub struct GrpoArgs {
     recall_drop: f64,
     #[arg(long, default_value_t = 2)]
     max_rollbacks: usize,
+    /// DAPO's dynamic sampling: replace a group whose rewards are all equal by another prompt's, up
+    /// to this many times a step (0: off).
+    #[arg(long, default_value_t = 0)]
+    resample_zero_std: usize,
+    /// Checkpoint every this many steps (a killed run resumes from the newest).
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// Start afresh instead of resuming from the newest GRPO checkpoint.
+    #[arg(long)]
+    restart: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -377,6 +387,11 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
     o.patience = a.patience;
     o.recall_drop = a.recall_drop;
     o.max_rollbacks = a.max_rollbacks;
+    o.resample_zero_std = a.resample_zero_std;
+    o.save_every = a.save_every;
+    if a.restart {
+        o.resume = crate::run::checkpoint::Resume::Never;
+    }
     o.seed = a.seed;
     let s = crate::rl::run(&o)?;
     println!("{}", serde_json::to_string_pretty(&s)?);

@@ -35,8 +35,10 @@ use crate::data::sequences::{self, Example, TrainSequence};
 use crate::model::batch::{self, CodeConstraint, Row};
 use crate::model::beam::NextItemDecoder;
 use crate::model::{self, ModelConfig, Rope, Trainable, Weights};
+use crate::run::checkpoint::{self, Resume};
 use crate::run::{
-    metrics, optim, recall, save_weights, stage_weights, RunInfo, CONFIG_FILE, TOKENIZER_FILE,
+    metrics, optim, recall, save_weights, stage_weights, RunInfo, CHECKPOINTS_DIR, CONFIG_FILE,
+    TOKENIZER_FILE,
 };
 use navigen::format::catalog;
 use navigen::{Catalog, Cid};
@@ -73,6 +75,15 @@ pub struct GrpoOptions {
     /// Roll back when validation Recall@10 falls this far under the best while the reward rises.
     pub recall_drop: f64,
     pub max_rollbacks: usize,
+    /// DAPO's dynamic sampling: a group whose completions all earned the same reward is replaced by
+    /// another prompt's, up to this many times a step (0: off).
+    pub resample_zero_std: usize,
+    /// Checkpoint every this many steps (and at the end).
+    pub save_every: usize,
+    /// Stop after this many steps of the schedule (a run to resume later; tests).
+    pub stop_after: Option<usize>,
+    #[serde(skip)]
+    pub resume: Resume,
     pub seed: u64,
     #[serde(skip)]
     pub device: Device,
@@ -104,6 +115,10 @@ impl GrpoOptions {
             patience: 10,
             recall_drop: 0.02,
             max_rollbacks: 2,
+            resample_zero_std: 0,
+            save_every: 50,
+            stop_after: None,
+            resume: Resume::Latest,
             seed: 42,
             device: Device::Cpu,
             dtype: DType::F32,
@@ -120,9 +135,30 @@ pub struct GrpoSummary {
     pub first_reward: Option<f64>,
     pub last_reward: Option<f64>,
     pub rollbacks: usize,
+    pub resumed_from: Option<usize>,
     /// Why the run stopped before `steps` (the watch), if it did.
     pub stopped: Option<String>,
     pub seconds: f64,
+}
+
+/// The watch's memory, saved in checkpoints so a resumed run decides as the uninterrupted one.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+struct Watch {
+    best: f64,
+    best_step: usize,
+    reward_at_best: Option<f64>,
+    start: f64,
+    first_reward: Option<f64>,
+    last_reward: Option<f64>,
+    rollbacks: usize,
+    collapsed_for: usize,
+    /// Mean rewards of the steps since the last validation.
+    recent: Vec<f64>,
+}
+
+/// The rollouts of a step draw from their own seeded generator, so a resumed run draws the same.
+fn step_rng(seed: u64, step: usize) -> rand_chacha::ChaCha8Rng {
+    rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// One prompt: the history's CIDs and the target's.
@@ -198,7 +234,8 @@ fn load(run: &Path, file: &str, opts: &GrpoOptions) -> Result<Weights> {
     Weights::from_safetensors(config, &[run.join(file)], &opts.device, opts.dtype)
 }
 
-/// Runs GRPO from the run's stage-2 model; writes `stage3.safetensors` (the best by validation recall).
+/// Runs GRPO from the run's stage-2 model (or resumes it); writes `stage3.safetensors` (the best by
+/// validation recall).
 pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     let t0 = Instant::now();
     let mut info = RunInfo::read(&opts.run)?;
@@ -239,57 +276,111 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     let codes = CodeConstraint::new(&cat, &tok)?;
     let columns = Tensor::from_slice(&codes.columns, codes.columns.len(), &opts.device)?;
     let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
-    let mut opt = optim::AdamW::new(optim::AdamWConfig {
-        weight_decay: opts.weight_decay,
-        ..Default::default()
-    });
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
+    let new_opt = || {
+        optim::AdamW::new(optim::AdamWConfig {
+            weight_decay: opts.weight_decay,
+            ..Default::default()
+        })
+    };
+    let mut opt = new_opt();
     let warmup = ((opts.warmup_frac * opts.steps as f64).ceil() as usize).max(1);
     let kept = opts.run.join(stage_weights(STAGE));
-    metrics::truncate_after(&opts.run, STAGE, 0)?;
-
+    let ckpt_dir = opts.run.join(CHECKPOINTS_DIR);
     let measure = |w: &Weights| -> Result<(f64, f64)> {
         if val.is_empty() {
             return Ok((0.0, 0.0));
         }
         val.measure(w, &rope, &decoder, opts.val_beams)
     };
-    // The starting model is the first candidate: GRPO keeps it unless a later one recommends better.
-    let (r0, n0) = measure(&w)?;
-    save_weights(&w, &kept)?;
-    metrics::append(
-        &opts.run,
-        &metrics::Record {
-            stage: STAGE,
-            step: 0,
-            val_recall10: Some(r0),
-            val_ndcg10: Some(n0),
-            ..Default::default()
-        },
-    )?;
+
+    // Resume from a GRPO checkpoint, or start: the starting model is the first candidate, and GRPO
+    // keeps it unless a later one recommends better.
+    let wanted = match opts.resume {
+        Resume::Never => None,
+        Resume::Latest => checkpoint::latest(&ckpt_dir)?,
+        Resume::Step(s) => Some(s),
+    };
+    let mut resumed = None;
+    if let Some(s) = wanted {
+        let mut trial = load(&opts.run, &start_file, opts)?;
+        trial.set_trainable(Trainable::All)?;
+        let mut trial_opt = new_opt();
+        let st = checkpoint::load(
+            &ckpt_dir,
+            s,
+            &mut trial,
+            &mut trial_opt,
+            &opts.device,
+            opts.dtype,
+        )?;
+        if st.stage == STAGE {
+            let watch: Watch = serde_json::from_value(
+                st.extra
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("GRPO checkpoint {s} without its watch"))?,
+            )?;
+            w = trial;
+            opt = trial_opt;
+            resumed = Some((st.step, watch));
+        }
+    }
+    let mut step;
+    let mut watch;
+    let resumed_from;
+    match resumed {
+        Some((s, wt)) => {
+            step = s;
+            watch = wt;
+            resumed_from = Some(s);
+            metrics::truncate_after(&opts.run, STAGE, s)?;
+            eprintln!("grpo: resumed at step {s}");
+        }
+        None => {
+            metrics::truncate_after(&opts.run, STAGE, 0)?;
+            let (r0, n0) = measure(&w)?;
+            save_weights(&w, &kept)?;
+            metrics::append(
+                &opts.run,
+                &metrics::Record {
+                    stage: STAGE,
+                    step: 0,
+                    val_recall10: Some(r0),
+                    val_ndcg10: Some(n0),
+                    ..Default::default()
+                },
+            )?;
+            step = 0;
+            watch = Watch {
+                best: r0,
+                start: r0,
+                ..Default::default()
+            };
+            resumed_from = None;
+        }
+    }
     eprintln!(
-        "grpo: from stage 2 of {}: {} prompts, G = {}, {} prompts a step, {} steps; val Recall@10 {r0:.4}",
+        "grpo: from stage 2 of {}: {} prompts, G = {}, {} prompts a step, {} steps; val Recall@10 {:.4}",
         opts.run.display(),
         pool.len(),
         opts.group,
         opts.prompts,
-        opts.steps
+        opts.steps,
+        watch.start
     );
-    let (mut best, mut best_step, mut reward_at_best) = (r0, 0usize, None::<f64>);
-    let (mut first_reward, mut last_reward) = (None, None);
-    let (mut rollbacks, mut collapsed_for, mut stopped) = (0usize, 0usize, None::<String>);
-    let mut recent: Vec<f64> = Vec::new();
+    let stop = opts.stop_after.unwrap_or(opts.steps).min(opts.steps);
+    let mut stopped = None::<String>;
     let bar = crate::progress::bar(opts.steps as u64, "grpo");
-    let mut step = 0;
-    while step < opts.steps {
+    bar.set_position(step as u64);
+    while step < stop {
         step += 1;
         let ts = Instant::now();
+        let mut rng = step_rng(opts.seed, step);
         // Rollouts with the current policy.
         let heads = decoder.level_heads(&w.head()?)?;
         let mut rows = Vec::new();
         let mut rewards = Vec::new();
-        let mut entropy = 0f64;
-        for _ in 0..opts.prompts {
+        let (mut entropy, mut groups, mut redraws) = (0f64, 0usize, 0usize);
+        while groups < opts.prompts.max(1) {
             let p = &pool[rng.gen_range(0..pool.len())];
             let g = rollout::sample_group(
                 &decoder,
@@ -299,19 +390,30 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 opts.temperature,
                 &mut rng,
             )?;
-            entropy += g.entropy as f64;
+            let mut r = Vec::with_capacity(g.codes.len());
             for c in &g.codes {
                 let cid = Cid::new(c).ok_or_else(|| anyhow::anyhow!("bad codes {c:?}"))?;
-                rewards.push(reward::cid2cid_codes(&cid, &p.target).total);
-                rows.push(completion_row(&decoder, &p.history, c));
+                r.push(reward::cid2cid_codes(&cid, &p.target).total);
             }
+            if r.iter().all(|&x| x == r[0]) && redraws < opts.resample_zero_std {
+                redraws += 1;
+                continue;
+            }
+            entropy += g.entropy as f64;
+            groups += 1;
+            rewards.extend(r);
+            rows.extend(
+                g.codes
+                    .iter()
+                    .map(|c| completion_row(&decoder, &p.history, c)),
+            );
         }
         let (adv, stds) = group_advantages(&rewards, opts.group);
         let zero_share = stds.iter().filter(|&&s| s < 1e-6).count() as f64 / stds.len() as f64;
         let reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / rewards.len() as f64;
         let reward_std = stds.iter().map(|&s| s as f64).sum::<f64>() / stds.len() as f64;
-        first_reward.get_or_insert(reward_mean);
-        last_reward = Some(reward_mean);
+        watch.first_reward.get_or_insert(reward_mean);
+        watch.last_reward = Some(reward_mean);
         let t = opts.temperature as f64;
         let old = completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?.detach();
         let reference_lp = match &reference {
@@ -320,9 +422,6 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
             }
             None => None,
         };
-        let adv_t = Tensor::from_slice(&adv, adv.len(), &opts.device)?;
-        let mask = old.ones_like()?;
-        let lr = optim::lr_at(step - 1, opts.steps, warmup, opts.lr, 0.1);
         // The policy's k3 KL to the reference before this step's update (logged also when the
         // update is skipped).
         let kl = match &reference_lp {
@@ -332,6 +431,9 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
             }
             None => 0.0,
         };
+        let adv_t = Tensor::from_slice(&adv, adv.len(), &opts.device)?;
+        let mask = old.ones_like()?;
+        let lr = optim::lr_at(step - 1, opts.steps, warmup, opts.lr, 0.1);
         let (mut clip_frac, mut norm) = (0.0, 0.0);
         // Groups whose rewards are all equal have zero advantage: nothing to learn, skip the update.
         if zero_share < 1.0 {
@@ -358,16 +460,17 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
             }
         }
         // The watch, part 1: a collapse of the reward's spread within groups.
-        collapsed_for = if zero_share >= opts.collapse_share {
-            collapsed_for + 1
+        watch.collapsed_for = if zero_share >= opts.collapse_share {
+            watch.collapsed_for + 1
         } else {
             0
         };
         let mut event = None;
-        if collapsed_for >= opts.patience.max(1) {
+        if watch.collapsed_for >= opts.patience.max(1) {
             let why = format!(
-                "reward std collapsed: {:.0} % of groups had zero std for {collapsed_for} steps",
-                zero_share * 100.0
+                "reward std collapsed: {:.0} % of groups had zero std for {} steps",
+                zero_share * 100.0,
+                watch.collapsed_for
             );
             event = Some(why.clone());
             stopped = Some(why);
@@ -382,16 +485,17 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 reward_mean: Some(reward_mean),
                 reward_std: Some(reward_std),
                 zero_std_share: Some(zero_share),
-                entropy: Some(entropy / opts.prompts.max(1) as f64),
+                entropy: Some(entropy / groups.max(1) as f64),
                 kl: Some(kl),
                 clip_frac: Some(clip_frac),
                 elapsed_s: Some(t0.elapsed().as_secs_f64()),
+                // Completion tokens (three per completion) per second of rollout and update.
                 tokens_per_s: Some(rows.len() as f64 * 3.0 / ts.elapsed().as_secs_f64().max(1e-9)),
-                event: event.clone(),
+                event,
                 ..Default::default()
             },
         )?;
-        recent.push(reward_mean);
+        watch.recent.push(reward_mean);
         bar.set_message(format!("grpo reward {reward_mean:.3} std {reward_std:.3}"));
         bar.set_position(step as u64);
         if stopped.is_some() {
@@ -399,29 +503,28 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
         }
         if step % opts.val_every.max(1) == 0 || step == opts.steps {
             let (r, n) = measure(&w)?;
-            let window = recent.len().min(opts.val_every.max(1));
-            let reward_now = recent[recent.len() - window..].iter().sum::<f64>() / window as f64;
+            let reward_now = watch.recent.iter().sum::<f64>() / watch.recent.len().max(1) as f64;
+            watch.recent.clear();
             let mut event = None;
-            if r > best {
-                best = r;
-                best_step = step;
-                reward_at_best = Some(reward_now);
+            if r > watch.best {
+                watch.best = r;
+                watch.best_step = step;
+                watch.reward_at_best = Some(reward_now);
                 save_weights(&w, &kept)?;
-            } else if r < best - opts.recall_drop && reward_at_best.is_none_or(|rb| reward_now > rb)
+            } else if r < watch.best - opts.recall_drop
+                && watch.reward_at_best.is_none_or(|rb| reward_now > rb)
             {
                 // The watch, part 2: the reward rises while what it stands for falls.
-                rollbacks += 1;
+                watch.rollbacks += 1;
                 w = load(&opts.run, &stage_weights(STAGE), opts)?;
                 w.set_trainable(Trainable::All)?;
-                opt = optim::AdamW::new(optim::AdamWConfig {
-                    weight_decay: opts.weight_decay,
-                    ..Default::default()
-                });
+                opt = new_opt();
                 let why = format!(
-                    "val Recall@10 {r:.4} fell under the best {best:.4} (step {best_step}) while the reward rose to {reward_now:.3}: rolled back"
+                    "val Recall@10 {r:.4} fell under the best {:.4} (step {}) while the reward rose to {reward_now:.3}: rolled back",
+                    watch.best, watch.best_step
                 );
-                if rollbacks > opts.max_rollbacks {
-                    stopped = Some(format!("{why}; {rollbacks} rollbacks, stopping"));
+                if watch.rollbacks > opts.max_rollbacks {
+                    stopped = Some(format!("{why}; {} rollbacks, stopping", watch.rollbacks));
                 }
                 event = Some(why);
             }
@@ -437,16 +540,37 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 },
             )?;
             bar.println(format!(
-                "grpo step {step}: val Recall@10 {r:.4} (best {best:.4} at step {best_step}), reward {reward_now:.3}"
+                "grpo step {step}: val Recall@10 {r:.4} (best {:.4} at step {}), reward {reward_now:.3}",
+                watch.best, watch.best_step
             ));
             if stopped.is_some() {
                 break;
             }
         }
+        if step % opts.save_every.max(1) == 0 || step == stop {
+            checkpoint::save(
+                &ckpt_dir,
+                &checkpoint::State {
+                    stage: STAGE,
+                    step,
+                    best_val_loss: None,
+                    best_val_recall: Some(watch.best),
+                    seed: opts.seed,
+                    total_steps: opts.steps,
+                    extra: Some(serde_json::to_value(&watch)?),
+                },
+                &w,
+                &opt,
+                2,
+            )?;
+        }
     }
     bar.finish_and_clear();
     if let Some(s) = &stopped {
-        eprintln!("grpo: stopped at step {step}: {s}; kept the model of step {best_step}");
+        eprintln!(
+            "grpo: stopped at step {step}: {s}; kept the model of step {}",
+            watch.best_step
+        );
     }
     if !info.stages_done.contains(&STAGE) {
         info.stages_done.push(STAGE);
@@ -455,12 +579,13 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     metrics::plot_grpo(&opts.run, STAGE)?;
     Ok(GrpoSummary {
         steps: step,
-        start_val_recall10: r0,
-        best_val_recall10: best,
-        best_step,
-        first_reward,
-        last_reward,
-        rollbacks,
+        start_val_recall10: watch.start,
+        best_val_recall10: watch.best,
+        best_step: watch.best_step,
+        first_reward: watch.first_reward,
+        last_reward: watch.last_reward,
+        rollbacks: watch.rollbacks,
+        resumed_from,
         stopped,
         seconds: t0.elapsed().as_secs_f64(),
     })

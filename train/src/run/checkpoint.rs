@@ -22,6 +22,17 @@ pub struct State {
     pub best_val_recall: Option<f64>,
     pub seed: u64,
     pub total_steps: usize,
+    /// What else a stage needs to continue exactly (GRPO: its watch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
+}
+
+/// Where a stage starts: its newest checkpoint, a given one, or afresh.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resume {
+    Latest,
+    Step(usize),
+    Never,
 }
 
 fn step_dir(dir: &Path, step: usize) -> PathBuf {

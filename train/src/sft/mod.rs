@@ -112,12 +112,7 @@ pub enum Select {
     Loss,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub enum Resume {
-    Latest,
-    Step(usize),
-    Never,
-}
+pub use crate::run::checkpoint::Resume;
 
 impl SftOptions {
     /// Defaults for a preset (randomly initialised ones train from scratch and take a larger learning
@@ -602,6 +597,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
                     best_val_recall: best_recall,
                     seed: opts.seed,
                     total_steps: total,
+                    extra: None,
                 },
                 &w,
                 &opt,
