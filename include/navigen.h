@@ -154,7 +154,8 @@ typedef struct navigen_history_params {
    */
   uint32_t max_items;
   /*
-   Events older than this (relative to the newest) are dropped, 0 = never.
+   Events older than this are dropped, 0 = never; "older" counts from the newest event or the
+   device's clock, whichever is earlier (an event stamped in the future ages out nothing).
    */
   int64_t max_age_ms;
 } navigen_history_params;
@@ -257,7 +258,9 @@ enum navigen_status navigen_generate_instruction(const struct navigen_engine *en
 enum navigen_status navigen_history_default_params(struct navigen_history_params *out);
 
 /*
- Opens (creating if needed) a history folder. `params` may be NULL for the defaults.
+ Opens (creating if needed) a history folder. `params` may be NULL for the defaults. One handle
+ at a time may hold a folder (a lock file, released by navigen_history_free or the process's end):
+ a second open, in this process or another, fails with NAVIGEN_ERR_IO.
  */
 enum navigen_status navigen_history_open(const char *dir,
                                          const struct navigen_history_params *params,
@@ -270,7 +273,8 @@ void navigen_history_free(struct navigen_history *history);
 
 /*
  Appends an event: `kind` 0 view, 1 click, 2 purchase, 3 play, 4 rate, 5 like, 255 other.
- Returns once the record is written (and synced, by default).
+ `profile`: 1 to 100 bytes; `item_id`: 1 to 4096 bytes. Returns once the record is written (and
+ synced, by default); NAVIGEN_OK means the event is stored.
  */
 enum navigen_status navigen_history_append(const struct navigen_history *history,
                                            const char *profile,

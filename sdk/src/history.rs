@@ -6,7 +6,14 @@
 //! File `<dir>/<hex of profile>.nvh`; its layout (header, records, CRC) is in `format/history.rs`.
 //!
 //! Threading: a `History` may be shared between threads (an internal lock serialises writers). One
-//! process at a time may open a folder.
+//! handle at a time may open a folder: `open` takes an exclusive lock on `<dir>/.lock` (released when
+//! the handle is dropped or the process dies), so two handles or two processes never interleave
+//! writes or compactions of one log.
+//!
+//! Retention: the limits (the handle's) apply to what `list` returns at every moment; the file is
+//! compacted when a profile is first loaded and when it holds an eighth more records than kept (at
+//! least 16), so at the 10,000-event default an append rewrites the log once per 1,250 appends, not
+//! every time, and a dropped event stays on disk at most until then.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -15,8 +22,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::format::history::{encode, header, read_header, scan, Header};
+use crate::error::{Error, FormatError, Result};
+use crate::format::history::{encode, header, read_header, scan, Header, HEADER};
 use crate::format::Catalog;
 
 pub use crate::format::history::{Event, EventKind, MAX_ID_BYTES};
@@ -35,7 +42,9 @@ pub struct HistoryParams {
     pub sync: Sync,
     /// Keep at most this many events per profile (0 = no limit); the oldest go first.
     pub max_items: u32,
-    /// Drop events older than this many milliseconds (0 = no limit), relative to the newest event.
+    /// Drop events older than this many milliseconds (0 = no limit), relative to the newest event or
+    /// the device's clock, whichever is earlier: one event stamped in the future (or in the wrong unit)
+    /// does not make every other event old.
     pub max_age_ms: i64,
 }
 
@@ -61,14 +70,26 @@ pub struct Recovery {
 }
 
 struct ProfileState {
+    /// What the limits keep (what `list` returns).
     events: Vec<Event>,
+    /// Records in the file (kept ones and those the next compaction drops).
+    file_records: usize,
 }
 
 pub struct History {
     dir: PathBuf,
     params: HistoryParams,
     profiles: Mutex<HashMap<String, ProfileState>>,
+    /// Held for the handle's life: the folder's exclusive lock.
+    _lock: std::fs::File,
 }
+
+/// Longest profile name (bytes): its hex file name plus the damaged copy's suffix stays within the
+/// 255 bytes a file name may have.
+pub const MAX_PROFILE_BYTES: usize = 100;
+
+/// Name of the lock file in a history folder.
+pub const LOCK_FILE: &str = ".lock";
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -79,19 +100,45 @@ fn now_ms() -> i64 {
 
 impl History {
     pub fn open(dir: &Path, params: HistoryParams) -> Result<Self> {
+        if params.max_age_ms < 0 {
+            return Err(Error::InvalidArgument(
+                "max_age_ms must be 0 (no limit) or positive".into(),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::io(
+                    &lock_path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        "another handle or process has this history folder open",
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
         Ok(History {
             dir: dir.to_path_buf(),
             params,
             profiles: Mutex::new(HashMap::new()),
+            _lock: lock,
         })
     }
 
     fn path(&self, profile: &str) -> Result<PathBuf> {
-        if profile.is_empty() || profile.len() > 256 {
-            return Err(Error::InvalidArgument(
-                "profile name must be 1..=256 bytes".into(),
-            ));
+        if profile.is_empty() || profile.len() > MAX_PROFILE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "profile name must be 1..={MAX_PROFILE_BYTES} bytes"
+            )));
         }
         let hex: String = profile.bytes().map(|b| format!("{b:02x}")).collect();
         Ok(self.dir.join(format!("{hex}.nvh")))
@@ -109,8 +156,25 @@ impl History {
             let events = match std::fs::read(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(Error::io(&path, e)),
-                Ok(bytes) => match read_header(&bytes).map_err(|e| Error::format(&path, e))? {
-                    Header::Torn => {
+                Ok(bytes) => match read_header(&bytes) {
+                    // A newer SDK's log: not ours to touch.
+                    Err(e @ FormatError::UnsupportedVersion { .. }) => {
+                        return Err(Error::format(&path, e))
+                    }
+                    // A damaged header: the records after it still carry their own CRC.
+                    Err(_) => {
+                        let mut fixed = header();
+                        fixed.extend_from_slice(&bytes[HEADER.min(bytes.len())..]);
+                        let (events, _, torn, damaged) = scan(&fixed);
+                        rec = Recovery {
+                            records: events.len(),
+                            torn_tail_bytes: torn,
+                            damaged_bytes: damaged + HEADER.min(bytes.len()) as u64,
+                            damaged_copy: Some(self.set_aside(&path, &bytes, &events)?),
+                        };
+                        events
+                    }
+                    Ok(Header::Torn) => {
                         // A header torn at creation: nothing was ever acknowledged. Start clean.
                         let f = std::fs::OpenOptions::new()
                             .write(true)
@@ -120,7 +184,7 @@ impl History {
                         rec.torn_tail_bytes = bytes.len() as u64;
                         Vec::new()
                     }
-                    Header::Valid => {
+                    Ok(Header::Valid) => {
                         let (events, good_end, torn, damaged) = scan(&bytes);
                         rec = Recovery {
                             records: events.len(),
@@ -129,10 +193,7 @@ impl History {
                             damaged_copy: None,
                         };
                         if damaged > 0 {
-                            let copy = path.with_extension(format!("damaged-{}", now_ms()));
-                            std::fs::rename(&path, &copy).map_err(|e| Error::io(&path, e))?;
-                            rec.damaged_copy = Some(copy);
-                            self.rewrite(&path, &events)?;
+                            rec.damaged_copy = Some(self.set_aside(&path, &bytes, &events)?);
                         } else if torn > 0 {
                             let f = std::fs::OpenOptions::new()
                                 .write(true)
@@ -146,9 +207,45 @@ impl History {
                     }
                 },
             };
-            map.insert(profile.to_string(), ProfileState { events });
+            let mut file_records = events.len();
+            let mut events = events;
+            self.retain(&mut events);
+            // What the limits dropped leaves the file now (a failure leaves it for later).
+            if events.len() < file_records && self.rewrite(&path, &events).is_ok() {
+                file_records = events.len();
+            }
+            map.insert(
+                profile.to_string(),
+                ProfileState {
+                    events,
+                    file_records,
+                },
+            );
         }
         Ok((map.get_mut(profile).expect("inserted"), rec))
+    }
+
+    /// Keeps a damaged log's bytes as `<name>.damaged-<ms>` (written and synced first), then replaces
+    /// the log with its good records: a crash between the two leaves both, never neither.
+    fn set_aside(&self, path: &Path, bytes: &[u8], good: &[Event]) -> Result<PathBuf> {
+        let copy = path.with_extension(format!("damaged-{}", now_ms()));
+        crate::format::write_atomic(&copy, bytes)?;
+        self.rewrite(path, good)?;
+        Ok(copy)
+    }
+
+    /// Applies the limits to a profile's events (oldest first): the age limit against the newest
+    /// event or the clock, whichever is earlier, then the count.
+    fn retain(&self, events: &mut Vec<Event>) {
+        if self.params.max_age_ms > 0 {
+            let newest = events.iter().map(|e| e.timestamp_ms).max().unwrap_or(0);
+            let cutoff = newest.min(now_ms()).saturating_sub(self.params.max_age_ms);
+            events.retain(|e| e.timestamp_ms >= cutoff);
+        }
+        let max = self.params.max_items as usize;
+        if max > 0 && events.len() > max {
+            events.drain(..events.len() - max);
+        }
     }
 
     /// Writes a whole log atomically (temp file, fsync, rename).
@@ -196,25 +293,16 @@ impl History {
             }
         }
         state.events.push(event.clone());
-        // Retention: compact when over the limits.
-        let newest = state
-            .events
-            .iter()
-            .map(|e| e.timestamp_ms)
-            .max()
-            .unwrap_or(0);
-        let too_old = |e: &Event| {
-            self.params.max_age_ms > 0 && e.timestamp_ms < newest - self.params.max_age_ms
-        };
-        let over = self.params.max_items > 0 && state.events.len() > self.params.max_items as usize;
-        if over || state.events.iter().any(too_old) {
-            state.events.retain(|e| !too_old(e));
-            let n = state.events.len();
-            if self.params.max_items > 0 && n > self.params.max_items as usize {
-                state.events.drain(..n - self.params.max_items as usize);
-            }
+        state.file_records += 1;
+        // The record is written: what follows is housekeeping, and its failure must not report
+        // this append as failed (the compaction is retried on a later append).
+        self.retain(&mut state.events);
+        let slack = (self.params.max_items as usize / 8).max(16);
+        if state.file_records > state.events.len() + slack {
             let events = state.events.clone();
-            self.rewrite(&path, &events)?;
+            if self.rewrite(&path, &events).is_ok() {
+                state.file_records = events.len();
+            }
         }
         Ok(())
     }
@@ -310,6 +398,7 @@ mod tests {
         h.append("alice", &ev("1", 10)).unwrap();
         h.append("alice", &ev("2", 20)).unwrap();
         h.append("bob", &ev("9", 5)).unwrap();
+        drop(h);
         let again = History::open(d.path(), HistoryParams::default()).unwrap();
         assert_eq!(again.item_ids("alice").unwrap(), vec!["1", "2"]);
         again.forget("alice").unwrap();
@@ -319,10 +408,11 @@ mod tests {
         let names: Vec<String> = std::fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE)
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        assert!(h.append("alice", &ev("", 1)).is_err());
-        assert!(h.append("", &ev("x", 1)).is_err());
+        assert!(again.append("alice", &ev("", 1)).is_err());
+        assert!(again.append("", &ev("x", 1)).is_err());
     }
 
     #[test]
@@ -333,6 +423,7 @@ mod tests {
             h.append("p", &ev(&format!("item-{i}"), i)).unwrap();
         }
         let path = h.path("p").unwrap();
+        drop(h);
         let full = std::fs::read(&path).unwrap();
         let ends: Vec<usize> = {
             let mut at = HEADER;
@@ -346,12 +437,14 @@ mod tests {
         };
         for cut in 0..=full.len() {
             std::fs::write(&path, &full[..cut]).unwrap();
-            let h2 = History::open(d.path(), HistoryParams::default()).unwrap();
-            let got = h2.list("p").unwrap();
             let complete = ends.iter().filter(|&&e| e <= cut).count();
-            assert_eq!(got.len(), complete, "cut at {cut}");
-            // After recovery the file is clean and appending works.
-            h2.append("p", &ev("next", 99)).unwrap();
+            {
+                let h2 = History::open(d.path(), HistoryParams::default()).unwrap();
+                let got = h2.list("p").unwrap();
+                assert_eq!(got.len(), complete, "cut at {cut}");
+                // After recovery the file is clean and appending works.
+                h2.append("p", &ev("next", 99)).unwrap();
+            }
             let h3 = History::open(d.path(), HistoryParams::default()).unwrap();
             assert_eq!(h3.list("p").unwrap().len(), complete + 1, "cut at {cut}");
         }
@@ -365,6 +458,7 @@ mod tests {
             h.append("p", &ev(&format!("item-{i}"), i)).unwrap();
         }
         let path = h.path("p").unwrap();
+        drop(h);
         let mut b = std::fs::read(&path).unwrap();
         b[HEADER + REC_HEADER + 3] ^= 0xff; // inside the first record's payload
         std::fs::write(&path, &b).unwrap();
@@ -397,7 +491,166 @@ mod tests {
         assert_eq!(h.item_ids("p").unwrap(), vec!["2", "3", "4"]);
         h.append("p", &ev("late", 1000)).unwrap();
         assert_eq!(h.item_ids("p").unwrap(), vec!["late"]);
-        let again = History::open(d.path(), HistoryParams::default()).unwrap();
+        drop(h);
+        // The limits are the handle's: a handle with the same ones sees the same, and its open
+        // compacts the file (the dropped events leave the disk).
+        let again = History::open(d.path(), params(3, 100)).unwrap();
         assert_eq!(again.item_ids("p").unwrap(), vec!["late"]);
+        drop(again);
+        let all = History::open(d.path(), HistoryParams::default()).unwrap();
+        assert_eq!(all.item_ids("p").unwrap(), vec!["late"]);
+    }
+
+    fn params(max_items: u32, max_age_ms: i64) -> HistoryParams {
+        HistoryParams {
+            sync: Sync::Os,
+            max_items,
+            max_age_ms,
+        }
+    }
+
+    /// One event stamped far in the future (or in the wrong unit) under an age limit used to make
+    /// every other event "old"; one at i64::MIN overflowed the cutoff.
+    #[test]
+    fn an_event_from_the_future_ages_out_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), params(0, 3_600_000)).unwrap();
+        let now = now_ms();
+        for i in 0..10 {
+            h.append("p", &ev(&format!("{i}"), now - 60_000 + i))
+                .unwrap();
+        }
+        h.append("p", &ev("future", i64::MAX)).unwrap();
+        assert_eq!(h.list("p").unwrap().len(), 11);
+        // Older than the limit by the clock: dropped, without overflow.
+        h.append("p", &ev("ancient", i64::MIN)).unwrap();
+        let ids = h.item_ids("p").unwrap();
+        assert_eq!(ids.len(), 11, "{ids:?}");
+        assert!(!ids.contains(&"ancient".to_string()));
+        drop(h);
+        let again = History::open(d.path(), params(0, 3_600_000)).unwrap();
+        assert_eq!(again.item_ids("p").unwrap(), ids);
+        assert!(History::open(tempfile::tempdir().unwrap().path(), params(0, -1)).is_err());
+    }
+
+    #[test]
+    fn one_handle_per_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        let e = History::open(d.path(), HistoryParams::default())
+            .err()
+            .expect("a second handle must be refused");
+        assert!(e.to_string().contains("another handle"), "{e}");
+        drop(h);
+        History::open(d.path(), HistoryParams::default()).unwrap();
+    }
+
+    #[test]
+    fn profile_names_fit_a_file_name() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        let longest = "p".repeat(MAX_PROFILE_BYTES);
+        h.append(&longest, &ev("1", 1)).unwrap();
+        h.append(&longest, &ev("2", 2)).unwrap();
+        assert_eq!(h.item_ids(&longest).unwrap(), vec!["1", "2"]);
+        let e = h
+            .append(&"p".repeat(MAX_PROFILE_BYTES + 1), &ev("1", 1))
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        // Its damaged copy's name fits too: damage the first record and reopen.
+        let path = h.path(&longest).unwrap();
+        drop(h);
+        let mut b = std::fs::read(&path).unwrap();
+        b[HEADER + REC_HEADER + 2] ^= 0xff;
+        std::fs::write(&path, &b).unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        let r = h.recover(&longest).unwrap();
+        assert!(r.damaged_copy.unwrap().exists());
+    }
+
+    /// A damaged header no longer locks the profile for good: its records are recovered and the
+    /// original bytes kept; a newer version's log is left alone.
+    #[test]
+    fn a_damaged_header_is_recovered() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        for i in 0..4 {
+            h.append("p", &ev(&format!("item-{i}"), i)).unwrap();
+        }
+        let path = h.path("p").unwrap();
+        drop(h);
+        let mut b = std::fs::read(&path).unwrap();
+        b[..4].copy_from_slice(b"JUNK");
+        std::fs::write(&path, &b).unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        let r = h.recover("p").unwrap();
+        assert_eq!(r.records, 4);
+        assert_eq!(std::fs::read(r.damaged_copy.unwrap()).unwrap(), b);
+        assert_eq!(h.list("p").unwrap().len(), 4);
+        h.append("p", &ev("next", 9)).unwrap();
+        drop(h);
+        let mut b = std::fs::read(&path).unwrap();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        let e = h.list("p").unwrap_err();
+        assert!(e.to_string().contains("version"), "{e}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            b,
+            "a newer log is not touched"
+        );
+    }
+
+    /// At the cap the log is compacted once per slack of appends, not at every append, and `list`
+    /// keeps the cap at every moment.
+    #[test]
+    fn compaction_at_the_cap_is_amortised() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), params(100, 0)).unwrap();
+        let path = h.path("p").unwrap();
+        let mut rewrites = 0;
+        let mut last_len = 0;
+        for i in 0..400 {
+            h.append("p", &ev(&format!("{i:04}"), i)).unwrap();
+            let ids = h.item_ids("p").unwrap();
+            assert_eq!(ids.len(), (i as usize + 1).min(100));
+            assert_eq!(ids.last().unwrap(), &format!("{i:04}"));
+            let len = std::fs::metadata(&path).unwrap().len();
+            if len < last_len {
+                rewrites += 1;
+            }
+            last_len = len;
+        }
+        // 300 appends over the cap, a compaction every 17: 17 of them, not 300.
+        assert!((10..=20).contains(&rewrites), "{rewrites} rewrites");
+        drop(h);
+        let again = History::open(d.path(), params(100, 0)).unwrap();
+        let ids = again.item_ids("p").unwrap();
+        assert_eq!(ids.len(), 100);
+        assert_eq!(ids[0], "0300");
+    }
+
+    /// An append whose record is written reports success even when the compaction after it fails.
+    #[test]
+    fn a_failed_compaction_does_not_fail_the_append() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), params(2, 0)).unwrap();
+        let path = h.path("p").unwrap();
+        // The atomic rewrite's temporary file cannot be created: a folder holds its name.
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::create_dir(d.path().join(format!(".{name}.tmp{}", std::process::id()))).unwrap();
+        for i in 0..40 {
+            h.append("p", &ev(&format!("{i}"), i)).unwrap();
+        }
+        assert_eq!(h.item_ids("p").unwrap(), vec!["38", "39"]);
+        drop(h);
+        let again = History::open(d.path(), params(2, 0)).unwrap();
+        assert_eq!(again.item_ids("p").unwrap(), vec!["38", "39"]);
+        assert_eq!(
+            again.recover("p").unwrap().records,
+            40,
+            "every record is in the file"
+        );
     }
 }

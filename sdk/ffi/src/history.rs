@@ -31,7 +31,8 @@ pub struct navigen_history_params {
     pub sync_every_append: bool,
     /// Events kept per profile, 0 = unlimited.
     pub max_items: u32,
-    /// Events older than this (relative to the newest) are dropped, 0 = never.
+    /// Events older than this are dropped, 0 = never; "older" counts from the newest event or the
+    /// device's clock, whichever is earlier (an event stamped in the future ages out nothing).
     pub max_age_ms: i64,
 }
 
@@ -72,7 +73,9 @@ pub unsafe extern "C" fn navigen_history_default_params(
     })
 }
 
-/// Opens (creating if needed) a history folder. `params` may be NULL for the defaults.
+/// Opens (creating if needed) a history folder. `params` may be NULL for the defaults. One handle
+/// at a time may hold a folder (a lock file, released by navigen_history_free or the process's end):
+/// a second open, in this process or another, fails with NAVIGEN_ERR_IO.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_history_open(
     dir: *const c_char,
@@ -99,7 +102,8 @@ pub unsafe extern "C" fn navigen_history_free(history: *mut navigen_history) {
 }
 
 /// Appends an event: `kind` 0 view, 1 click, 2 purchase, 3 play, 4 rate, 5 like, 255 other.
-/// Returns once the record is written (and synced, by default).
+/// `profile`: 1 to 100 bytes; `item_id`: 1 to 4096 bytes. Returns once the record is written (and
+/// synced, by default); NAVIGEN_OK means the event is stored.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_history_append(
     history: *const navigen_history,
