@@ -175,7 +175,8 @@ uint32_t navigen_abi_version(void);
 const char *navigen_version(void);
 
 /*
- The message of the last failed call on this thread ("" after a success). Valid until the next call.
+ The message of the last failed call on this thread ("" after a success). Valid until the next call
+ on this thread.
  */
 const char *navigen_last_error(void);
 
@@ -204,7 +205,8 @@ enum navigen_status navigen_engine_open(const char *bundle_dir,
                                         struct navigen_engine **out);
 
 /*
- Releases an engine (NULL is ignored). No call may be in flight on it.
+ Releases an engine (NULL, freed or unknown pointers are ignored). A call in flight on another
+ thread keeps the engine alive until it returns; later calls with this pointer are refused.
  */
 void navigen_engine_free(struct navigen_engine *engine);
 
@@ -267,7 +269,8 @@ enum navigen_status navigen_history_open(const char *dir,
                                          struct navigen_history **out);
 
 /*
- Releases a history (NULL is ignored).
+ Releases a history and its folder lock (NULL, freed or unknown pointers are ignored). A call in
+ flight on another thread keeps it alive until it returns.
  */
 void navigen_history_free(struct navigen_history *history);
 

@@ -1,7 +1,8 @@
 //! The boundary between C and Rust: the status enum and its names, the per-thread error message, and
-//! the guards that every export which can fail or panic runs its body in ([`guard`] for those that
-//! return a status, [`guard_void`] for the `*_free` functions). The remaining exports only hand out
-//! static data or this thread's message and cannot panic.
+//! the guards that every export runs its body in ([`guard`] for those that return a status,
+//! [`guard_void`] for the `*_free` functions, [`guard_value`] for those that return a value). Setting
+//! the message happens inside the boundary too, and never panics (a thread being torn down, a
+//! re-entered call).
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
@@ -68,24 +69,37 @@ thread_local! {
 
 fn set_error(msg: &str) {
     let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+    let _ = LAST_ERROR.try_with(|e| {
+        if let Ok(mut m) = e.try_borrow_mut() {
+            *m = c;
+        }
+    });
 }
 
-/// The message of the last failed call on this thread ("" after a success). Valid until the next call.
+/// The message of the last failed call on this thread ("" after a success). Valid until the next call
+/// on this thread.
 #[no_mangle]
 pub extern "C" fn navigen_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    guard_value(c"".as_ptr(), || {
+        LAST_ERROR
+            .try_with(|e| e.try_borrow().map(|m| m.as_ptr()).ok())
+            .ok()
+            .flatten()
+            .unwrap_or(c"".as_ptr())
+    })
 }
 
 /// A static name for a status value ("NAVIGEN_OK", ...; "NAVIGEN_UNKNOWN_STATUS" for other values).
 /// Takes an int so that any value, even one outside the enum, is safe to pass.
 #[no_mangle]
 pub extern "C" fn navigen_status_string(status: i32) -> *const c_char {
-    usize::try_from(status)
-        .ok()
-        .and_then(|i| STATUS_NAMES.get(i))
-        .map_or(UNKNOWN_STATUS, |&(_, name)| name)
-        .as_ptr()
+    guard_value(UNKNOWN_STATUS.as_ptr(), || {
+        usize::try_from(status)
+            .ok()
+            .and_then(|i| STATUS_NAMES.get(i))
+            .map_or(UNKNOWN_STATUS, |&(_, name)| name)
+            .as_ptr()
+    })
 }
 
 /// A failed call: the status it returns and the message navigen_last_error() gives.
@@ -123,7 +137,7 @@ pub(crate) fn invalid(msg: impl Into<String>) -> Fail {
 /// Runs `f` behind the panic boundary and turns its outcome into a status; sets this thread's message
 /// ("" on success).
 pub(crate) fn guard(f: impl FnOnce() -> Result<(), Fail>) -> navigen_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let run = || match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
             set_error("");
             NAVIGEN_OK
@@ -141,7 +155,14 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<(), Fail>) -> navigen_status {
             set_error(&format!("internal error (panic): {what}"));
             NAVIGEN_ERR_INTERNAL
         }
-    }
+    };
+    // Setting the message is inside the boundary as well.
+    catch_unwind(AssertUnwindSafe(run)).unwrap_or(NAVIGEN_ERR_INTERNAL)
+}
+
+/// Runs `f` behind the panic boundary for an export that returns a value; `fallback` on a panic.
+pub(crate) fn guard_value<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
 }
 
 /// Runs `f` behind the panic boundary for an export that returns nothing (the `*_free` functions): a

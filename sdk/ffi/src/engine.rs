@@ -151,7 +151,8 @@ pub unsafe extern "C" fn navigen_engine_open(
     })
 }
 
-/// Releases an engine (NULL is ignored). No call may be in flight on it.
+/// Releases an engine (NULL, freed or unknown pointers are ignored). A call in flight on another
+/// thread keeps the engine alive until it returns; later calls with this pointer are refused.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_engine_free(engine: *mut navigen_engine) {
     guard_void(|| handle::free(engine))

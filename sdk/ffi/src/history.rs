@@ -95,7 +95,8 @@ pub unsafe extern "C" fn navigen_history_open(
     })
 }
 
-/// Releases a history (NULL is ignored).
+/// Releases a history and its folder lock (NULL, freed or unknown pointers are ignored). A call in
+/// flight on another thread keeps it alive until it returns.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_history_free(history: *mut navigen_history) {
     guard_void(|| handle::free(history))
@@ -171,11 +172,12 @@ pub unsafe extern "C" fn navigen_history_export(
     guard(|| {
         let out = out_ptr_arg(out_json, "out_json")?;
         let h = handle::arg(history)?;
-        let cat = if engine.is_null() {
+        let engine = if engine.is_null() {
             None
         } else {
-            Some(handle::arg(engine)?.catalog())
+            Some(handle::arg(engine)?)
         };
+        let cat = engine.as_ref().map(|e| e.catalog());
         out_string(out, h.export_json(str_arg(profile, "profile")?, cat)?)
     })
 }

@@ -28,12 +28,12 @@ pub const NAVIGEN_ABI_VERSION: u32 = 2;
 /// The ABI version this library implements (NAVIGEN_ABI_VERSION of its header).
 #[no_mangle]
 pub extern "C" fn navigen_abi_version() -> u32 {
-    NAVIGEN_ABI_VERSION
+    boundary::guard_value(NAVIGEN_ABI_VERSION, || NAVIGEN_ABI_VERSION)
 }
 
 /// The library version, e.g. "0.1.0" (static string).
 #[no_mangle]
 pub extern "C" fn navigen_version() -> *const c_char {
     static V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
-    V.as_ptr() as *const c_char
+    boundary::guard_value(V.as_ptr() as *const c_char, || V.as_ptr() as *const c_char)
 }

@@ -83,6 +83,35 @@ impl Default for EngineParams {
     }
 }
 
+impl EngineParams {
+    /// Most CPU threads accepted (llama.cpp takes an i32).
+    pub const MAX_THREADS: u32 = 1024;
+    /// Largest context accepted (tokens).
+    pub const MAX_CONTEXT: u32 = 1 << 20;
+
+    /// Refuses values llama.cpp would misread (a thread count that wraps to a negative i32, ...).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: u32, max: u32| {
+            Err(Error::InvalidArgument(format!(
+                "{what} = {v}: at most {max}"
+            )))
+        };
+        if self.threads > Self::MAX_THREADS {
+            return bad("threads", self.threads, Self::MAX_THREADS);
+        }
+        if self.context_size > Self::MAX_CONTEXT {
+            return bad("context_size", self.context_size, Self::MAX_CONTEXT);
+        }
+        if self.gpu_layers > i32::MAX as u32 {
+            return bad("gpu_layers", self.gpu_layers, i32::MAX as u32);
+        }
+        if self.prompt_chunk_ms > 60_000 {
+            return bad("prompt_chunk_ms", self.prompt_chunk_ms, 60_000);
+        }
+        Ok(())
+    }
+}
+
 /// One predicted item.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
@@ -226,6 +255,7 @@ pub struct Engine {
 impl Engine {
     /// Opens a bundle folder (see `bundle.json`).
     pub fn open(dir: &Path, params: EngineParams) -> Result<Self> {
+        params.validate()?;
         let manifest = Manifest::read(dir)?;
         let kind = manifest.kind;
         for e in std::iter::once(&manifest.model)

@@ -173,7 +173,7 @@ impl<'a> Container<'a> {
                 length: u64_at(e, 16),
                 crc32: u32_at(e, 24),
             };
-            if info.offset % SECTION_ALIGN as u64 != 0 {
+            if !info.offset.is_multiple_of(SECTION_ALIGN as u64) {
                 return Err(FormatError::Invalid(format!(
                     "section {} at offset {} is not {SECTION_ALIGN}-byte aligned",
                     info.tag, info.offset
@@ -335,7 +335,7 @@ pub fn cast_records<'a, T: bytemuck::Pod>(
     bytes: &'a [u8],
 ) -> Result<&'a [T], FormatError> {
     let size = std::mem::size_of::<T>();
-    if bytes.len() % size != 0 {
+    if !bytes.len().is_multiple_of(size) {
         return Err(FormatError::Invalid(format!(
             "{what}: {} bytes is not a multiple of the record size {size}",
             bytes.len()

@@ -177,7 +177,9 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
             segments: vec![0; o.seq],
             targets: (0..o.seq)
                 .map(|i| {
-                    ((r * o.seq + i) % 4 == 0).then_some(((i * 31) % config.vocab_size) as u32)
+                    (r * o.seq + i)
+                        .is_multiple_of(4)
+                        .then_some(((i * 31) % config.vocab_size) as u32)
                 })
                 .collect(),
         })

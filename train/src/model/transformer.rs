@@ -349,7 +349,7 @@ pub fn forward_cached_rows(
 ) -> Result<Tensor> {
     let c = &w.config;
     anyhow::ensure!(
-        rows > 0 && !tokens.is_empty() && tokens.len() % rows == 0,
+        rows > 0 && !tokens.is_empty() && tokens.len().is_multiple_of(rows),
         "{} tokens do not make {rows} rows",
         tokens.len()
     );

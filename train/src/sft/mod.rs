@@ -525,7 +525,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         last_loss = loss;
         tokens_done += step_tokens;
         let tps = step_tokens as f64 / ts.elapsed().as_secs_f64().max(1e-9);
-        if step % opts.log_every.max(1) == 0 || step == stop {
+        if step.is_multiple_of(opts.log_every.max(1)) || step == stop {
             metrics::append(
                 &opts.run,
                 &metrics::Record {
@@ -545,7 +545,8 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
             opts.stage
         ));
         bar.set_position(step as u64);
-        let eval_now = !val_rows.is_empty() && (step % opts.eval_every.max(1) == 0 || step == stop);
+        let eval_now =
+            !val_rows.is_empty() && (step.is_multiple_of(opts.eval_every.max(1)) || step == stop);
         if eval_now {
             // Validation and the kept model read the moving average (when there is one); the
             // training state and the checkpoint keep the raw weights.
@@ -587,7 +588,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
             }
             opt.swap_ema(w.trainable())?;
         }
-        if step % opts.save_every.max(1) == 0 || step == stop {
+        if step.is_multiple_of(opts.save_every.max(1)) || step == stop {
             checkpoint::save(
                 &ckpt_dir,
                 &checkpoint::State {
