@@ -402,3 +402,32 @@ impl Engine {
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values llama.cpp would misread are refused before a bundle is touched.
+    #[test]
+    fn engine_params_out_of_range_are_refused() {
+        assert!(EngineParams::default().validate().is_ok());
+        let with = |f: fn(&mut EngineParams)| {
+            let mut p = EngineParams::default();
+            f(&mut p);
+            p
+        };
+        for p in [
+            with(|p| p.threads = u32::MAX), // wrapped to -1 as an i32 before
+            with(|p| p.threads = EngineParams::MAX_THREADS + 1),
+            with(|p| p.context_size = u32::MAX),
+            with(|p| p.gpu_layers = u32::MAX),
+            with(|p| p.prompt_chunk_ms = 3_600_000),
+        ] {
+            let e = Engine::open(Path::new("/nonexistent-bundle"), p.clone())
+                .err()
+                .expect("refused");
+            assert!(matches!(e, Error::InvalidArgument(_)), "{p:?}: {e}");
+        }
+        assert!(with(|p| p.threads = 64).validate().is_ok());
+    }
+}
