@@ -112,7 +112,9 @@ typedef struct navigen_engine_params {
    */
   bool op_offload;
   /*
-   Verify every bundle file's sha256 at open.
+   Verify every bundle file's sha256 at every open. Off (the default), a file is hashed at the
+   first open and again only when its size, modification time or inode changed (a stamp file in
+   the bundle folder; at every open when the folder is read-only).
    */
   bool verify_checksums;
 } navigen_engine_params;

@@ -76,6 +76,80 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Where an engine records the bundle files it has checked against the manifest's sha256, keyed by
+/// each file's size, modification time and inode: a later open hashes only files that changed since.
+/// Without it a damaged `model.gguf` of the right size would go straight into llama.cpp's loader.
+/// A folder that cannot be written (an app's read-only resources) is verified at every open.
+pub const VERIFIED_STAMP: &str = ".navigen-verified.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct StampEntry {
+    bytes: u64,
+    modified_ns: u128,
+    inode: u64,
+    sha256: String,
+}
+
+fn stamp_of(path: &Path, sha256: &str) -> Result<StampEntry> {
+    let m = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(StampEntry {
+        bytes: m.len(),
+        modified_ns: m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos()),
+        inode,
+        sha256: sha256.to_string(),
+    })
+}
+
+/// Checks `entries` of the bundle in `dir` against their sha256: every file when `always`, else
+/// those whose size, modification time or inode changed since they were last verified here.
+/// Mismatch names the file that differs.
+pub fn verify_files(dir: &Path, entries: &[&FileEntry], always: bool) -> Result<()> {
+    let stamp_path = dir.join(VERIFIED_STAMP);
+    let mut stamp: std::collections::BTreeMap<String, StampEntry> = std::fs::read(&stamp_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut changed = false;
+    for e in entries {
+        let p = Manifest::path(dir, e);
+        let now = stamp_of(&p, &e.sha256)?;
+        if !always && stamp.get(&e.name) == Some(&now) {
+            continue;
+        }
+        let got = sha256_file(&p)?;
+        if got != e.sha256 {
+            stamp.remove(&e.name);
+            let _ = crate::format::write_atomic(
+                &stamp_path,
+                &serde_json::to_vec(&stamp).unwrap_or_default(),
+            );
+            return Err(Error::Mismatch(format!(
+                "{}: sha256 {got} differs from the manifest's {} (damaged or replaced file)",
+                p.display(),
+                e.sha256
+            )));
+        }
+        stamp.insert(e.name.clone(), now);
+        changed = true;
+    }
+    if changed {
+        // Best effort: a read-only folder is verified again at the next open.
+        let _ = crate::format::write_atomic(
+            &stamp_path,
+            &serde_json::to_vec_pretty(&stamp).unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let p = dir.join(MANIFEST);
@@ -120,6 +194,45 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(dir: &Path, name: &str, bytes: &[u8]) -> FileEntry {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        FileEntry {
+            name: name.into(),
+            bytes: bytes.len() as u64,
+            sha256: sha256_file(&dir.join(name)).unwrap(),
+        }
+    }
+
+    /// Damage of the right size is caught at open by default; an unchanged file is hashed once.
+    #[cfg(unix)]
+    #[test]
+    fn bundle_files_are_verified_once_and_again_when_they_change() {
+        let d = tempfile::tempdir().unwrap();
+        let model = entry(d.path(), "model.gguf", &vec![7u8; 64 * 1024]);
+        verify_files(d.path(), &[&model], false).unwrap();
+        assert!(d.path().join(VERIFIED_STAMP).exists());
+        // 4 KiB of other bytes inside, same size: the modification time changed, so it is hashed.
+        let p = d.path().join("model.gguf");
+        let mut b = std::fs::read(&p).unwrap();
+        b[8192..12288].fill(0xAB);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, &b).unwrap();
+        let e = verify_files(d.path(), &[&model], false).unwrap_err();
+        assert!(matches!(e, Error::Mismatch(_)), "{e}");
+        // Restored: verified again (the failed file was struck from the stamp).
+        std::fs::write(&p, vec![7u8; 64 * 1024]).unwrap();
+        verify_files(d.path(), &[&model], false).unwrap();
+        // Damage that keeps size and modification time is trusted from the stamp (the documented
+        // limit) but caught when every open verifies.
+        let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, &[0u8; 16], 100).unwrap();
+        f.set_modified(t).unwrap();
+        drop(f);
+        verify_files(d.path(), &[&model], false).unwrap();
+        assert!(verify_files(d.path(), &[&model], true).is_err());
+    }
 
     fn manifest_json(extra: &str) -> String {
         format!(

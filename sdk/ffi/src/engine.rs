@@ -44,7 +44,9 @@ pub struct navigen_engine_params {
     pub prompt_chunk_ms: u32,
     /// Offload large batches to a GPU; keep false unless a real GPU is present.
     pub op_offload: bool,
-    /// Verify every bundle file's sha256 at open.
+    /// Verify every bundle file's sha256 at every open. Off (the default), a file is hashed at the
+    /// first open and again only when its size, modification time or inode changed (a stamp file in
+    /// the bundle folder; at every open when the folder is read-only).
     pub verify_checksums: bool,
 }
 

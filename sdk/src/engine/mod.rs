@@ -65,7 +65,9 @@ pub struct EngineParams {
     /// Let llama.cpp offload large batches to a GPU even for layers kept on the CPU. Off unless a real
     /// GPU is present (a CPU Vulkan device such as lavapipe makes it very slow).
     pub op_offload: bool,
-    /// Check the sha256 of every bundle file against the manifest at open (slower open).
+    /// Check the sha256 of every bundle file against the manifest at every open (slower open). Off,
+    /// a file is hashed only when its size, modification time or inode changed since it was last
+    /// verified (`bundle::VERIFIED_STAMP` in the bundle folder; every open when that cannot be written).
     pub verify_checksums: bool,
 }
 
@@ -274,17 +276,13 @@ impl Engine {
                     e.bytes
                 )));
             }
-            if params.verify_checksums {
-                let got = crate::bundle::sha256_file(&p)?;
-                if got != e.sha256 {
-                    return Err(Error::Mismatch(format!(
-                        "{}: sha256 {got} differs from the manifest's {}",
-                        p.display(),
-                        e.sha256
-                    )));
-                }
-            }
         }
+        let files: Vec<&crate::bundle::FileEntry> = std::iter::once(&manifest.model)
+            .chain(manifest.catalog.iter())
+            .chain(manifest.codebooks.iter())
+            .chain(manifest.embedder.iter())
+            .collect();
+        crate::bundle::verify_files(dir, &files, params.verify_checksums)?;
         let cat_entry = manifest
             .catalog
             .as_ref()
