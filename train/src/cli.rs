@@ -508,15 +508,7 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<()> {
     let out = a.out;
     let judge = a.judge.open(0, |u: &str, m: &str| {
-        crate::teach::backend::EndpointConfig {
-            url: u.to_string(),
-            model: m.to_string(),
-            key_env: "NAVIGEN_TEACHER_KEY".into(),
-            timeout: std::time::Duration::from_secs(120),
-            attempts: 4,
-            backoff: std::time::Duration::from_millis(500),
-            concurrency: 1,
-        }
+        crate::teach::backend::EndpointConfig::new(u, m)
     })?;
     let r = eval::eval(
         &eval::EvalOptions {
@@ -771,13 +763,11 @@ impl JudgeArgs {
 impl TeacherArgs {
     fn endpoint(&self, url: &str, model: &str) -> crate::teach::backend::EndpointConfig {
         crate::teach::backend::EndpointConfig {
-            url: url.to_string(),
-            model: model.to_string(),
             key_env: self.teacher_key_env.clone(),
             timeout: std::time::Duration::from_secs_f64(self.teacher_timeout_s.max(0.1)),
             attempts: self.teacher_attempts.max(1),
-            backoff: std::time::Duration::from_millis(500),
             concurrency: self.teacher_concurrency.max(1),
+            ..crate::teach::backend::EndpointConfig::new(url, model)
         }
     }
 

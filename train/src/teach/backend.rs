@@ -113,6 +113,22 @@ pub struct EndpointConfig {
     pub concurrency: usize,
 }
 
+impl EndpointConfig {
+    /// The defaults `teach`'s flags also start from: key in `NAVIGEN_TEACHER_KEY`, 120 s per request,
+    /// 4 attempts from a 500 ms backoff, one request in flight.
+    pub fn new(url: &str, model: &str) -> Self {
+        EndpointConfig {
+            url: url.to_string(),
+            model: model.to_string(),
+            key_env: "NAVIGEN_TEACHER_KEY".into(),
+            timeout: Duration::from_secs(120),
+            attempts: 4,
+            backoff: Duration::from_millis(500),
+            concurrency: 1,
+        }
+    }
+}
+
 /// An OpenAI-compatible chat endpoint (`POST {url}/chat/completions`).
 pub struct EndpointTeacher {
     cfg: EndpointConfig,
