@@ -195,4 +195,13 @@ fn teach_resumes_after_kill_9_without_asking_twice() {
     assert_eq!(r["teacher_counts"]["requests"], 0, "{r}");
     assert_eq!(r["searched_this_run"], 0);
     assert_eq!(keys(&answers).len(), after.len());
+    // How often each role wrote a scene at all, a share per origin.
+    let shares = r["scene_share_by_origin"]
+        .as_object()
+        .expect("scene shares");
+    assert!(shares.contains_key("balanced"), "{r}");
+    assert!(shares
+        .values()
+        .all(|v| v.as_f64().is_some_and(|x| (0.0..=1.0).contains(&x))));
+    assert!(r["winner_scene_share"].as_f64().is_some());
 }

@@ -359,7 +359,29 @@ fn report(
             .or_default() += 1;
         m
     });
+    // How often each role writes an image prompt at all (not a task echo or a list of terms):
+    // the share of its candidates that `describes_a_scene`, and the winners'.
+    let mut scenes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in records {
+        for c in &r.search.candidates {
+            let e = scenes.entry(c.origin.clone()).or_default();
+            e.0 += search::describes_a_scene(&c.prompt) as usize;
+            e.1 += 1;
+        }
+    }
+    let scene_share: BTreeMap<String, f64> = scenes
+        .into_iter()
+        .map(|(k, (a, n))| (k, a as f64 / n.max(1) as f64))
+        .collect();
+    let winner_scene_share = mean(
+        &records
+            .iter()
+            .map(|r| search::describes_a_scene(&r.instruction) as u8 as f64)
+            .collect::<Vec<_>>(),
+    );
     serde_json::json!({
+        "scene_share_by_origin": scene_share,
+        "winner_scene_share": winner_scene_share,
         "teacher": ask.identity(),
         "judge": judge.map_or(ask.identity(), |j| j.identity()),
         "prompt_version": TEACHER_PROMPT_VERSION,
