@@ -450,15 +450,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn damage_in_the_middle_keeps_the_rest_and_a_copy() {
+    /// A closed log of four events (item-0..3) in a new folder; returns the folder and the log.
+    fn four_events() -> (tempfile::TempDir, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let h = History::open(d.path(), HistoryParams::default()).unwrap();
         for i in 0..4 {
             h.append("p", &ev(&format!("item-{i}"), i)).unwrap();
         }
         let path = h.path("p").unwrap();
-        drop(h);
+        (d, path)
+    }
+
+    #[test]
+    fn damage_in_the_middle_keeps_the_rest_and_a_copy() {
+        let (d, path) = four_events();
         let mut b = std::fs::read(&path).unwrap();
         b[HEADER + REC_HEADER + 3] ^= 0xff; // inside the first record's payload
         std::fs::write(&path, &b).unwrap();
@@ -572,13 +577,7 @@ mod tests {
     /// original bytes kept; a newer version's log is left alone.
     #[test]
     fn a_damaged_header_is_recovered() {
-        let d = tempfile::tempdir().unwrap();
-        let h = History::open(d.path(), HistoryParams::default()).unwrap();
-        for i in 0..4 {
-            h.append("p", &ev(&format!("item-{i}"), i)).unwrap();
-        }
-        let path = h.path("p").unwrap();
-        drop(h);
+        let (d, path) = four_events();
         let mut b = std::fs::read(&path).unwrap();
         b[..4].copy_from_slice(b"JUNK");
         std::fs::write(&path, &b).unwrap();

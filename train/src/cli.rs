@@ -166,6 +166,31 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Where a training stage runs and in which precision.
+#[derive(Args)]
+pub struct ComputeArgs {
+    /// cpu or cuda[:N]
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32 (default on CPU) or bf16 (default on CUDA).
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+impl ComputeArgs {
+    pub fn resolve(&self) -> Result<(candle_core::Device, candle_core::DType)> {
+        let dev = device::parse(&self.device)?;
+        let dtype = match self.dtype.as_deref() {
+            Some("f32") => candle_core::DType::F32,
+            Some("bf16") => candle_core::DType::BF16,
+            Some(d) => anyhow::bail!("--dtype {d}: use f32 or bf16"),
+            None if dev.is_cuda() => candle_core::DType::BF16,
+            None => candle_core::DType::F32,
+        };
+        Ok((dev, dtype))
+    }
+}
+
 #[derive(Args)]
 pub struct SftArgs {
     /// A folder written by `prepare`.
@@ -225,11 +250,8 @@ pub struct SftArgs {
     select: sft::Select,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32 (default on CPU) or bf16 (default on CUDA).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Start the stage afresh instead of resuming from its newest checkpoint.
     #[arg(long)]
     restart: bool,
@@ -240,14 +262,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
     let existing = run::RunInfo::read(&a.run).ok().map(|i| i.preset);
     let mut o = sft::SftOptions::new(&a.data, &a.run, a.preset.clone().or(existing), a.stage);
     o.preset = a.preset;
-    o.device = device::parse(&a.device)?;
-    o.dtype = match a.dtype.as_deref() {
-        Some("f32") => candle_core::DType::F32,
-        Some("bf16") => candle_core::DType::BF16,
-        Some(d) => anyhow::bail!("--dtype {d}: use f32 or bf16"),
-        None if o.device.is_cuda() => candle_core::DType::BF16,
-        None => candle_core::DType::F32,
-    };
+    (o.device, o.dtype) = a.compute.resolve()?;
     if let Some(v) = a.lr {
         o.lr = v;
     }
@@ -352,24 +367,14 @@ pub struct GrpoArgs {
     restart: bool,
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32 (default on CPU) or bf16 (default on CUDA).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[command(flatten)]
+    compute: ComputeArgs,
 }
 
 /// `grpo`: the third stage from the run's stage-2 model; prints its summary as JSON.
 pub fn grpo(a: GrpoArgs) -> Result<()> {
     let mut o = crate::rl::GrpoOptions::new(&a.data, &a.run);
-    o.device = device::parse(&a.device)?;
-    o.dtype = match a.dtype.as_deref() {
-        Some("f32") => candle_core::DType::F32,
-        Some("bf16") => candle_core::DType::BF16,
-        Some(d) => anyhow::bail!("--dtype {d}: use f32 or bf16"),
-        None if o.device.is_cuda() => candle_core::DType::BF16,
-        None => candle_core::DType::F32,
-    };
+    (o.device, o.dtype) = a.compute.resolve()?;
     anyhow::ensure!(a.temperature > 0.0, "--temperature must be positive");
     o.steps = a.steps;
     o.group = a.group;
