@@ -297,6 +297,19 @@ fn broken_bundles_are_refused_with_clear_errors() {
         .err()
         .expect("a truncated model is refused");
     assert!(err.to_string().contains("incomplete"), "{err}");
+    // 4 KiB of other bytes inside the model, same size: refused before llama.cpp's loader sees it
+    // (it used to open, and predictions came back with NaN scores).
+    let mut m = model.clone();
+    let at = m.len() / 2;
+    m[at..at + 4096].iter_mut().for_each(|b| *b ^= 0x5A);
+    std::fs::write(copy.join("model.gguf"), &m).unwrap();
+    let err = Engine::open(&copy, EngineParams::default())
+        .err()
+        .expect("a damaged model of the right size is refused");
+    assert!(
+        matches!(err, Error::Mismatch(_)) && err.to_string().contains("model.gguf"),
+        "{err}"
+    );
     assert!(Engine::open(&f.dir.join("nowhere"), EngineParams::default()).is_err());
 }
 

@@ -277,12 +277,6 @@ impl Engine {
                 )));
             }
         }
-        let files: Vec<&crate::bundle::FileEntry> = std::iter::once(&manifest.model)
-            .chain(manifest.catalog.iter())
-            .chain(manifest.codebooks.iter())
-            .chain(manifest.embedder.iter())
-            .collect();
-        crate::bundle::verify_files(dir, &files, params.verify_checksums)?;
         let cat_entry = manifest
             .catalog
             .as_ref()
@@ -302,6 +296,14 @@ impl Engine {
                 ));
             }
         }
+        // The catalog and codebooks checked their own CRCs above (a precise Format error); the
+        // GGUFs have none, and llama.cpp's loader must not see a damaged one.
+        let files: Vec<&crate::bundle::FileEntry> = std::iter::once(&manifest.model)
+            .chain(manifest.catalog.iter())
+            .chain(manifest.codebooks.iter())
+            .chain(manifest.embedder.iter())
+            .collect();
+        crate::bundle::verify_files(dir, &files, params.verify_checksums)?;
         llm::backend()?;
         let model = Model::load(&Manifest::path(dir, &manifest.model), params.gpu_layers)?;
         let cid_tokens = match kind {
