@@ -295,7 +295,10 @@ enum navigen_status navigen_history_items(const struct navigen_history *history,
                                           char **out_json);
 
 /*
- Removes every byte of the profile from disk.
+ Removes the profile from disk: its log and damaged copies are overwritten with zeros, synced and
+ removed (versions replaced earlier by compaction were zeroed then). On copy-on-write or flash
+ storage (APFS, F2FS, most phones) old blocks may persist until reused: rely on the platform's
+ encryption at rest there.
  */
 enum navigen_status navigen_history_forget(const struct navigen_history *history,
                                            const char *profile);

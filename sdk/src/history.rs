@@ -91,6 +91,21 @@ pub const MAX_PROFILE_BYTES: usize = 100;
 /// Name of the lock file in a history folder.
 pub const LOCK_FILE: &str = ".lock";
 
+/// Overwrites a file's whole length with zeros, in place, and syncs it.
+fn zero_file(mut f: &std::fs::File) -> std::io::Result<()> {
+    use std::io::Seek;
+    let len = f.metadata()?.len();
+    f.seek(std::io::SeekFrom::Start(0))?;
+    let zeros = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -254,7 +269,15 @@ impl History {
         for e in events {
             bytes.extend(encode(e)?);
         }
-        crate::format::write_atomic(path, &bytes)
+        // The version being replaced holds events the new one may have dropped (retention): keep a
+        // handle on it, and once the new one is in place overwrite it with zeros, so its bytes do
+        // not linger in unlinked blocks (on file systems that overwrite in place).
+        let old = std::fs::OpenOptions::new().write(true).open(path).ok();
+        crate::format::write_atomic(path, &bytes)?;
+        if let Some(f) = old {
+            let _ = zero_file(&f);
+        }
+        Ok(())
     }
 
     /// Opens a profile, recovering its log if needed, and says what recovery did.
@@ -318,8 +341,13 @@ impl History {
         Ok(self.list(profile)?.into_iter().map(|e| e.item_id).collect())
     }
 
-    /// Removes every byte of a profile from disk: its log (overwritten with zeros, synced, removed) and
-    /// any damaged copy.
+    /// Removes a profile from disk: its log and any damaged copy are overwritten with zeros, synced,
+    /// and removed; earlier versions of the log that compaction or recovery replaced were zeroed
+    /// when they were replaced. What holds: on file systems that overwrite in place (ext4, NTFS,
+    /// FAT) the bytes are gone. On copy-on-write or flash-translated storage (APFS, btrfs, F2FS,
+    /// most phone storage) an overwrite goes to new blocks and the old ones stay until the device
+    /// reuses them; only encryption at rest (the platform's, or a key the app destroys) makes those
+    /// unreadable.
     pub fn forget(&self, profile: &str) -> Result<()> {
         let path = self.path(profile)?;
         let mut map = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,17 +368,8 @@ impl History {
                 continue;
             }
             let p = entry.path();
-            if let Ok(meta) = std::fs::metadata(&p) {
-                if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&p) {
-                    let zeros = vec![0u8; 64 * 1024];
-                    let mut left = meta.len();
-                    while left > 0 {
-                        let n = left.min(zeros.len() as u64) as usize;
-                        f.write_all(&zeros[..n]).map_err(|e| Error::io(&p, e))?;
-                        left -= n as u64;
-                    }
-                    f.sync_all().map_err(|e| Error::io(&p, e))?;
-                }
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                zero_file(&f).map_err(|e| Error::io(&p, e))?;
             }
             std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
         }
@@ -651,5 +670,30 @@ mod tests {
             40,
             "every record is in the file"
         );
+    }
+
+    /// A compaction's replaced version is zeroed: a second link to the old file (standing for its
+    /// old blocks) reads zeros afterwards, not the dropped events.
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_log_version_is_zeroed() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), params(2, 0)).unwrap();
+        h.append("p", &ev("secret-0", 0)).unwrap();
+        let path = h.path("p").unwrap();
+        let old = d.path().join("old-version");
+        std::fs::hard_link(&path, &old).unwrap();
+        for i in 1..40 {
+            h.append("p", &ev(&format!("secret-{i}"), i)).unwrap();
+        }
+        assert_eq!(h.item_ids("p").unwrap(), vec!["secret-38", "secret-39"]);
+        let b = std::fs::read(&old).unwrap();
+        assert!(
+            !b.is_empty() && b.iter().all(|&x| x == 0),
+            "the old version was not zeroed"
+        );
+        drop(h);
+        let again = History::open(d.path(), params(2, 0)).unwrap();
+        assert_eq!(again.item_ids("p").unwrap(), vec!["secret-38", "secret-39"]);
     }
 }

@@ -148,7 +148,10 @@ pub unsafe extern "C" fn navigen_history_items(
     })
 }
 
-/// Removes every byte of the profile from disk.
+/// Removes the profile from disk: its log and damaged copies are overwritten with zeros, synced and
+/// removed (versions replaced earlier by compaction were zeroed then). On copy-on-write or flash
+/// storage (APFS, F2FS, most phones) old blocks may persist until reused: rely on the platform's
+/// encryption at rest there.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_history_forget(
     history: *const navigen_history,
