@@ -405,6 +405,16 @@ fn grpo_watch_stops_a_collapsed_policy() {
             .len(),
         start
     );
+    // Started afresh, the stage's earlier records go (one starting validation, not two).
+    let mut again = o.clone();
+    again.resume = navigen_train::run::checkpoint::Resume::Never;
+    rl::run(&again).unwrap();
+    let starts = metrics::read(&dir)
+        .unwrap()
+        .iter()
+        .filter(|r| r.stage == rl::STAGE && r.step == 0)
+        .count();
+    assert_eq!(starts, 1);
 }
 
 /// A GRPO run stopped after a checkpoint and resumed draws the same rollouts and makes the same

@@ -336,7 +336,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
             eprintln!("grpo: resumed at step {s}");
         }
         None => {
-            metrics::truncate_after(&opts.run, STAGE, 0)?;
+            metrics::drop_stage(&opts.run, STAGE)?;
             let (r0, n0) = measure(&w)?;
             save_weights(&w, &kept)?;
             metrics::append(
@@ -519,8 +519,12 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 w = load(&opts.run, &stage_weights(STAGE), opts)?;
                 w.set_trainable(Trainable::All)?;
                 opt = new_opt();
+                let reward = match watch.reward_at_best {
+                    Some(rb) => format!("while the reward rose from {rb:.3} to {reward_now:.3}"),
+                    None => format!("with the reward at {reward_now:.3}"),
+                };
                 let why = format!(
-                    "val Recall@10 {r:.4} fell under the best {:.4} (step {}) while the reward rose to {reward_now:.3}: rolled back",
+                    "val Recall@10 {r:.4} fell under the best {:.4} (step {}) {reward}: rolled back",
                     watch.best, watch.best_step
                 );
                 if watch.rollbacks > opts.max_rollbacks {

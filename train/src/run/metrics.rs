@@ -79,10 +79,16 @@ pub fn read(run: &Path) -> Result<Vec<Record>> {
 
 /// Drops records of `stage` after `step` (a resumed run rewrites them).
 pub fn truncate_after(run: &Path, stage: u8, step: usize) -> Result<()> {
-    let keep: Vec<Record> = read(run)?
-        .into_iter()
-        .filter(|r| r.stage != stage || r.step <= step)
-        .collect();
+    keep_only(run, |r| r.stage != stage || r.step <= step)
+}
+
+/// Drops every record of `stage` (a stage started afresh that logs a step 0).
+pub fn drop_stage(run: &Path, stage: u8) -> Result<()> {
+    keep_only(run, |r| r.stage != stage)
+}
+
+fn keep_only(run: &Path, keep: impl Fn(&Record) -> bool) -> Result<()> {
+    let keep: Vec<Record> = read(run)?.into_iter().filter(keep).collect();
     let mut out = Vec::new();
     for r in &keep {
         out.extend(serde_json::to_vec(r)?);
