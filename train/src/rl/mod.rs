@@ -415,7 +415,12 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
         watch.first_reward.get_or_insert(reward_mean);
         watch.last_reward = Some(reward_mean);
         let t = opts.temperature as f64;
-        let old = completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?.detach();
+        // One forward gives the behaviour policy's log-probabilities (detached) and the first
+        // update's (with gradient): before that update the policy is the behaviour policy.
+        let mut first = Some(completion_log_probs(
+            &w, &rope, &rows, pad, &codes, &columns, t,
+        )?);
+        let old = first.as_ref().expect("just set").detach();
         let reference_lp = match &reference {
             Some(r) => {
                 Some(completion_log_probs(r, &rope, &rows, pad, &codes, &columns, t)?.detach())
@@ -438,7 +443,10 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
         // Groups whose rewards are all equal have zero advantage: nothing to learn, skip the update.
         if zero_share < 1.0 {
             for _ in 0..opts.updates.max(1) {
-                let lp = completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?;
+                let lp = match first.take() {
+                    Some(lp) => lp,
+                    None => completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?,
+                };
                 let parts = grpo_loss(
                     &lp,
                     &old,
