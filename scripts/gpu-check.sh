@@ -122,6 +122,10 @@ fi
 python=${NAVIGEN_PYTHON:-python3}
 log() { echo "== gpu-check: $*" >&2; }
 
+log "fused kernels against the composed ops on $dev"
+# A kernel outside its tolerance is recorded; the runs below then say what it costs.
+"$train" bench kernels --device $dev > "$out/kernels-check.json" || log "a fused kernel is off (kernels-check.json)"
+
 log "forward+backward against PyTorch on $dev ($dtype)"
 for shape in tiny smollm2; do
   seq=1024; batch=8
@@ -130,7 +134,7 @@ for shape in tiny smollm2; do
   if "$python" -c 'import torch' 2>/dev/null; then
     # A failed benchmark is recorded and the check goes on: the training comparison is the core.
     "$train" bench train --shape $shape --batch $batch --seq $seq --steps $bench_steps --rounds $rounds \
-      --device $dev --dtype $dtype > "$out/bench-$shape.json" ||
+      --device $dev --dtype $dtype --composed > "$out/bench-$shape.json" ||
       echo '{"failed": "bench train --shape '"$shape"' exited '"$?"' (see the log)"}' > "$out/bench-$shape.json"
   else
     echo '{"skipped": "no torch in '"$python"'"}' > "$out/bench-$shape.json"
@@ -221,6 +225,7 @@ r = {
                    "max_abs_diff": max(diffs) if diffs else None, "relative_tolerance": tol, "within_tolerance": ok},
     "eval": {k2: ev.get(k2) for k2 in ("next_item", "baselines", "test_users", "next_item_seconds_per_user") if k2 in ev},
     "kernels": read("kernels.json"),
+    "kernels_check": read("kernels-check.json"),
 }
 json.dump(r, open(os.path.join(out, "gpu-check.json"), "w"), indent=2)
 print(json.dumps(r["loss_curve"]))

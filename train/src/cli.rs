@@ -585,6 +585,9 @@ pub struct BenchTrainArgs {
     /// f32 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Also time our composed (unfused) path in each round.
+    #[arg(long)]
+    composed: bool,
 }
 
 /// `bench train`: forward+backward tokens/s against PyTorch; prints the comparison as JSON.
@@ -601,8 +604,51 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
             "bf16" => candle_core::DType::BF16,
             d => anyhow::bail!("--dtype {d}: use f32 or bf16"),
         },
+        composed: a.composed,
     })?;
     println!("{}", serde_json::to_string_pretty(&r)?);
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct BenchKernelsArgs {
+    /// cpu or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or both (comma-separated).
+    #[arg(long, default_value = "f32,bf16")]
+    dtype: String,
+}
+
+/// `bench kernels`: the fused training ops (and a whole decoder) against the composed path on this
+/// device; prints JSON and fails when one is outside its tolerance. The GPU check runs it first.
+pub fn bench_kernels(a: BenchKernelsArgs) -> Result<()> {
+    let dev = device::parse(&a.device)?;
+    let mut all = serde_json::Map::new();
+    let mut ok = true;
+    for d in a.dtype.split(',') {
+        let dtype = match d.trim() {
+            "f32" => candle_core::DType::F32,
+            "bf16" => candle_core::DType::BF16,
+            d => anyhow::bail!("--dtype {d}: use f32 or bf16"),
+        };
+        if dev.is_cpu() && dtype != candle_core::DType::F32 {
+            continue; // the CPU kernels are f32 only
+        }
+        let checks = crate::model::ops_check::self_check(&dev, dtype)?;
+        ok &= checks.iter().all(|c| c.ok);
+        all.insert(d.trim().into(), serde_json::to_value(&checks)?);
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({"device": a.device, "ok": ok, "checks": all})
+        )?
+    );
+    anyhow::ensure!(
+        ok,
+        "a fused kernel differs from the composed path beyond its tolerance"
+    );
     Ok(())
 }
 

@@ -63,6 +63,8 @@ enum BenchCmd {
     Train(cli::BenchTrainArgs),
     /// Next-item quality against RecBole's SASRec and Pop on the same split, in one run.
     Quality(cli::BenchQualityArgs),
+    /// The fused training kernels against the composed ops on this device (CUDA: f32 and bf16).
+    Kernels(cli::BenchKernelsArgs),
 }
 
 fn run(args: Cli) -> Result<()> {
@@ -86,6 +88,9 @@ fn run(args: Cli) -> Result<()> {
         Cmd::Bench {
             what: BenchCmd::Quality(a),
         } => cli::bench_quality(a),
+        Cmd::Bench {
+            what: BenchCmd::Kernels(a),
+        } => cli::bench_kernels(a),
     }
 }
 

@@ -121,6 +121,8 @@ pub struct TrainBenchOptions {
     /// `cpu` or `cuda[:N]` (PyTorch runs on the same device).
     pub device: String,
     pub dtype: candle_core::DType,
+    /// Also time our composed (unfused) path in each round: what the fused kernels save, same run.
+    pub composed: bool,
 }
 
 /// The model shapes benchmarked: the tiny preset (vocabulary as on ml-100k) and SmolLM2-135M with
@@ -204,7 +206,9 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
         v[v.len() / 2]
     };
     let (mut ours_tps, mut torch_tps, mut torch_runs) = (Vec::new(), Vec::new(), Vec::new());
-    for _round in 0..o.rounds.max(1) {
+    let mut composed_tps = Vec::new();
+    // Tokens/s of `steps` timed forward+backward steps after one warm-up (median step time).
+    let time_ours = || -> Result<f64> {
         let mut times = Vec::new();
         for step in 0..=o.steps {
             dev.synchronize()?;
@@ -216,7 +220,13 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                 times.push(t.elapsed().as_secs_f64());
             }
         }
-        ours_tps.push((o.batch * o.seq) as f64 / median(&mut times));
+        Ok((o.batch * o.seq) as f64 / median(&mut times))
+    };
+    for _round in 0..o.rounds.max(1) {
+        ours_tps.push(time_ours()?);
+        if o.composed {
+            composed_tps.push(crate::model::ops::unfused(time_ours)?);
+        }
         let out =
             Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
                 .arg(&script)
@@ -258,5 +268,10 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                   "peak_rss_mb": torch_rss.iter().copied().fold(f64::NAN, f64::max),
                   "version": torch_runs[0]["torch_version"], "last": torch_runs.last()},
         "ratio_ours_over_torch": ours_med / torch_med,
+        "ours_composed": (!composed_tps.is_empty()).then(|| json!({
+            "tokens_per_s": median(&mut composed_tps.clone()),
+            "rounds_tokens_per_s": composed_tps,
+            "note": "our unfused path (candle primitives), timed in the same rounds",
+        })),
     }))
 }

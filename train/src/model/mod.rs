@@ -6,6 +6,9 @@ pub mod beam;
 pub mod config;
 pub mod gguf;
 pub mod ops;
+pub mod ops_check;
+#[cfg(feature = "cuda")]
+mod ops_cuda;
 pub mod preset;
 pub mod transformer;
 pub mod weights;

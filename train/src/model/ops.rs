@@ -5,8 +5,10 @@
 //! with its own allocation and thread barrier, forward and again backward; on a small model that is
 //! most of a training step (docs/benchmarks.md, trainer profile). candle-nn's fused kernels have no
 //! backward, so they cannot train. Each op here is one pass forward and one or two passes backward,
-//! rows in parallel on rayon. They run for contiguous f32 tensors on the CPU; any other device or
-//! dtype (CUDA bf16) takes the composed path in `transformer.rs`, which the tests compare against.
+//! rows in parallel on rayon. They run for contiguous f32 tensors on the CPU and, with the `cuda`
+//! feature, for f32 and bf16 on CUDA (`ops_cuda.rs`, the same math in `kernels/ops.cu`); anything
+//! else takes the composed path in `transformer.rs`, which the tests compare against ([`self_check`]
+//! runs that comparison on any device: `navigen-train bench kernels`).
 
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result,
@@ -21,8 +23,14 @@ thread_local! {
 /// Whether the fused kernels apply to `x` (otherwise the caller composes candle primitives).
 /// `NAVIGEN_UNFUSED=1` (benchmarks) or [`unfused`] (tests) force the composed path.
 pub fn fused_applies(x: &Tensor) -> bool {
-    x.device().is_cpu()
-        && x.dtype() == DType::F32
+    let kernels = match x.device() {
+        candle_core::Device::Cpu => x.dtype() == DType::F32,
+        candle_core::Device::Cuda(_) => {
+            cfg!(feature = "cuda") && matches!(x.dtype(), DType::F32 | DType::BF16)
+        }
+        _ => false,
+    };
+    kernels
         && !UNFUSED.with(|u| u.get())
         && !matches!(std::env::var("NAVIGEN_UNFUSED").as_deref(), Ok(v) if !v.is_empty() && v != "0")
 }
@@ -82,6 +90,16 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "navigen-rms-norm"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::rms_norm(s1, l1, s2, l2, self.eps)
+    }
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -124,6 +142,18 @@ impl CustomOp3 for RmsNormBwdX {
     fn name(&self) -> &'static str {
         "navigen-rms-norm-bwd-x"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::rms_norm_bwd_x(s1, l1, s2, l2, s3, l3, self.eps)
+    }
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -164,6 +194,16 @@ struct RmsNormBwdW {
 impl CustomOp2 for RmsNormBwdW {
     fn name(&self) -> &'static str {
         "navigen-rms-norm-bwd-w"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::rms_norm_bwd_w(s1, l1, s2, l2, self.eps)
     }
     fn cpu_fwd(
         &self,
@@ -261,6 +301,14 @@ impl CustomOp1 for ScaledSoftmax {
     fn name(&self) -> &'static str {
         "navigen-scaled-softmax"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::softmax(s, l, None, self.scale, (1, 1, 1))
+    }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         self.run(slice(s, l, "navigen-scaled-softmax")?, None, l.shape())
     }
@@ -272,6 +320,19 @@ impl CustomOp1 for ScaledSoftmax {
 impl CustomOp2 for ScaledSoftmax {
     fn name(&self) -> &'static str {
         "navigen-scaled-masked-softmax"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let heads = self
+            .mask_heads
+            .ok_or_else(|| candle_core::Error::Msg("masked softmax without mask heads".into()))?;
+        super::ops_cuda::softmax(s1, l1, Some((s2, l2)), self.scale, heads)
     }
     fn cpu_fwd(
         &self,
@@ -303,6 +364,16 @@ struct SoftmaxBwd {
 impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "navigen-softmax-bwd"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::softmax_bwd(s1, l1, s2, l2, self.scale)
     }
     fn cpu_fwd(
         &self,
@@ -386,6 +457,16 @@ impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "navigen-silu-mul"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::elementwise_op("silu_mul_fwd", &[(s1, l1), (s2, l2)])
+    }
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -419,6 +500,18 @@ impl CustomOp3 for SiluMulBwdGate {
     fn name(&self) -> &'static str {
         "navigen-silu-mul-bwd-gate"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::elementwise_op("silu_mul_bwd_gate", &[(s1, l1), (s2, l2), (s3, l3)])
+    }
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -445,6 +538,16 @@ struct SiluMulBwdUp;
 impl CustomOp2 for SiluMulBwdUp {
     fn name(&self) -> &'static str {
         "navigen-silu-mul-bwd-up"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::elementwise_op("silu_mul_bwd_up", &[(s1, l1), (s2, l2)])
     }
     fn cpu_fwd(
         &self,
@@ -480,6 +583,18 @@ struct RopeOp {
 impl CustomOp3 for RopeOp {
     fn name(&self) -> &'static str {
         "navigen-rope"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::rope(s1, l1, s2, l2, s3, l3, self.transpose)
     }
     fn cpu_fwd(
         &self,
@@ -578,6 +693,16 @@ impl CustomOp2 for CrossEntropySum {
     fn name(&self) -> &'static str {
         "navigen-cross-entropy"
     }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::cross_entropy_sum(s1, l1, s2, l2)
+    }
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -619,6 +744,18 @@ struct CrossEntropyBwd;
 impl CustomOp3 for CrossEntropyBwd {
     fn name(&self) -> &'static str {
         "navigen-cross-entropy-bwd"
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::ops_cuda::cross_entropy_bwd(s1, l1, s2, l2, s3, l3)
     }
     fn cpu_fwd(
         &self,
@@ -665,192 +802,15 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::model::transformer::{packed_mask, Rope};
-    use crate::model::{ModelConfig, Trainable, Weights};
-    use candle_core::{Device, Var};
-
-    fn rand(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| r.gen_range(-2.0f32..2.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
-    /// Value and gradients of `sum(f(inputs) * probe)` for the fused and the composed path.
-    fn check(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor, tol: f32) {
-        let run = |fused: bool| {
-            let vars: Vec<Var> = inputs
-                .iter()
-                .map(|t| Var::from_tensor(t).unwrap())
-                .collect();
-            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-            let y = if fused { f(&ts) } else { unfused(|| f(&ts)) };
-            let probe = rand(y.dims(), 99);
-            let loss = (&y * &probe).unwrap().sum_all().unwrap();
-            let grads = loss.backward().unwrap();
-            let g: Vec<Tensor> = vars.iter().map(|v| grads.get(v).unwrap().clone()).collect();
-            (y, g)
-        };
-        let (yf, gf) = run(true);
-        let (yc, gc) = run(false);
-        assert!(
-            max_diff(&yf, &yc) < tol,
-            "value differs by {}",
-            max_diff(&yf, &yc)
-        );
-        for (i, (a, b)) in gf.iter().zip(&gc).enumerate() {
-            assert!(
-                max_diff(a, b) < tol,
-                "gradient {i} differs by {}",
-                max_diff(a, b)
-            );
-        }
-    }
-
+    /// Every fused op (and the whole decoder) against the composed path on the CPU.
     #[test]
-    fn rms_norm_matches_the_composed_one() {
-        use crate::model::transformer::rms_norm as norm;
-        check(
-            &[rand(&[3, 5, 48], 1), rand(&[48], 2)],
-            |t| norm(&t[0], &t[1], 1e-6).unwrap(),
-            1e-4,
-        );
-    }
-
-    #[test]
-    fn silu_gate_matches_the_composed_one() {
-        check(
-            &[rand(&[4, 7, 40], 3), rand(&[4, 7, 40], 4)],
-            |t| {
-                if fused_applies(&t[0]) {
-                    silu_mul(&t[0], &t[1]).unwrap()
-                } else {
-                    (t[0].silu().unwrap() * &t[1]).unwrap()
-                }
-            },
-            1e-5,
-        );
-    }
-
-    #[test]
-    fn masked_softmax_matches_the_composed_one() {
-        let segs = vec![vec![0, 0, 0, 1, 1, 2, 2, 2], vec![0, 0, 0, 0, 0, 1, 1, 1]];
-        let mask = packed_mask(&segs, &Device::Cpu, DType::F32).unwrap();
-        for m in [Some(&mask), None] {
-            check(
-                &[rand(&[2, 3, 8, 8], 5)],
-                |t| {
-                    if fused_applies(&t[0]) {
-                        scaled_softmax(&t[0], 0.3, m).unwrap()
-                    } else {
-                        let mut s = (&t[0] * 0.3).unwrap();
-                        if let Some(m) = m {
-                            s = s.broadcast_add(m).unwrap();
-                        }
-                        candle_nn::ops::softmax(&s, candle_core::D::Minus1).unwrap()
-                    }
-                },
-                1e-5,
-            );
-        }
-    }
-
-    #[test]
-    fn rope_matches_the_composed_one() {
-        let c = ModelConfig::tiny(10);
-        let rope = Rope::new(&c, &Device::Cpu, DType::F32).unwrap();
-        let pos =
-            Tensor::from_vec(vec![0u32, 1, 2, 0, 5, 6, 7, 1, 2, 3], (2, 5), &Device::Cpu).unwrap();
-        let tables = rope.at(&pos).unwrap();
-        check(
-            &[rand(&[2, 3, 5, c.head_dim], 6)],
-            |t| crate::model::transformer::apply_rope(&t[0], &tables).unwrap(),
-            1e-5,
-        );
-    }
-
-    #[test]
-    fn cross_entropy_matches_candle_nn() {
-        let t = Tensor::from_vec(vec![3u32, 0, 9, 9, 1], 5, &Device::Cpu).unwrap();
-        let mut logits = rand(&[5, 10], 8);
-        // A masked class (as the code constraint adds -inf) must not break either path.
-        let mut mask = vec![0f32; 50];
-        mask[2] = f32::NEG_INFINITY;
-        logits = (logits + Tensor::from_vec(mask, (5, 10), &Device::Cpu).unwrap()).unwrap();
-        check(&[logits], |x| cross_entropy_sum(&x[0], &t).unwrap(), 1e-5);
-    }
-
-    /// The whole decoder: the training loss and every weight's gradient agree between the paths.
-    #[test]
-    fn decoder_loss_and_gradients_match_the_composed_path() {
-        use crate::model::batch::{make_batch, Row};
-        let c = ModelConfig {
-            num_hidden_layers: 2,
-            ..ModelConfig::tiny(300)
-        };
-        let dev = Device::Cpu;
-        let mut w = Weights::random(&c, &dev, DType::F32, 7).unwrap();
-        w.set_trainable(Trainable::All).unwrap();
-        let rope = Rope::new(&c, &dev, DType::F32).unwrap();
-        // Two rows, each packing examples of different lengths (segments, restarting positions).
-        let row = |seed: usize, lens: &[usize]| {
-            let mut r = Row::default();
-            for (s, &n) in lens.iter().enumerate() {
-                for i in 0..n {
-                    r.ids.push(((seed * 31 + s * 7 + i * 13) % 300) as u32);
-                    r.positions.push(i as u32);
-                    r.segments.push(s as u32);
-                    r.targets
-                        .push((i % 2 == 1).then_some(((i * 17 + s) % 300) as u32));
-                }
-            }
-            r
-        };
-        let rows = vec![row(1, &[9, 5, 10]), row(2, &[20, 4])];
-        let b = make_batch(&rows, 0, &dev, DType::F32, None).unwrap();
-        let run = || {
-            let loss = crate::model::loss(&w, &rope, &b, None, None).unwrap();
-            let grads = loss.backward().unwrap();
-            let g: Vec<(String, Tensor)> = w
-                .trainable()
-                .iter()
-                .map(|(n, v)| (n.clone(), grads.get(v).unwrap().clone()))
-                .collect();
-            (loss.to_scalar::<f32>().unwrap(), g)
-        };
-        let (lf, gf) = run();
-        let (lc, gc) = unfused(run);
-        assert!((lf - lc).abs() < 1e-5, "loss {lf} vs {lc}");
-        for ((n, a), (_, b)) in gf.iter().zip(&gc) {
-            let scale = b
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
+    fn fused_kernels_match_the_composed_path() {
+        let checks =
+            super::super::ops_check::self_check(&candle_core::Device::Cpu, super::DType::F32)
                 .unwrap();
-            assert!(
-                max_diff(a, b) <= 1e-4 * scale.max(1e-3),
-                "{n}: gradient differs by {} (scale {scale})",
-                max_diff(a, b)
-            );
+        assert_eq!(checks.len(), 7);
+        for c in checks {
+            assert!(c.ok, "{c:?}");
         }
     }
 }

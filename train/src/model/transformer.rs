@@ -376,7 +376,13 @@ pub fn forward_cached_rows(
                 (0..total).map(move |j| if j > past + i { f32::NEG_INFINITY } else { 0.0 })
             })
             .collect();
-        Some(Tensor::from_vec(m, (1, 1, n, total), dev)?.to_dtype(w.dtype)?)
+        // One mask row block per row of the batch: the fused softmax takes (B, 1, T, S).
+        Some(
+            Tensor::from_vec(m, (1, 1, n, total), dev)?
+                .to_dtype(w.dtype)?
+                .broadcast_as((rows, 1, n, total))?
+                .contiguous()?,
+        )
     } else {
         None
     };
