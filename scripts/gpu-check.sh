@@ -134,7 +134,7 @@ for shape in tiny smollm2; do
   if "$python" -c 'import torch' 2>/dev/null; then
     # A failed benchmark is recorded and the check goes on: the training comparison is the core.
     "$train" bench train --shape $shape --batch $batch --seq $seq --steps $bench_steps --rounds $rounds \
-      --device $dev --dtype $dtype --composed > "$out/bench-$shape.json" ||
+      --device $dev --dtype $dtype --composed --torch-sdpa > "$out/bench-$shape.json" ||
       echo '{"failed": "bench train --shape '"$shape"' exited '"$?"' (see the log)"}' > "$out/bench-$shape.json"
   else
     echo '{"skipped": "no torch in '"$python"'"}' > "$out/bench-$shape.json"

@@ -4,6 +4,7 @@
 length and thread count as our run.
 
 Usage: torch_train.py CONFIG_JSON BATCH SEQ STEPS THREADS [--device cpu|cuda] [--dtype f32|bf16]
+[--attention eager|sdpa]
 (prints one JSON object; peak_rss_mb is the process's peak resident memory, peak_gpu_mb the CUDA
 allocator's peak)
 """
@@ -42,6 +43,7 @@ class Layer(torch.nn.Module):
         self.v = torch.nn.Linear(h, self.nkv * hd, bias=False)
         self.o = torch.nn.Linear(self.nh * hd, h, bias=False)
         self.qk_norm = c["model_type"] == "qwen3"
+        self.sdpa = False
         if self.qk_norm:
             self.qn = RMSNorm(hd, c["rms_norm_eps"])
             self.kn = RMSNorm(hd, c["rms_norm_eps"])
@@ -65,8 +67,12 @@ class Layer(torch.nn.Module):
         k = k.repeat_interleave(rep, 1)
         v = v.repeat_interleave(rep, 1)
         # Explicit matmul + mask + softmax, like ours (no fused kernel).
-        s = q @ k.transpose(-1, -2) / self.hd**0.5 + mask
-        a = torch.softmax(s, -1) @ v
+        if self.sdpa:
+            # PyTorch's fused attention (flash / memory-efficient kernels): causal rows, one segment.
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            s = q @ k.transpose(-1, -2) / self.hd**0.5 + mask
+            a = torch.softmax(s, -1) @ v
         x = x + self.o(a.transpose(1, 2).reshape(b, t, -1))
         h = self.n2(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))
@@ -81,6 +87,8 @@ def main():
     ap.add_argument("threads", type=int)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
+    # eager: the same math as ours (explicit masked softmax); sdpa: F.scaled_dot_product_attention.
+    ap.add_argument("--attention", default="eager", choices=["eager", "sdpa"])
     a = ap.parse_args()
     c = json.loads(open(a.config).read())
     b, t, steps, threads = a.batch, a.seq, a.steps, a.threads
@@ -95,6 +103,8 @@ def main():
     mods = [emb, layers, norm, head]
     for m in mods:
         m.to(device=dev, dtype=dtype)
+    for layer in layers:
+        layer.sdpa = a.attention == "sdpa"
     params = [p for m in mods for p in m.parameters()]
     hd = c["head_dim"]
     inv = 1.0 / (c["rope_theta"] ** (torch.arange(0, hd, 2).float() / hd))
@@ -126,6 +136,7 @@ def main():
     times.sort()
     med = times[len(times) // 2]
     out = {"torch_version": torch.__version__, "device": a.device, "dtype": a.dtype, "threads": threads,
+           "attention": a.attention,
            "seconds_per_step": med, "tokens_per_s": b * t / med,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if cuda:

@@ -588,6 +588,9 @@ pub struct BenchTrainArgs {
     /// Also time our composed (unfused) path in each round.
     #[arg(long)]
     composed: bool,
+    /// Also run the PyTorch reference with its fused attention (scaled_dot_product_attention).
+    #[arg(long)]
+    torch_sdpa: bool,
 }
 
 /// `bench train`: forward+backward tokens/s against PyTorch; prints the comparison as JSON.
@@ -605,6 +608,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
             d => anyhow::bail!("--dtype {d}: use f32 or bf16"),
         },
         composed: a.composed,
+        torch_sdpa: a.torch_sdpa,
     })?;
     println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())

@@ -123,6 +123,8 @@ pub struct TrainBenchOptions {
     pub dtype: candle_core::DType,
     /// Also time our composed (unfused) path in each round: what the fused kernels save, same run.
     pub composed: bool,
+    /// Also run the reference with PyTorch's fused attention (`scaled_dot_product_attention`).
+    pub torch_sdpa: bool,
 }
 
 /// The model shapes benchmarked: the tiny preset (vocabulary as on ml-100k) and SmolLM2-135M with
@@ -222,11 +224,8 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
         }
         Ok((o.batch * o.seq) as f64 / median(&mut times))
     };
-    for _round in 0..o.rounds.max(1) {
-        ours_tps.push(time_ours()?);
-        if o.composed {
-            composed_tps.push(crate::model::ops::unfused(time_ours)?);
-        }
+    // One run of the reference; `attention` eager (our math) or sdpa (PyTorch's fused attention).
+    let torch_run = |attention: &str| -> Result<Value> {
         let out =
             Command::new(std::env::var("NAVIGEN_PYTHON").unwrap_or_else(|_| "python3".into()))
                 .arg(&script)
@@ -238,20 +237,38 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                     threads.to_string(),
                     format!("--device={torch_device}"),
                     format!("--dtype={torch_dtype}"),
+                    format!("--attention={attention}"),
                 ])
                 .output()
                 .context("running python3 for torch")?;
         if !out.status.success() {
-            let _ = std::fs::remove_file(&cfg_path);
-            let _ = std::fs::remove_file(&script);
             anyhow::bail!("torch run failed (install the CPU wheel: `pip install torch --index-url https://download.pytorch.org/whl/cpu`; NAVIGEN_PYTHON picks the interpreter): {}", String::from_utf8_lossy(&out.stderr));
         }
-        let torch: Value = serde_json::from_slice(&out.stdout)?;
-        torch_tps.push(torch["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
-        torch_runs.push(torch);
-    }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let mut sdpa_tps = Vec::new();
+    let rounds = (|| -> Result<()> {
+        for _round in 0..o.rounds.max(1) {
+            ours_tps.push(time_ours()?);
+            if o.composed {
+                composed_tps.push(crate::model::ops::unfused(time_ours)?);
+            }
+            let torch = torch_run("eager")?;
+            torch_tps.push(torch["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+            torch_runs.push(torch);
+            if o.torch_sdpa {
+                sdpa_tps.push(
+                    torch_run("sdpa")?["tokens_per_s"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                );
+            }
+        }
+        Ok(())
+    })();
     let _ = std::fs::remove_file(&cfg_path);
     let _ = std::fs::remove_file(&script);
+    rounds?;
     let ours_rss = peak_rss_mb();
     let torch_rss: Vec<f64> = torch_runs
         .iter()
@@ -268,6 +285,11 @@ pub fn bench_train(o: &TrainBenchOptions) -> Result<Value> {
                   "peak_rss_mb": torch_rss.iter().copied().fold(f64::NAN, f64::max),
                   "version": torch_runs[0]["torch_version"], "last": torch_runs.last()},
         "ratio_ours_over_torch": ours_med / torch_med,
+        "torch_sdpa": (!sdpa_tps.is_empty()).then(|| json!({
+            "tokens_per_s": median(&mut sdpa_tps.clone()),
+            "rounds_tokens_per_s": sdpa_tps,
+            "note": "the reference with F.scaled_dot_product_attention (causal) instead of our explicit masked softmax",
+        })),
         "ours_composed": (!composed_tps.is_empty()).then(|| json!({
             "tokens_per_s": median(&mut composed_tps.clone()),
             "rounds_tokens_per_s": composed_tps,
