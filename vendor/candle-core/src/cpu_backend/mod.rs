@@ -1499,6 +1499,35 @@ impl Map2 for MatMul {
             // over itself, so a stride-zero batch on lhs goes through the loop below.
             (b, m, n, k)
         };
+        // navigen's patch (vendor/README.md): many small products (attention's per-head matrices)
+        // run one per thread instead of each split over every thread.
+        if b > 1 && num_threads > 1 && m * n * k < 1 << 21 {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(c_skip).enumerate().for_each(|(step, dst_p)| unsafe {
+                gemm(
+                    m,
+                    n,
+                    k,
+                    dst_p.as_mut_ptr(),
+                    dst_cs as isize,
+                    dst_rs as isize,
+                    false,
+                    lhs[step * a_skip..].as_ptr(),
+                    lhs_cs as isize,
+                    lhs_rs as isize,
+                    rhs[step * b_skip..].as_ptr(),
+                    rhs_cs as isize,
+                    rhs_rs as isize,
+                    T::zero(),
+                    T::one(),
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            });
+            return Ok(dst);
+        }
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
