@@ -2,73 +2,12 @@
 //! include/navigen.h and linked with the static and the shared library, run on a bundle that the
 //! trainer exports in this test run.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-use navigen_train::export::{export, ExportOptions};
-use navigen_train::gguf::ExportDtype;
-use navigen_train::model::preset::Preset;
-use navigen_train::prepare::{prepare, PrepareOptions};
-use navigen_train::sft::{self, SftOptions};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// target/<profile>, where libnavigen.a and libnavigen.so are. `cargo test` does not (re)build a
-/// staticlib/cdylib for integration tests, so the test builds them itself (once per run). It builds
-/// the whole workspace with all targets: that is the dependency graph `cargo test --workspace`
-/// resolved, so llama.cpp is reused; `-p navigen-ffi` alone resolves build-dependency features
-/// differently and compiled llama.cpp a second time (minutes on a 2-core CI machine).
-fn lib_dir() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-            let target = dir.parent().unwrap();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--workspace", "--all-targets"])
-                .arg("--target-dir")
-                .arg(target)
-                .current_dir(root());
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let o = cmd
-                .output()
-                .expect("running cargo build for the C libraries");
-            assert!(
-                o.status.success(),
-                "building navigen-ffi: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            dir
-        })
-        .clone()
-}
-
-fn bundle(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    prepare(&PrepareOptions::new("ml-100k".parse().unwrap(), &data)).unwrap();
-    let run = dir.join("run");
-    let mut o = SftOptions::new(&data, &run, Some(Preset::Tiny), 1);
-    o.max_steps = Some(8);
-    o.eval_every = 8;
-    o.progress = false;
-    sft::run_stage(&o).unwrap();
-    let out = dir.join("bundle");
-    export(&ExportOptions {
-        run,
-        out: out.clone(),
-        dtype: ExportDtype::F16,
-        verify_prompts: 0,
-        verify_tokens: 0,
-    })
-    .unwrap();
-    out
-}
+use common::{bundle, lib_dir, root, test_history};
 
 /// Compiles `src` (a path from the repository root).
 fn compile(src: &str, out: &Path, shared: bool) {
@@ -116,14 +55,7 @@ fn c_programs_predict_and_instruct_through_the_c_abi() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
     // A real held-out history from the test split.
-    let test = std::fs::read_to_string(tmp.path().join("data/test.jsonl")).unwrap();
-    let row: serde_json::Value = serde_json::from_str(test.lines().next().unwrap()).unwrap();
-    let items: Vec<String> = row["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let items = test_history(tmp.path());
     for shared in [false, true] {
         let exe = tmp
             .path()

@@ -1,0 +1,156 @@
+"""The Python package on a real bundle (trained and exported by the test run: sdk/ffi/tests/python.rs
+sets NAVIGEN_TEST_BUNDLE, NAVIGEN_TEST_HISTORY and NAVIGEN_LIB). Plain unittest: pytest collects it
+too, and it runs where pytest is not installed."""
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import unittest
+
+import navigen
+
+BUNDLE = os.environ["NAVIGEN_TEST_BUNDLE"]
+HISTORY = json.loads(os.environ["NAVIGEN_TEST_HISTORY"])
+
+
+class EngineTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.engine = navigen.Engine(BUNDLE, threads=2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.engine.close()
+
+    def test_version(self):
+        self.assertRegex(navigen.version(), r"^\d+\.\d+\.\d+")
+
+    def test_predicts_distinct_catalog_items_best_first(self):
+        preds = self.engine.predict_next(HISTORY, k=5)
+        self.assertEqual(len(preds), 5)
+        self.assertEqual(len({p.id for p in preds}), 5)
+        scores = [p.score for p in preds]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        for p in preds:
+            self.assertIn("<s_a_", p.cid)
+            self.assertTrue(p.title)
+        # A new item's text gets a CID of the catalog's shape.
+        reg = self.engine.register_item("A heist thriller in Paris; Crime, Thriller")
+        self.assertIn("<s_a_", reg["cid"])
+
+    def test_streamed_pieces_are_the_raw_answer(self):
+        pieces = []
+        ins = self.engine.generate_instruction(HISTORY, on_text=pieces.append, max_answer_tokens=48)
+        self.assertTrue(ins.raw.startswith("<think>"), ins.raw[:80])
+        self.assertEqual("".join(pieces), ins.raw)
+        stream = self.engine.stream_instruction(HISTORY, max_answer_tokens=48)
+        joined = "".join(stream)
+        self.assertEqual(joined, stream.result.raw)
+        self.assertEqual(stream.result.raw, ins.raw)  # greedy: the same text again
+
+    def test_cancel_from_another_thread_stops_mid_instruction(self):
+        got = []
+
+        def on_text(t):
+            got.append(t)
+            if len(got) == 3:
+                # navigen_cancel from another thread, done before this piece returns: the call
+                # stops at its next decode step.
+                c = threading.Thread(target=self.engine.cancel)
+                c.start()
+                c.join()
+
+        with self.assertRaises(navigen.Cancelled) as cm:
+            self.engine.generate_instruction(HISTORY, on_text=on_text, max_think_tokens=256, max_answer_tokens=256)
+        self.assertEqual(cm.exception.status, navigen.Status.CANCELLED)
+        self.assertEqual(len(got), 3)
+        # The engine works again after a cancelled call (the cancel applied to calls in flight).
+        self.assertEqual(len(self.engine.predict_next(HISTORY, k=3)), 3)
+
+    def test_a_consumer_that_stops_reading_stops_the_call(self):
+        stream = self.engine.stream_instruction(HISTORY, max_think_tokens=256, max_answer_tokens=256)
+        it = iter(stream)
+        first = next(it)
+        self.assertTrue(first)
+        stream.close()
+        self.assertFalse(stream._thread.is_alive())
+        self.assertIsInstance(stream.error, navigen.Cancelled)
+        self.assertIsNone(stream.result)
+        self.assertEqual(list(stream), [])  # closed: nothing more comes
+        # The engine still works after a cancelled call.
+        self.assertEqual(len(self.engine.predict_next(HISTORY, k=3)), 3)
+
+    def test_an_exception_in_the_callback_stops_the_call_and_surfaces(self):
+        def boom(_t):
+            raise KeyError("from the callback")
+
+        with self.assertRaises(KeyError):
+            self.engine.generate_instruction(HISTORY, on_text=boom)
+
+    def test_bad_arguments_raise_readable_errors(self):
+        with self.assertRaises(TypeError):
+            self.engine.predict_next("ml100k:1", k=3)
+        with self.assertRaises(navigen.NavigenError) as cm:
+            self.engine.predict_next(HISTORY, k=0)
+        self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
+        self.assertTrue(cm.exception.message)
+
+
+class BrokenBundleTest(unittest.TestCase):
+    def test_missing_and_damaged_bundles_are_refused(self):
+        with self.assertRaises(navigen.NavigenError) as cm:
+            navigen.Engine("/nonexistent/navigen-bundle")
+        self.assertIn(cm.exception.status, (navigen.Status.IO, navigen.Status.FORMAT))
+        with tempfile.TemporaryDirectory() as d:
+            b = os.path.join(d, "bundle")
+            shutil.copytree(BUNDLE, b)
+            with open(os.path.join(b, "catalog.nvct"), "r+b") as f:
+                f.seek(64)
+                f.write(b"\xff" * 64)
+            with self.assertRaises(navigen.NavigenError) as cm:
+                navigen.Engine(b)
+            self.assertEqual(cm.exception.status, navigen.Status.FORMAT, cm.exception)
+            self.assertIn("catalog", cm.exception.message)
+
+    def test_a_closed_engine_refuses_calls(self):
+        e = navigen.Engine(BUNDLE)
+        e.close()
+        e.close()  # idempotent
+        with self.assertRaises(navigen.NavigenError):
+            e.predict_next(HISTORY, k=1)
+
+
+class HistoryTest(unittest.TestCase):
+    def test_append_items_export_forget(self):
+        with tempfile.TemporaryDirectory() as d:
+            with navigen.History(d) as h:
+                t0 = int(time.time() * 1000)
+                for i, item in enumerate(HISTORY[:4]):
+                    h.append("alice", item, navigen.EventKind.PLAY, t0 + i)
+                h.append("alice", "not-in-any-catalog", navigen.EventKind.CLICK, t0 + 10)
+                self.assertEqual(h.items("alice"), HISTORY[:4] + ["not-in-any-catalog"])
+                with navigen.Engine(BUNDLE) as e:
+                    events = h.export("alice", engine=e)
+                    flags = [ev["in_catalog"] for ev in events]
+                    self.assertEqual(flags, [True] * 4 + [False])
+                    self.assertEqual(len(e.predict_next(h.items("alice")[:4], k=2)), 2)
+                # One handle per folder.
+                with self.assertRaises(navigen.NavigenError) as cm:
+                    navigen.History(d)
+                self.assertEqual(cm.exception.status, navigen.Status.IO)
+                h.forget("alice")
+                self.assertEqual(h.items("alice"), [])
+            # Closed: the lock is released.
+            navigen.History(d).close()
+
+    def test_invalid_profile_names_are_refused(self):
+        with tempfile.TemporaryDirectory() as d, navigen.History(d) as h:
+            with self.assertRaises(navigen.NavigenError) as cm:
+                h.append("x" * 101, "ml100k:1")
+            self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
+
+
+if __name__ == "__main__":
+    unittest.main()
