@@ -170,6 +170,27 @@ impl Manifest {
                 m.max_history
             )));
         }
+        // Names are files inside the bundle folder: a manifest must not send the engine elsewhere
+        // ("../", absolute paths, devices).
+        let entries = [
+            Some(&m.model),
+            m.catalog.as_ref(),
+            m.codebooks.as_ref(),
+            m.embedder.as_ref(),
+        ];
+        for e in entries.into_iter().flatten() {
+            let plain = !e.name.is_empty()
+                && e.name != "."
+                && e.name != ".."
+                && !e.name.contains(['/', '\\', '\0', ':']);
+            if !plain {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: file name {:?} is not a plain file name inside the bundle",
+                    p.display(),
+                    e.name
+                )));
+            }
+        }
         if m.prompt_version != crate::prompt::PROMPT_VERSION {
             return Err(Error::Mismatch(format!(
                 "{}: the model was trained with prompt format {} but this runtime builds format {}; re-export the bundle with a matching trainer",
@@ -270,5 +291,26 @@ mod tests {
             serde_json::to_string(&Kind::ZeroShot).unwrap(),
             r#""zero-shot""#
         );
+    }
+
+    #[test]
+    fn file_names_stay_inside_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            "../model.gguf",
+            "/etc/passwd",
+            "..",
+            "",
+            "a\\b",
+            "C:model.gguf",
+        ] {
+            let m = manifest_json("").replace(
+                r#""name":"model.gguf""#,
+                &format!("\"name\":{}", serde_json::to_string(bad).unwrap()),
+            );
+            std::fs::write(dir.path().join(MANIFEST), m).unwrap();
+            let err = Manifest::read(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("not a plain file name"), "{bad:?}: {err}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The Python package (bindings/python) over the shared library, on a bundle trained in this run: its
 //! unittest suite (streaming, cancelling from another thread and by a consumer that stops reading,
-//! errors on a broken bundle, the history) against the source tree, then its wheel built, installed
-//! into a folder of its own and imported with no NAVIGEN_LIB (the library travels in the wheel).
+//! errors on a broken bundle, the history) and the ComfyUI node's (bindings/comfyui) against the
+//! source tree; then the wheel built, installed into a folder of its own and imported with no
+//! NAVIGEN_LIB (the library travels in the wheel).
 
 mod common;
 
@@ -39,25 +40,33 @@ fn bundle_and_history(dir: &Path) -> (std::path::PathBuf, String) {
     (b, h)
 }
 
-#[test]
-fn python_package_predicts_streams_cancels_and_reports_errors() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (b, history) = bundle_and_history(tmp.path());
-    let pkg = root().join("bindings/python");
+/// Runs `python -m unittest discover -s tests` in `dir` with the package on the path; returns the
+/// report (stderr).
+fn unittest(dir: &Path, b: &Path, history: &str) -> String {
     let o = Command::new(python())
         .args(["-m", "unittest", "discover", "-v", "-s", "tests"])
-        .current_dir(&pkg)
-        .env("PYTHONPATH", &pkg)
+        .current_dir(dir)
+        .env("PYTHONPATH", root().join("bindings/python"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("NAVIGEN_LIB", shared_lib())
-        .env("NAVIGEN_TEST_BUNDLE", &b)
-        .env("NAVIGEN_TEST_HISTORY", &history)
+        .env("NAVIGEN_TEST_BUNDLE", b)
+        .env("NAVIGEN_TEST_HISTORY", history)
         .output()
         .expect("python3 is needed for this test (NAVIGEN_TEST_PYTHON picks another)");
-    check("the Python tests", &o);
-    // unittest reports on stderr; every test ran (none skipped or missing).
-    let report = String::from_utf8_lossy(&o.stderr);
+    check(&format!("the Python tests in {}", dir.display()), &o);
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The package's suite, then the ComfyUI node's (loaded as ComfyUI loads a custom node), on one bundle.
+#[test]
+fn python_package_and_comfyui_node_on_a_real_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (b, history) = bundle_and_history(tmp.path());
+    // Every test ran (none skipped or lost to a collection error).
+    let report = unittest(&root().join("bindings/python"), &b, &history);
     assert!(report.contains("Ran 11 tests"), "{report}");
+    let report = unittest(&root().join("bindings/comfyui"), &b, &history);
+    assert!(report.contains("Ran 3 tests"), "{report}");
 }
 
 #[test]
@@ -78,7 +87,13 @@ fn python_wheel_carries_the_library() {
     );
     let site = tmp.path().join("site");
     let o = Command::new(python())
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(["--no-deps", "--no-index", "--target"])
         .arg(&site)
         .arg(&wheel)

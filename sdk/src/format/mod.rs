@@ -5,7 +5,7 @@ pub mod bytes;
 pub mod catalog;
 pub mod codebooks;
 pub mod container;
-pub(crate) mod history;
+pub mod history;
 pub mod inspect;
 
 pub use bytes::{write_atomic, FileBytes};
