@@ -422,7 +422,10 @@ pub fn write_codebooks_fused(
     info: &serde_json::Value,
 ) -> Result<Vec<u8>> {
     if let Some(f) = fusion {
-        if f.text_dim + f.collab_dim != dim
+        // The reader's rules (`Fusion::parse`): both halves non-empty.
+        if f.text_dim == 0
+            || f.collab_dim == 0
+            || f.text_dim + f.collab_dim != dim
             || f.map.len() != f.text_dim * f.collab_dim
             || !(f.weight > 0.0 && f.weight < 1.0)
             || f.map.iter().any(|v| !v.is_finite())
@@ -457,7 +460,17 @@ pub fn write_codebooks_fused(
         for &v in level {
             match dtype {
                 Dtype::F32 => cent.extend_from_slice(&v.to_le_bytes()),
-                Dtype::F16 => cent.extend_from_slice(&f16::from_f32(v).to_le_bytes()),
+                Dtype::F16 => {
+                    // A finite f32 beyond f16's range would be stored as infinity, which the
+                    // reader refuses.
+                    let h = f16::from_f32(v);
+                    if !h.is_finite() {
+                        return Err(Error::InvalidArgument(format!(
+                            "level {l} holds {v}, outside the f16 range"
+                        )));
+                    }
+                    cent.extend_from_slice(&h.to_le_bytes())
+                }
             }
         }
     }
@@ -545,6 +558,38 @@ mod tests {
         let plain = Codebooks::from_bytes(&sample(Dtype::F32)).unwrap();
         assert_eq!(plain.fuse(&[0.3, 4.0]).unwrap(), vec![0.3, 4.0]);
         assert!(plain.fusion().is_none());
+    }
+
+    /// Found by the `codebooks` fuzz target: the writer took an empty collaborative half that the
+    /// reader refuses, so the trainer could write codebooks no device opens.
+    #[test]
+    fn the_writer_refuses_what_the_reader_refuses() {
+        for (text_dim, collab_dim) in [(1, 0), (0, 1)] {
+            let fusion = Fusion {
+                text_dim,
+                collab_dim,
+                weight: 0.5,
+                map: vec![],
+            };
+            let r = write_codebooks_fused(
+                &[vec![1.0]],
+                1,
+                Dtype::F32,
+                Some(&fusion),
+                &serde_json::json!({}),
+            );
+            assert!(r.is_err(), "{text_dim} + {collab_dim} was written");
+        }
+    }
+
+    /// Found by the `codebooks` fuzz target: a finite f32 beyond f16's range was written as
+    /// infinity, which the reader refuses.
+    #[test]
+    fn f16_codebooks_refuse_values_beyond_f16() {
+        let r = write_codebooks(&[vec![1.0e6, 0.0]], 2, Dtype::F16, &serde_json::json!({}));
+        assert!(r.is_err());
+        let ok = write_codebooks(&[vec![6.0e4, 0.0]], 2, Dtype::F16, &serde_json::json!({}));
+        assert!(Codebooks::from_bytes(&ok.unwrap()).is_ok());
     }
 
     #[test]
