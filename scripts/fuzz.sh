@@ -38,7 +38,9 @@ for t in "${targets[@]}"; do
   start=$(date +%s)
   status=ok
   # -rss_limit_mb: a reader must not balloon on a small input; -timeout: nor spin on one.
-  cargo +nightly fuzz run "$t" "$corpus" seeds/"$t" -- "${limit[@]}" -print_final_stats=1 \
+  seeds=()
+  [ -d seeds/"$t" ] && seeds=(seeds/"$t")
+  cargo +nightly fuzz run "$t" "$corpus" "${seeds[@]}" -- "${limit[@]}" -print_final_stats=1 \
     -rss_limit_mb=2048 -timeout=10 > "$log" 2>&1 || status=crash
   secs_taken=$(( $(date +%s) - start ))
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

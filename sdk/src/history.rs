@@ -106,6 +106,40 @@ fn zero_file(mut f: &std::fs::File) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Files being forgotten: renamed to this prefix, then zeroed and removed.
+const FORGET_PREFIX: &str = ".forget-";
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Zeroes and removes every tombstone a forget left (all of them after a crash mid-forget).
+fn finish_forgets(dir: &Path) -> Result<()> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut any = false;
+    for entry in rd.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(FORGET_PREFIX)
+        {
+            continue;
+        }
+        let p = entry.path();
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+            zero_file(&f).map_err(|e| Error::io(&p, e))?;
+        }
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        any = true;
+    }
+    if any {
+        sync_dir(dir);
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -141,6 +175,7 @@ impl History {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
         }
+        finish_forgets(dir)?;
         Ok(History {
             dir: dir.to_path_buf(),
             params,
@@ -357,6 +392,7 @@ impl History {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let rd = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let mut mine_files = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let mine = name.strip_prefix(&stem).is_some_and(|rest| {
@@ -367,16 +403,23 @@ impl History {
             if !mine {
                 continue;
             }
-            let p = entry.path();
-            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
-                zero_file(&f).map_err(|e| Error::io(&p, e))?;
-            }
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            mine_files.push(entry.path());
         }
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
+        // Crash-atomic: each file is first renamed to a tombstone, the log itself last (the
+        // commit point: until then the profile is whole, after it the profile is gone), then the
+        // tombstones are zeroed and removed. A forget cut short by a crash is finished by the next
+        // open (`finish_forgets`), so no half-zeroed log is ever read as damage.
+        mine_files.sort_by_key(|p| p.extension().is_some_and(|x| x == "nvh"));
+        for p in &mine_files {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tomb = self.dir.join(format!("{FORGET_PREFIX}{name}"));
+            std::fs::rename(p, &tomb).map_err(|e| Error::io(p, e))?;
         }
-        Ok(())
+        sync_dir(&self.dir);
+        finish_forgets(&self.dir)
     }
 
     /// A profile's history as JSON: `[{"item_id", "kind", "timestamp_ms", "in_catalog"}]`. Items not in

@@ -1,27 +1,53 @@
-//! History crash safety with real process kills: a child appends events and acknowledges each one on
-//! stdout; the parent kills it (SIGKILL) at many different moments. Every acknowledged event must be
-//! there afterwards, in order, and the log must be clean.
+//! History crash safety with real process kills: a child appends events (and in some rounds forgets a
+//! profile) and acknowledges each step on stdout; the parent kills it with SIGKILL, 1,000 times, at
+//! moments that land inside appends, compactions, the recovery of the previous kill's torn tail, and
+//! `forget`. After every kill the parent reopens the folder and checks that no acknowledged event is
+//! lost, nothing corrupt is read, and a forgotten profile is gone or whole.
 //!
 //! The verdict does not depend on the speed of the disk or the CPU: the parent kills after a fixed
-//! number of acknowledgements per round (it waits for them, however long they take), each child
-//! writes a bounded number of events and then waits to be killed, and retention is off, so every
-//! event ever written must still be there. Only where the kill lands inside a write varies.
+//! number of acknowledgements (or a fixed marker line) per round, however long they take, and the
+//! checks hold wherever the kill lands. Only where it lands varies.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 
 use navigen::history::{Event, EventKind, History, HistoryParams};
 
 const CHILD: &str = "NAVIGEN_HISTORY_CHILD_DIR";
-const ROUNDS: u64 = 25;
+/// Kills (`NAVIGEN_KILL_ROUNDS` overrides).
+const ROUNDS: u64 = 1000;
 /// A child writes at most this many events beyond the ones the parent waits for, then idles.
-const SLACK: usize = 64;
+const SLACK: usize = 16;
+/// Retention by count: appends and loads compact the log to the newest CAP events.
+const CAP: u32 = 96;
 
-/// Retention off: nothing may leave the log, so a missing event is a loss, never a policy.
 fn params() -> HistoryParams {
     HistoryParams {
-        max_items: 0,
+        max_items: CAP,
         ..HistoryParams::default()
+    }
+}
+
+/// What a round does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Appends to "p"; killed after `kill_after` acknowledgements (inside a later append or a
+    /// compaction).
+    Append,
+    /// Killed as soon as the child says it is opening the folder: inside the recovery of the last
+    /// round's torn tail, or the compaction a load does.
+    Open,
+    /// Appends to "q", then forgets it; killed after some of those acknowledgements or right after
+    /// the forget starts.
+    Forget,
+}
+
+fn mode(round: u64) -> Mode {
+    match round % 5 {
+        0..=2 => Mode::Append,
+        3 => Mode::Open,
+        _ => Mode::Forget,
     }
 }
 
@@ -30,8 +56,25 @@ fn kill_after(round: u64) -> usize {
     1 + ((round * 17) % 40) as usize
 }
 
-/// The child: appends `kill_after(round) + SLACK` events, printing the index of each acknowledged
-/// one, then waits to be killed.
+fn event(i: i64) -> Event {
+    // Ids of varied length make writes of varied size, so kills land inside writes too.
+    Event {
+        item_id: format!("{i:08}-{}", "x".repeat((i as usize * 37) % 400)),
+        kind: EventKind::View,
+        timestamp_ms: i,
+    }
+}
+
+/// Next index of a profile: one past its newest event (older ones may have been compacted away).
+fn next(h: &History, profile: &str) -> i64 {
+    h.list(profile)
+        .unwrap()
+        .last()
+        .map_or(0, |e| e.timestamp_ms + 1)
+}
+
+/// The child: see [`Mode`]. Prints `ack <i>` per acknowledged append to "p", `qack <i>` per append
+/// to "q", `forgetting` / `forgot` around the forget, then waits to be killed.
 #[test]
 fn child_writer() {
     let Some(dir) = std::env::var_os(CHILD) else {
@@ -41,34 +84,80 @@ fn child_writer() {
         .unwrap()
         .parse()
         .unwrap();
+    println!("opening");
     let h = History::open(std::path::Path::new(&dir), params()).unwrap();
-    let start = h.list("p").unwrap().len();
-    for i in start..start + kill_after(round) + SLACK {
-        // Long ids make each write big, so kills land inside writes too.
-        let id = format!("{i:08}-{}", "x".repeat(i % 3000));
-        h.append(
-            "p",
-            &Event {
-                item_id: id,
-                kind: EventKind::View,
-                timestamp_ms: i as i64,
-            },
-        )
-        .unwrap();
-        println!("ack {i}");
+    match mode(round) {
+        Mode::Append | Mode::Open => {
+            let start = next(&h, "p");
+            for i in start..start + (kill_after(round) + SLACK) as i64 {
+                h.append("p", &event(i)).unwrap();
+                println!("ack {i}");
+            }
+        }
+        Mode::Forget => {
+            let start = next(&h, "q");
+            for i in start..start + kill_after(round) as i64 {
+                h.append("q", &event(i)).unwrap();
+                println!("qack {i}");
+            }
+            println!("forgetting");
+            h.forget("q").unwrap();
+            println!("forgot");
+        }
     }
     loop {
         std::thread::park();
     }
 }
 
+/// Events of a profile are one contiguous run of indices, oldest first, each intact.
+fn check_run(events: &[Event], what: &str) -> Option<(i64, i64)> {
+    let (lo, hi) = (events.first()?.timestamp_ms, events.last()?.timestamp_ms);
+    for (k, e) in events.iter().enumerate() {
+        assert_eq!(
+            e,
+            &event(lo + k as i64),
+            "{what}: event {k} is out of order or corrupt"
+        );
+    }
+    Some((lo, hi))
+}
+
+/// Lines up to and including the first for which `done` holds (all of them are kept: they are
+/// acknowledgements too).
+fn recv_until(
+    rx: &Receiver<String>,
+    mut done: impl FnMut(&str) -> bool,
+    what: &str,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv()
+            .unwrap_or_else(|_| panic!("{what}: the child died before the kill"));
+        let stop = done(&line);
+        lines.push(line);
+        if stop {
+            return lines;
+        }
+    }
+}
+
 #[test]
 fn killed_writers_lose_nothing_acknowledged() {
+    let rounds: u64 = std::env::var("NAVIGEN_KILL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ROUNDS);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut acked: i64 = -1;
-    let mut written_max = 0usize;
-    for round in 0..ROUNDS {
+    // Highest acknowledged index of "p" and "q"; whether the last forget was acknowledged.
+    let (mut acked_p, mut acked_q): (i64, i64) = (-1, -1);
+    // Since q's last acknowledged append: a forget began / was acknowledged.
+    let (mut forget_began, mut forgot) = (false, false);
+    let mut kills_by_mode = [0u64; 3];
+    for round in 0..rounds {
+        let m = mode(round);
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -84,63 +173,119 @@ fn killed_writers_lose_nothing_acknowledged() {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("ack ") {
-                    let _ = tx.send(n.parse::<i64>().unwrap());
-                }
+                // libtest starts the child's first line with "test child_writer ... ".
+                let line = line.rsplit(" ... ").next().unwrap_or_default().to_string();
+                let _ = tx.send(line);
             }
         });
-        // Wait for this round's acknowledgements, however long they take, then kill at once: the
-        // child is somewhere in its next writes (or idle after its last one).
-        let before = acked;
+        let what = format!("round {round} ({m:?})");
         let mut seen = 0;
-        while seen < kill_after(round) {
-            let n = rx
-                .recv()
-                .unwrap_or_else(|_| panic!("round {round}: the child died after {seen} acks"));
-            acked = acked.max(n);
-            seen += 1;
-        }
+        let before_kill = match m {
+            Mode::Append => recv_until(
+                &rx,
+                |l| {
+                    seen += l.starts_with("ack ") as usize;
+                    seen == kill_after(round)
+                },
+                &what,
+            ),
+            Mode::Open => recv_until(&rx, |l| l == "opening", &what),
+            Mode::Forget => {
+                // Every other forget round kills at the forget itself.
+                let at_forget = round % 10 == 4;
+                recv_until(
+                    &rx,
+                    |l| {
+                        seen += l.starts_with("qack ") as usize;
+                        if at_forget {
+                            l == "forgetting"
+                        } else {
+                            seen == kill_after(round) / 2 + 1
+                        }
+                    },
+                    &what,
+                )
+            }
+        };
         child.kill().unwrap();
         child.wait().unwrap();
-        // The reader ends at end of file, so this drains every ack that was printed.
-        while let Ok(n) = rx.recv() {
-            acked = acked.max(n);
+        kills_by_mode[m as usize] += 1;
+        // The reader ends at end of file: with the lines read before the kill, every line the child
+        // printed, in order.
+        for line in before_kill.into_iter().chain(rx.iter()) {
+            if let Some(n) = line.strip_prefix("ack ") {
+                acked_p = acked_p.max(n.parse().unwrap());
+            } else if let Some(n) = line.strip_prefix("qack ") {
+                acked_q = acked_q.max(n.parse().unwrap());
+                (forget_began, forgot) = (false, false);
+            } else if line == "forgetting" {
+                forget_began = true;
+            } else if line == "forgot" {
+                forgot = true;
+            }
         }
-        assert!(
-            acked >= before + kill_after(round) as i64,
-            "round {round}: acks did not advance"
-        );
+
         let h = History::open(dir.path(), params()).unwrap();
-        let rec = h.recover("p").unwrap();
-        assert_eq!(
-            rec.damaged_bytes, 0,
-            "round {round}: damage in the middle of the log"
-        );
-        let events = h.list("p").unwrap();
-        // Bounded by construction: retention could never have been what removed an event.
-        written_max += kill_after(round) + SLACK;
-        assert!(events.len() <= written_max);
-        assert!(
-            events.len() as i64 > acked,
-            "round {round}: {} events on disk, {} acknowledged",
-            events.len(),
-            acked + 1
-        );
-        for (i, e) in events.iter().enumerate() {
+        for profile in ["p", "q"] {
+            let rec = h.recover(profile).unwrap();
             assert_eq!(
-                e.timestamp_ms, i as i64,
-                "round {round}: events out of order or corrupt"
+                rec.damaged_bytes, 0,
+                "{what}: damage in the middle of {profile}'s log"
             );
-            assert!(e.item_id.starts_with(&format!("{i:08}-")));
+        }
+        // "p": nothing acknowledged lost at the top, no holes, at least the newest CAP retained.
+        let p = h.list("p").unwrap();
+        if let Some((lo, hi)) = check_run(&p, &format!("{what}, p")) {
+            assert!(
+                hi >= acked_p,
+                "{what}: p holds up to {hi}, {acked_p} acknowledged"
+            );
+            assert!(
+                lo <= (hi + 1 - CAP as i64).max(0),
+                "{what}: p kept {lo}..={hi}, fewer than the newest {CAP}"
+            );
+        } else {
+            assert_eq!(acked_p, -1, "{what}: p lost every acknowledged event");
+        }
+        // "q": gone once a forget was acknowledged; otherwise whole up to what was acknowledged,
+        // or gone because a forget began after the last acknowledged append.
+        let q = h.list("q").unwrap();
+        match check_run(&q, &format!("{what}, q")) {
+            Some((_, hi)) => {
+                assert!(!forgot, "{what}: q survived an acknowledged forget");
+                assert!(
+                    hi >= acked_q,
+                    "{what}: q holds up to {hi}, {acked_q} acknowledged"
+                );
+            }
+            None => assert!(
+                acked_q == -1 || forget_began,
+                "{what}: q lost acknowledged events without a forget"
+            ),
+        }
+        if q.is_empty() {
+            // The next forget round starts q afresh; acknowledgements before it are void.
+            acked_q = -1;
         }
     }
-    let expected: usize = (0..ROUNDS).map(kill_after).sum();
+    let expected: usize = (0..rounds)
+        .filter(|&r| mode(r) == Mode::Append)
+        .map(kill_after)
+        .sum();
     assert!(
-        acked + 1 >= expected as i64,
-        "the children acknowledged {} events, fewer than the {expected} waited for",
-        acked + 1
+        acked_p + 1 >= expected as i64,
+        "the children acknowledged {} events of p, fewer than the {expected} waited for",
+        acked_p + 1
+    );
+    // One line for docs/: the harness's own count, not a claim.
+    println!(
+        "kill harness: {rounds} kills (append {}, open/recovery {}, forget {}), {} events of p acknowledged, 0 lost, 0 corrupt",
+        kills_by_mode[0],
+        kills_by_mode[1],
+        kills_by_mode[2],
+        acked_p + 1
     );
 }
