@@ -142,7 +142,26 @@ class Instruction:
         )
 
 
-class _Handle:
+class _Closing:
+    """`with` support and close-on-collection for objects with a `close()`."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class _Handle(_Closing):
     _free: Callable[[Any], None]
 
     def __init__(self) -> None:
@@ -159,18 +178,6 @@ class _Handle:
         h, self._h = self._h, None
         if h is not None:
             type(self)._free(h)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class Engine(_Handle):
@@ -265,7 +272,7 @@ class Engine(_Handle):
         return InstructionStream(self, history, params)
 
 
-class InstructionStream:
+class InstructionStream(_Closing):
     """Text pieces of one instruction as they are generated. A worker thread makes the call; it hands
     over one piece at a time and waits for the reader, so a slow reader holds the generation back
     and a reader that stops (close) stops it at the next piece."""
@@ -326,18 +333,6 @@ class InstructionStream:
             pass  # unblock the worker; what it still hands over is dropped
         self._finished = True
         self._thread.join()
-
-    def __enter__(self) -> "InstructionStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 class History(_Handle):

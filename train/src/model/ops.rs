@@ -16,6 +16,41 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+/// The `cuda_fwd` of a custom op with one, two or three inputs (storages and layouts named by the
+/// closure's parameters), forwarding to a launcher in `ops_cuda.rs`; nothing without `cuda`.
+macro_rules! cuda_fwd {
+    ($self:ident, |$s:ident, $l:ident| $body:block) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$self,
+            $s: &candle_core::CudaStorage,
+            $l: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> $body
+    };
+    ($self:ident, |$s1:ident, $l1:ident, $s2:ident, $l2:ident| $body:block) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$self,
+            $s1: &candle_core::CudaStorage,
+            $l1: &Layout,
+            $s2: &candle_core::CudaStorage,
+            $l2: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> $body
+    };
+    ($self:ident, |$s1:ident, $l1:ident, $s2:ident, $l2:ident, $s3:ident, $l3:ident| $body:block) => {
+        #[cfg(feature = "cuda")]
+        fn cuda_fwd(
+            &$self,
+            $s1: &candle_core::CudaStorage,
+            $l1: &Layout,
+            $s2: &candle_core::CudaStorage,
+            $l2: &Layout,
+            $s3: &candle_core::CudaStorage,
+            $l3: &Layout,
+        ) -> Result<(candle_core::CudaStorage, Shape)> $body
+    };
+}
+
 thread_local! {
     static UNFUSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -90,16 +125,9 @@ impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "navigen-rms-norm"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         super::ops_cuda::rms_norm(s1, l1, s2, l2, self.eps)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -142,18 +170,9 @@ impl CustomOp3 for RmsNormBwdX {
     fn name(&self) -> &'static str {
         "navigen-rms-norm-bwd-x"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         super::ops_cuda::rms_norm_bwd_x(s1, l1, s2, l2, s3, l3, self.eps)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -195,16 +214,9 @@ impl CustomOp2 for RmsNormBwdW {
     fn name(&self) -> &'static str {
         "navigen-rms-norm-bwd-w"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         super::ops_cuda::rms_norm_bwd_w(s1, l1, s2, l2, self.eps)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -301,14 +313,9 @@ impl CustomOp1 for ScaledSoftmax {
     fn name(&self) -> &'static str {
         "navigen-scaled-softmax"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s, l| {
         super::ops_cuda::softmax(s, l, None, self.scale, (1, 1, 1))
-    }
+    });
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         self.run(slice(s, l, "navigen-scaled-softmax")?, None, l.shape())
     }
@@ -321,19 +328,12 @@ impl CustomOp2 for ScaledSoftmax {
     fn name(&self) -> &'static str {
         "navigen-scaled-masked-softmax"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         let heads = self
             .mask_heads
             .ok_or_else(|| candle_core::Error::Msg("masked softmax without mask heads".into()))?;
         super::ops_cuda::softmax(s1, l1, Some((s2, l2)), self.scale, heads)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -365,16 +365,9 @@ impl CustomOp2 for SoftmaxBwd {
     fn name(&self) -> &'static str {
         "navigen-softmax-bwd"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         super::ops_cuda::softmax_bwd(s1, l1, s2, l2, self.scale)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -457,16 +450,9 @@ impl CustomOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "navigen-silu-mul"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         super::ops_cuda::elementwise_op("silu_mul_fwd", &[(s1, l1), (s2, l2)])
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -500,18 +486,9 @@ impl CustomOp3 for SiluMulBwdGate {
     fn name(&self) -> &'static str {
         "navigen-silu-mul-bwd-gate"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         super::ops_cuda::elementwise_op("silu_mul_bwd_gate", &[(s1, l1), (s2, l2), (s3, l3)])
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -539,16 +516,9 @@ impl CustomOp2 for SiluMulBwdUp {
     fn name(&self) -> &'static str {
         "navigen-silu-mul-bwd-up"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         super::ops_cuda::elementwise_op("silu_mul_bwd_up", &[(s1, l1), (s2, l2)])
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -584,18 +554,9 @@ impl CustomOp3 for RopeOp {
     fn name(&self) -> &'static str {
         "navigen-rope"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         super::ops_cuda::rope(s1, l1, s2, l2, s3, l3, self.transpose)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -693,16 +654,9 @@ impl CustomOp2 for CrossEntropySum {
     fn name(&self) -> &'static str {
         "navigen-cross-entropy"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2| {
         super::ops_cuda::cross_entropy_sum(s1, l1, s2, l2)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -745,18 +699,9 @@ impl CustomOp3 for CrossEntropyBwd {
     fn name(&self) -> &'static str {
         "navigen-cross-entropy-bwd"
     }
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
+    cuda_fwd!(self, |s1, l1, s2, l2, s3, l3| {
         super::ops_cuda::cross_entropy_bwd(s1, l1, s2, l2, s3, l3)
-    }
+    });
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
