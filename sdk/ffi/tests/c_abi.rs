@@ -11,8 +11,35 @@ use common::{bundle, lib_dir, root, test_history};
 
 /// Compiles `src` (a path from the repository root).
 fn compile(src: &str, out: &Path, shared: bool) {
+    compile_with(src, out, shared, &[]);
+}
+
+/// The C side under AddressSanitizer (leaks included) and UndefinedBehaviorSanitizer; a report
+/// fails the run (`halt_on_error`). The Rust and llama.cpp side is not instrumented, but every
+/// allocation the C program touches through the ABI (strings it frees, handles) is checked.
+const SANITIZE: &[&str] = &[
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=undefined",
+    "-fno-omit-frame-pointer",
+    "-g",
+];
+
+fn run_sanitized(exe: &Path, args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(exe)
+        .args(args)
+        .env(
+            "ASAN_OPTIONS",
+            "detect_leaks=1:halt_on_error=1:abort_on_error=0",
+        )
+        .env("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        .output()
+        .unwrap()
+}
+
+fn compile_with(src: &str, out: &Path, shared: bool, extra: &[&str]) {
     let lib = lib_dir();
     let mut cmd = Command::new("gcc");
+    cmd.args(extra);
     cmd.args([
         "-std=c99",
         "-Wall",
@@ -116,4 +143,29 @@ fn null_and_garbage_arguments_never_crash() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // Both C programs again under ASan + UBSan: garbage arguments, then predict, instruct (streamed)
+    // and register on the real bundle.
+    let items = test_history(tmp.path());
+    for (src, name) in [
+        ("sdk/ffi/tests/c/null_args.c", "null_args_asan"),
+        ("examples/c/navigen_demo.c", "demo_asan"),
+    ] {
+        let exe = tmp.path().join(name);
+        compile_with(src, &exe, false, SANITIZE);
+        let hist = tmp.path().join("history-asan");
+        let args: Vec<&std::ffi::OsStr> = if name == "demo_asan" {
+            std::iter::once(b.as_os_str())
+                .chain(items.iter().map(|s| std::ffi::OsStr::new(s.as_str())))
+                .collect()
+        } else {
+            vec![b.as_os_str(), hist.as_os_str()]
+        };
+        let out = run_sanitized(&exe, &args);
+        assert!(
+            out.status.success(),
+            "{name} under ASan/UBSan: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
