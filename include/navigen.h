@@ -73,16 +73,6 @@ typedef enum navigen_status {
 } navigen_status;
 
 /*
- An opened bundle.
- */
-typedef struct navigen_engine navigen_engine;
-
-/*
- An opened history folder.
- */
-typedef struct navigen_history navigen_history;
-
-/*
  Parameters of navigen_engine_open(); fill with navigen_engine_default_params().
  */
 typedef struct navigen_engine_params {
@@ -120,6 +110,13 @@ typedef struct navigen_engine_params {
 } navigen_engine_params;
 
 /*
+ An opened bundle.
+ */
+typedef struct navigen_engine {
+  uint8_t _opaque[0];
+} navigen_engine;
+
+/*
  Parameters of navigen_generate_instruction(); fill with navigen_instruction_default_params().
  */
 typedef struct navigen_instruction_params {
@@ -139,7 +136,8 @@ typedef struct navigen_instruction_params {
 
 /*
  Streaming callback: a piece of generated text (whole UTF-8 characters, not NUL-terminated) and the
- user pointer. Return false to stop generation.
+ user pointer. `piece` is valid only during the call: copy the bytes to keep them. Return false to
+ stop generation.
  */
 typedef bool (*navigen_token_callback)(const char *piece, size_t len, void *user);
 
@@ -161,6 +159,13 @@ typedef struct navigen_history_params {
    */
   int64_t max_age_ms;
 } navigen_history_params;
+
+/*
+ An opened history folder.
+ */
+typedef struct navigen_history {
+  uint8_t _opaque[0];
+} navigen_history;
 
 #ifdef __cplusplus
 extern "C" {

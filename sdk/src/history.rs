@@ -540,6 +540,38 @@ mod tests {
         );
     }
 
+    /// A recovery whose rewrite fails leaves the damaged log in place (the copy is extra), so a later
+    /// open recovers the same records; renaming the log away first would have lost them all.
+    #[test]
+    fn a_failed_recovery_keeps_the_log() {
+        let (d, path) = four_events();
+        let mut b = std::fs::read(&path).unwrap();
+        b[HEADER + REC_HEADER + 3] ^= 0xff;
+        std::fs::write(&path, &b).unwrap();
+        // The rewrite's temporary file cannot be created: a folder holds its name.
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let blocker = d.path().join(format!(".{name}.tmp{}", std::process::id()));
+        std::fs::create_dir(&blocker).unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        assert!(h.recover("p").is_err(), "the rewrite cannot write");
+        assert_eq!(std::fs::read(&path).unwrap(), b, "the log is as it was");
+        drop(h);
+        std::fs::remove_dir(&blocker).unwrap();
+        let h = History::open(d.path(), HistoryParams::default()).unwrap();
+        assert_eq!(h.item_ids("p").unwrap(), vec!["item-1", "item-2", "item-3"]);
+    }
+
+    /// The oldest possible timestamp under an age limit: no overflow, and it ages out like any other.
+    #[test]
+    fn an_event_at_i64_min_under_an_age_limit() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::open(d.path(), params(0, 3_600_000)).unwrap();
+        h.append("p", &ev("oldest", i64::MIN)).unwrap();
+        assert_eq!(h.item_ids("p").unwrap(), vec!["oldest"]);
+        h.append("p", &ev("now", now_ms())).unwrap();
+        assert_eq!(h.item_ids("p").unwrap(), vec!["now"]);
+    }
+
     #[test]
     fn retention_limits() {
         let d = tempfile::tempdir().unwrap();

@@ -45,6 +45,9 @@ impl Model {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
             ));
         }
+        // llama.cpp's loader asserts on some malformed headers (an abort of the app): read the
+        // header in safe Rust first.
+        crate::format::gguf::validate_file(path)?;
         let params = LlamaModelParams::default()
             .with_n_gpu_layers(gpu_layers)
             .with_use_mmap(true);

@@ -175,6 +175,18 @@ pub(crate) fn guard_void(f: impl FnOnce()) {
 mod tests {
     use super::*;
 
+    /// Setting the message is inside the boundary and cannot panic: not even while the message is
+    /// borrowed on this thread (before, a `borrow_mut` outside `catch_unwind` would unwind into C).
+    #[test]
+    fn setting_the_message_while_it_is_borrowed_does_not_panic() {
+        LAST_ERROR.with(|e| {
+            let _held = e.borrow();
+            assert_eq!(guard(|| Err(invalid("x"))), NAVIGEN_ERR_INVALID_ARGUMENT);
+            assert_eq!(guard(|| Ok(())), NAVIGEN_OK);
+            assert_eq!(guard(|| panic!("inside")), NAVIGEN_ERR_INTERNAL);
+        });
+    }
+
     #[test]
     fn every_status_has_its_own_name() {
         for (i, (status, name)) in STATUS_NAMES.iter().enumerate() {

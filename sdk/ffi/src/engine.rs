@@ -23,7 +23,8 @@ impl Handle for navigen_engine {
 }
 
 /// Streaming callback: a piece of generated text (whole UTF-8 characters, not NUL-terminated) and the
-/// user pointer. Return false to stop generation.
+/// user pointer. `piece` is valid only during the call: copy the bytes to keep them. Return false to
+/// stop generation.
 pub type navigen_token_callback =
     Option<unsafe extern "C" fn(piece: *const c_char, len: usize, user: *mut c_void) -> bool>;
 

@@ -33,6 +33,18 @@ fn committed_header_is_current() {
     assert!(committed == fresh, "include/navigen.h is stale: regenerate it with NAVIGEN_BLESS=1 cargo test -p navigen-ffi --test header");
 }
 
+/// Lifetimes a C caller cannot see in the types are stated where the types are.
+#[test]
+fn header_states_borrowed_lifetimes() {
+    let h = generate();
+    let callback = h.find("typedef bool (*navigen_token_callback)").unwrap();
+    let doc = &h[h[..callback].rfind("/*").unwrap()..callback];
+    assert!(doc.contains("valid only during the call"), "{doc}");
+    let last_error = h.find("const char *navigen_last_error(void)").unwrap();
+    let doc = &h[h[..last_error].rfind("/*").unwrap()..last_error];
+    assert!(doc.contains("Valid until the next call"), "{doc}");
+}
+
 #[test]
 fn header_compiles_as_strict_c99_and_cpp() {
     let header = root().join("include/navigen.h");

@@ -5,6 +5,7 @@ pub mod bytes;
 pub mod catalog;
 pub mod codebooks;
 pub mod container;
+pub mod gguf;
 pub mod history;
 pub mod inspect;
 
