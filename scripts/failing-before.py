@@ -24,6 +24,13 @@ E = ["cargo", "test", "-p", "navigen-tests", "--test", "engine", "--", "--exact"
 
 # (defect, what it was, file, text of the fix, text restoring the old behaviour, test command + name)
 UNDO = [
+    (1, "a freed or stale handle was checked by reading its magic value from its memory",
+     "sdk/ffi/src/handle.rs", """    let map = live();
+    let Some(e) = map.get(&(p as usize)) else {""", """    // The old check: read the handle's magic value where the pointer points.
+    let _magic = unsafe { std::ptr::read_volatile(p as *const u64) };
+    let map = live();
+    let Some(e) = map.get(&(p as usize)) else {""",
+     FFI + ["handle::tests::stale_foreign_and_wrong_type_pointers_are_refused_without_reading_them"]),
     (3, "setting the error message could panic outside the boundary",
      "sdk/ffi/src/boundary.rs",
      """    let _ = LAST_ERROR.try_with(|e| {
@@ -36,6 +43,9 @@ UNDO = [
     (4, "engine parameters were not range-checked (threads as i32)",
      "sdk/src/engine/mod.rs", "        params.validate()?;\n", "",
      H + ["engine::tests::engine_params_out_of_range_are_refused"]),
+    (5, "the header did not say the callback's text is valid only during the call",
+     "sdk/ffi/src/engine.rs", "`piece` is valid only during the call: copy the bytes to keep them. ", "",
+     ["cargo", "test", "-p", "navigen-ffi", "--test", "header", "--", "--exact", "header_states_borrowed_lifetimes"]),
     (6, "a far-future timestamp aged out every other event",
      "sdk/src/history.rs", "let cutoff = newest.min(now_ms()).saturating_sub(",
      "let cutoff = newest.saturating_sub(",
@@ -83,6 +93,36 @@ UNDO = [
     (14, "log versions replaced by compaction or recovery were unlinked without zeroing",
      "sdk/src/history.rs", "            let _ = zero_file(&f);", "            let _ = &f;",
      H + ["history::tests::a_replaced_log_version_is_zeroed"]),
+    (16, "k = 256 (as many beams) failed with a llama.cpp error",
+     "sdk/src/engine/predict.rs", "let mut ctx = self.context(n_ctx, width as u32)?;",
+     "let mut ctx = self.context(n_ctx, width as u32 + 1)?;",
+     E + ["beam_width_is_independent_of_k_and_history_can_be_excluded"]),
+    (17, "no test reached the catalog's checks behind its checksums",
+     "sdk/src/format/catalog.rs", "if items[w[0] as usize].cid >= items[w[1] as usize].cid {",
+     "if false {",
+     H + ["format::catalog::tests::semantic_checks_behind_the_checksums"]),
+    (19, "the eval test only checked that values lie in [0, 1] (here: every baseline rank lost)",
+     "train/src/eval.rs", """            pop_hit,
+        ));
+        bar.inc(1);""", """            pop_hit,
+        ).filter(|_| false));
+        bar.inc(1);""",
+     E + ["eval_through_the_runtime_writes_every_metric"]),
+    (20, "the loss test could be met by the fixed JSON tokens alone (here: stage 2 trains on the frame only)",
+     "train/src/tasks.rs", """                instruction_example(cat, &ex, teacher, &mut out);
+            }
+        }
+    }
+    out.shuffle(&mut rng);""", """                instruction_example(cat, &ex, teacher, &mut out);
+                if let Some(last) = out.last_mut().filter(|e| e.task == Task::Cid2Ins) {
+                    last.answer = prompt::answer_text(Some(""), &prompt::answer_json_ins::<&str>(&[], ""));
+                }
+            }
+        }
+    }
+    out.shuffle(&mut rng);""",
+     ["cargo", "test", "-p", "navigen-train", "--test", "sft_tiny", "--", "--exact",
+      "stage_two_learns_the_instruction_content"]),
     (15, "a damaged model.gguf of the right size reached llama.cpp (NaN predictions)",
      "sdk/src/engine/mod.rs", "        crate::bundle::verify_files(dir, &files, params.verify_checksums)?;\n", "",
      E + ["broken_bundles_are_refused_with_clear_errors"]),
@@ -104,8 +144,9 @@ def run(defect, what, rel, fix, old, cmd):
     out = p.stdout + p.stderr
     name = cmd[-1]
     built = "error[E" not in out and "could not compile" not in out
-    failed = p.returncode != 0 and built and (f"{name} ... FAILED" in out or "panicked" in out)
-    line = next((l.strip() for l in out.splitlines() if "panicked at" in l or "assertion" in l), "")
+    failed = p.returncode != 0 and built and (f"{name} ... FAILED" in out or "panicked" in out or "signal: " in out)
+    line = next((l.strip() for l in out.splitlines()
+                 if "panicked at" in l or "assertion" in l or "signal: " in l), "")
     return {"defect": defect, "what": what, "test": name,
             "result": "failed without the fix" if failed else
             ("did not build without the fix" if not built else "PASSED without the fix"),

@@ -355,6 +355,66 @@ fn eval_through_the_runtime_writes_every_metric() {
     }
     // Recall can only grow with K.
     assert!(r["next_item"]["recall@40"].as_f64() >= r["next_item"]["recall@1"].as_f64());
+    // The numbers themselves, recomputed here from the files and the runtime: the most-popular list
+    // from the catalog's counts, the model's from one predict call per user; both without the
+    // items the user already has (training items and the validation target).
+    let full = navigen_train::eval::full_histories(&f.data).unwrap();
+    let cat = engine().catalog();
+    let mut popular: Vec<(u32, &str)> = cat.items().map(|it| (it.popularity, it.id)).collect();
+    popular.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let (mut pop_ranks, mut model_ranks) = (Vec::new(), Vec::new());
+    let test = std::fs::read_to_string(f.data.join("test.jsonl")).unwrap();
+    for line in test.lines().take(12) {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let target = row["target"].as_str().unwrap();
+        let user_items = &full[row["user"].as_str().unwrap()];
+        let unseen = |id: &str| !user_items.iter().any(|h| h == id);
+        let rank = |ids: Vec<&str>| ids.iter().position(|id| *id == target).map(|i| i + 1);
+        pop_ranks.push(rank(
+            popular
+                .iter()
+                .map(|p| p.1)
+                .filter(|id| unseen(id))
+                .take(40)
+                .collect(),
+        ));
+        let refs: Vec<&str> = user_items.iter().map(String::as_str).collect();
+        let all = PredictOptions {
+            k: navigen::engine::MAX_K,
+            beams: 40,
+            exclude_history: false,
+        };
+        let (preds, _) = engine().predict(&refs, &all).unwrap();
+        model_ranks.push(rank(
+            preds
+                .iter()
+                .map(|p| p.id.as_str())
+                .filter(|id| unseen(id))
+                .take(40)
+                .collect(),
+        ));
+    }
+    for k in navigen_train::eval::KS {
+        let recall = |ranks: &[Option<usize>]| {
+            ranks.iter().filter(|r| r.is_some_and(|r| r <= k)).count() as f64 / ranks.len() as f64
+        };
+        let close = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap()).abs() < 1e-9;
+        assert!(
+            close(
+                recall(&pop_ranks),
+                &r["baselines"]["most_popular"][format!("recall@{k}")]
+            ),
+            "most-popular recall@{k}: {pop_ranks:?} vs {}",
+            r["baselines"]["most_popular"]
+        );
+        assert!(
+            close(recall(&model_ranks), &r["next_item"][format!("recall@{k}")]),
+            "model recall@{k}: {model_ranks:?} vs {}",
+            r["next_item"]
+        );
+    }
+    // So that this comparison can fail: on these 12 users most-popular finds some targets.
+    assert!(pop_ranks.iter().any(Option::is_some), "{pop_ranks:?}");
     for section in [&r["instruction"], &r["baselines"]["zero_shot"]] {
         for key in [
             "parse_rate",

@@ -111,6 +111,24 @@ fn both_stages_train_and_log() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
 
+/// Stage 2 learns the instructions' content, not only their fixed JSON frame: on the validation
+/// answers, with the think tags, keys and punctuation left out, stage 2's model has a clearly lower
+/// loss than stage 1's, which has never seen an instruction. (The loss drop above could be met by
+/// the frame's tokens alone.) Measured on this run: 7.75 -> 4.63 nats.
+#[test]
+fn stage_two_learns_the_instruction_content() {
+    let r = tiny_run();
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let o = tiny_opts(&r.dir, 2, 60);
+    let before = sft::instruction_content_loss(&o, &stage_weights(1)).unwrap();
+    let after = sft::instruction_content_loss(&o, &stage_weights(2)).unwrap();
+    eprintln!("instruction content loss: stage 1 {before:.3}, stage 2 {after:.3}");
+    assert!(
+        after < before - 1.0,
+        "content loss {before:.3} -> {after:.3}: stage 2 did not learn the instructions' words"
+    );
+}
+
 /// Stage 1 on a pretrained base changes only the new token rows and the (untied) head.
 fn assert_stage_one_froze_the_backbone(run: &Path) {
     let info = RunInfo::read(run).unwrap();

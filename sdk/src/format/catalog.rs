@@ -490,6 +490,96 @@ mod tests {
         assert!(write_catalog(&entries(), &[4, 2, 4], 0, &serde_json::Value::Null).is_err());
     }
 
+    /// A valid catalog with one section's bytes edited by `edit`, written again with right
+    /// checksums, so that only the semantic checks behind the CRCs can refuse it.
+    fn resealed(mut edit: impl FnMut(Tag, &mut Vec<u8>)) -> Vec<u8> {
+        let bytes = write_catalog(&entries(), &[4, 4, 4], 7, &serde_json::Value::Null).unwrap();
+        let c = Container::parse(&bytes, MAGIC, &[VERSION]).unwrap();
+        let mut w = ContainerWriter::new(MAGIC, VERSION);
+        for info in c.sections() {
+            let mut data = c.section(info.tag).unwrap().to_vec();
+            edit(info.tag, &mut data);
+            w.section(info.tag, data);
+        }
+        w.finish()
+    }
+
+    fn records<T: bytemuck::Pod>(data: &mut [u8]) -> &mut [T] {
+        bytemuck::cast_slice_mut(data)
+    }
+
+    #[test]
+    fn semantic_checks_behind_the_checksums() {
+        // Unedited: the same bytes read back.
+        assert!(Catalog::from_bytes(&resealed(|_, _| {})).is_ok());
+        type Case = (&'static str, Box<dyn Fn(&mut Vec<u8>)>, Tag);
+        let cases: Vec<Case> = vec![
+            (
+                "CID levels",
+                Box::new(|d| records::<Meta>(d)[0].levels = 0),
+                META,
+            ),
+            (
+                "out of range",
+                Box::new(|d| records::<Meta>(d)[0].sizes[2] = 0),
+                META,
+            ),
+            (
+                "META says",
+                Box::new(|d| records::<Meta>(d)[0].item_count = 2),
+                META,
+            ),
+            (
+                "outside STRS",
+                Box::new(|d| records::<ItemRecord>(d)[1].text.len = 1 << 20),
+                ITEM,
+            ),
+            (
+                "outside the codebook",
+                Box::new(|d| records::<ItemRecord>(d)[0].cid[1] = 4),
+                ITEM,
+            ),
+            (
+                "unknown flags",
+                Box::new(|d| records::<ItemRecord>(d)[2].flags = 1),
+                ITEM,
+            ),
+            (
+                "not UTF-8",
+                Box::new(|d| d.iter_mut().take(1).for_each(|b| *b = 0xff)),
+                STRS,
+            ),
+            (
+                "twice",
+                Box::new(|d| records::<u32>(d)[1] = records::<u32>(d)[0]),
+                BYID,
+            ),
+            ("out of range", Box::new(|d| records::<u32>(d)[0] = 3), BYCD),
+            (
+                "BYCD is not strictly sorted",
+                Box::new(|d| records::<u32>(d).swap(0, 1)),
+                BYCD,
+            ),
+            (
+                "BYID is not strictly sorted",
+                Box::new(|d| records::<u32>(d).swap(0, 2)),
+                BYID,
+            ),
+        ];
+        for (says, edit, tag) in cases {
+            let bytes = resealed(|t, d| {
+                if t == tag {
+                    edit(d)
+                }
+            });
+            let e = Catalog::from_bytes(&bytes).expect_err(says);
+            assert!(
+                matches!(e, FormatError::Invalid(_)) && e.to_string().contains(says),
+                "{e} (expected {says:?})"
+            );
+        }
+    }
+
     #[test]
     fn damaged_files_are_errors() {
         let bytes = write_catalog(&entries(), &[4, 4, 4], 7, &serde_json::Value::Null).unwrap();

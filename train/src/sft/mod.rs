@@ -283,6 +283,61 @@ fn mean_loss(
     Ok(total / n.max(1) as f64)
 }
 
+/// Mean loss of the run's weights `weights_file` on the validation split's instruction answers
+/// (stage-2 examples, `opts.val_users` users), counting only the tokens that are not the answer's
+/// fixed frame: the think tags, the JSON keys and punctuation of `{"target_tid":[...],"target_ins":".."}`
+/// are left out, so what remains (reasoning words, TID terms, the instruction) is what a model must
+/// learn beyond the template.
+pub fn instruction_content_loss(opts: &SftOptions, weights_file: &str) -> Result<f64> {
+    let cat = Catalog::open(&opts.data.join(catalog::FILE_NAME))?;
+    let config: ModelConfig = serde_json::from_slice(&std::fs::read(opts.run.join(CONFIG_FILE))?)?;
+    let w = Weights::from_safetensors(
+        config,
+        &[opts.run.join(weights_file)],
+        &opts.device,
+        opts.dtype,
+    )?;
+    let tok =
+        Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pad = tok
+        .token_to_id(crate::tokenizer::END_OF_TEXT)
+        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
+        .unwrap_or(0);
+    let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
+    let teacher = instruction_teacher(&opts.data, opts.instructions)?;
+    let users = if opts.val_users == 0 {
+        valid.len()
+    } else {
+        opts.val_users.min(valid.len())
+    };
+    let examples: Vec<SftExample> =
+        tasks::validation_examples(&cat, &valid, 2, teacher.as_ref(), users)
+            .into_iter()
+            .filter(|e| e.task == navigen::prompt::Task::Cid2Ins)
+            .collect();
+    // The frame: an answer with empty reasoning, no terms and an empty instruction.
+    let frame =
+        navigen::prompt::answer_text(Some(""), &navigen::prompt::answer_json_ins::<&str>(&[], ""));
+    let frame_ids: std::collections::HashSet<u32> = encode(&tok, &frame)?.into_iter().collect();
+    let (tokenized, _) = tokenize_all(&tok, &examples, opts.max_len)?;
+    let mut rows = batch::pack(&tokenized, opts.max_len);
+    for r in &mut rows {
+        for t in r.targets.iter_mut() {
+            if t.is_some_and(|id| frame_ids.contains(&id)) {
+                *t = None;
+            }
+        }
+    }
+    rows.retain(|r| r.targets.iter().any(Option::is_some));
+    if rows.is_empty() {
+        bail!("no instruction answer tokens outside the frame");
+    }
+    let rope = Rope::new(&w.config, &opts.device, opts.dtype)?;
+    let codes = CodeConstraint::new(&cat, &tok)?;
+    let code_columns = Tensor::from_slice(&codes.columns, codes.columns.len(), &opts.device)?;
+    mean_loss(&w, &rope, &rows, opts, pad, (&codes, &code_columns))
+}
+
 /// Runs one SFT stage.
 pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
     let t0 = Instant::now();
