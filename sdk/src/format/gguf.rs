@@ -247,7 +247,8 @@ fn read_value<'a>(
 /// Block size and bytes per block of a ggml type, from the llama.cpp this build links, so new
 /// types are known without a table here; `None` for unknown or removed types.
 fn ggml_type(t: u32) -> Option<(u64, u64)> {
-    if t >= llama_cpp_sys_2::GGML_TYPE_COUNT as u32 {
+    // `ggml_type` is u32 or i32 depending on the platform's enum type.
+    if u64::from(t) >= llama_cpp_sys_2::GGML_TYPE_COUNT as u64 {
         return None;
     }
     // SAFETY: both read ggml's static type table, indexed by a value checked against its length.
