@@ -73,6 +73,16 @@ typedef enum navigen_status {
 } navigen_status;
 
 /*
+ An opened bundle.
+ */
+typedef struct navigen_engine navigen_engine;
+
+/*
+ An opened history folder.
+ */
+typedef struct navigen_history navigen_history;
+
+/*
  Parameters of navigen_engine_open(); fill with navigen_engine_default_params().
  */
 typedef struct navigen_engine_params {
@@ -108,13 +118,6 @@ typedef struct navigen_engine_params {
    */
   bool verify_checksums;
 } navigen_engine_params;
-
-/*
- An opened bundle.
- */
-typedef struct navigen_engine {
-  uint8_t _opaque[0];
-} navigen_engine;
 
 /*
  Parameters of navigen_generate_instruction(); fill with navigen_instruction_default_params().
@@ -161,11 +164,24 @@ typedef struct navigen_history_params {
 } navigen_history_params;
 
 /*
- An opened history folder.
+ The app's key store for an encrypted history (navigen_history_open_encrypted()): keys live in the
+ app's secure storage (Keychain, Android Keystore), never beside the logs. navigen calls
+ `get_key` when it first opens a profile and `destroy_key` from navigen_history_forget(), on the
+ thread that made that call (one call at a time per history); `user` is passed back as given.
  */
-typedef struct navigen_history {
-  uint8_t _opaque[0];
-} navigen_history;
+typedef struct navigen_key_store {
+  /*
+   Writes the profile's 32-byte key to `key_out` and returns true. With `create`, a profile
+   without a key gets a new random one that the store keeps. Returns false when the profile has
+   no key (and `create` is false) or on failure.
+   */
+  bool (*get_key)(const char *profile, bool create, uint8_t *key_out, void *user);
+  /*
+   Destroys the profile's key (true when there was none); false on failure.
+   */
+  bool (*destroy_key)(const char *profile, void *user);
+  void *user;
+} navigen_key_store;
 
 #ifdef __cplusplus
 extern "C" {
@@ -276,6 +292,18 @@ enum navigen_status navigen_history_open(const char *dir,
                                          struct navigen_history **out);
 
 /*
+ Opens (creating if needed) a history folder whose logs are encrypted, each profile with its own
+ key from `keys` (copied; its callbacks must stay callable until navigen_history_free). A plain
+ log is encrypted when its profile is first opened; navigen_history_forget() destroys the
+ profile's key before it removes the files, so any copy storage kept is unreadable. An encrypted
+ profile opened without its key fails with NAVIGEN_ERR_MISMATCH and is left as it is.
+ */
+enum navigen_status navigen_history_open_encrypted(const char *dir,
+                                                   const struct navigen_history_params *params,
+                                                   const struct navigen_key_store *keys,
+                                                   struct navigen_history **out);
+
+/*
  Releases a history and its folder lock (NULL, freed or unknown pointers are ignored). A call in
  flight on another thread keeps it alive until it returns.
  */
@@ -302,8 +330,9 @@ enum navigen_status navigen_history_items(const struct navigen_history *history,
 /*
  Removes the profile from disk: its log and damaged copies are overwritten with zeros, synced and
  removed (versions replaced earlier by compaction were zeroed then). On copy-on-write or flash
- storage (APFS, F2FS, most phones) old blocks may persist until reused: rely on the platform's
- encryption at rest there.
+ storage (APFS, F2FS, most phones) old blocks may persist until reused: open the history with
+ navigen_history_open_encrypted(), whose forget destroys the profile's key first, or rely on the
+ platform's encryption at rest.
  */
 enum navigen_status navigen_history_forget(const struct navigen_history *history,
                                            const char *profile);

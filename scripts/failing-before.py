@@ -123,6 +123,9 @@ UNDO = [
     out.shuffle(&mut rng);""",
      ["cargo", "test", "-p", "navigen-train", "--test", "sft_tiny", "--", "--exact",
       "stage_two_learns_the_instruction_content"]),
+    (14.5, "forget could not reach blocks kept by copy-on-write or flash storage (now: the key is destroyed)",
+     "sdk/src/history.rs", "            keys.destroy(profile)?;", "            let _ = keys;",
+     H + ["history::tests::forget_destroys_the_key"]),
     (15, "a damaged model.gguf of the right size reached llama.cpp (NaN predictions)",
      "sdk/src/engine/mod.rs", "        crate::bundle::verify_files(dir, &files, params.verify_checksums)?;\n", "",
      E + ["broken_bundles_are_refused_with_clear_errors"]),
@@ -157,9 +160,9 @@ def main():
     args = sys.argv[1:]
     if "--list" in args:
         for d, what, rel, *_ , cmd in UNDO:
-            print(f"{d:>3}  {what}  ({rel}; {cmd[-1]})")
+            print(f"{d:>4}  {what}  ({rel}; {cmd[-1]})")
         return 0
-    chosen = {int(a) for a in args}
+    chosen = {float(a) for a in args}
     bad = 0
     for case in UNDO:
         if chosen and case[0] not in chosen:

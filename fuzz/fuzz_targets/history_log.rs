@@ -1,10 +1,12 @@
 //! The history log's record scanner on logs built from valid records (right CRCs) mixed with the
 //! fuzzer's own bytes: a scan never panics, keeps every record before the first damage, and what it
-//! keeps is exactly what was written.
+//! keeps is exactly what was written. Plain (version 1) and sealed (version 2, a fixed key) logs.
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use navigen::format::history::{encode, header, read_header, scan, Event, EventKind};
+use navigen::format::history::{
+    encode_with, header_for, read_header, scan_with, Event, EventKind, Sealer,
+};
 
 #[derive(Arbitrary, Debug)]
 enum Piece {
@@ -14,13 +16,16 @@ enum Piece {
 
 #[derive(Arbitrary, Debug)]
 struct Log {
+    sealed: bool,
     with_header: bool,
     pieces: Vec<Piece>,
     cut: Option<u16>,
 }
 
 fuzz_target!(|log: Log| {
-    let mut bytes = if log.with_header { header() } else { Vec::new() };
+    let sealer = Sealer::new(&[7; 32], "70.nvh");
+    let s = log.sealed.then_some(&sealer);
+    let mut bytes = if log.with_header { header_for(s) } else { Vec::new() };
     let mut clean = Vec::new(); // events written before the first garbage
     let mut damaged = false;
     for p in &log.pieces {
@@ -31,7 +36,7 @@ fuzz_target!(|log: Log| {
                     kind: EventKind::from_code(*kind).unwrap_or(EventKind::Other),
                     timestamp_ms: *timestamp_ms,
                 };
-                if let Ok(rec) = encode(&e) {
+                if let Ok(rec) = encode_with(&e, s) {
                     bytes.extend_from_slice(&rec);
                     if !damaged {
                         clean.push(e);
@@ -50,7 +55,7 @@ fuzz_target!(|log: Log| {
     }
     let _ = read_header(&bytes);
     // scan takes the whole file and starts after the header's 16 bytes.
-    let (events, good_end, _torn, _bad) = scan(&bytes);
+    let (events, good_end, _torn, _bad) = scan_with(&bytes, s);
     assert!(good_end <= bytes.len().max(16));
     if log.with_header && cut.is_none() {
         // Every record written before the first garbage is read back, in order.

@@ -1,10 +1,11 @@
 //! The history: an opened history folder, and its exports (open/free, append, items, forget, export)
 //! with their parameter struct.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void, CString};
 use std::path::Path;
+use std::sync::Arc;
 
-use navigen::history::{Event, EventKind, History, HistoryParams, Sync};
+use navigen::history::{Event, EventKind, History, HistoryParams, KeyStore, Sync};
 
 use crate::boundary::{guard, guard_void, invalid, navigen_status, Fail};
 use crate::convert::{out_arg, out_ptr_arg, out_string, str_arg};
@@ -95,6 +96,113 @@ pub unsafe extern "C" fn navigen_history_open(
     })
 }
 
+/// The app's key store for an encrypted history (navigen_history_open_encrypted()): keys live in the
+/// app's secure storage (Keychain, Android Keystore), never beside the logs. navigen calls
+/// `get_key` when it first opens a profile and `destroy_key` from navigen_history_forget(), on the
+/// thread that made that call (one call at a time per history); `user` is passed back as given.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct navigen_key_store {
+    /// Writes the profile's 32-byte key to `key_out` and returns true. With `create`, a profile
+    /// without a key gets a new random one that the store keeps. Returns false when the profile has
+    /// no key (and `create` is false) or on failure.
+    pub get_key: Option<
+        unsafe extern "C" fn(
+            profile: *const c_char,
+            create: bool,
+            key_out: *mut u8,
+            user: *mut c_void,
+        ) -> bool,
+    >,
+    /// Destroys the profile's key (true when there was none); false on failure.
+    pub destroy_key:
+        Option<unsafe extern "C" fn(profile: *const c_char, user: *mut c_void) -> bool>,
+    pub user: *mut c_void,
+}
+
+type GetKey = unsafe extern "C" fn(*const c_char, bool, *mut u8, *mut c_void) -> bool;
+type DestroyKey = unsafe extern "C" fn(*const c_char, *mut c_void) -> bool;
+
+/// A C key store as navigen's [`KeyStore`].
+struct CKeyStore {
+    get: GetKey,
+    destroy: DestroyKey,
+    /// The caller's pointer, kept as an address: the header makes the store's thread-safety the
+    /// caller's contract.
+    user: usize,
+}
+
+impl KeyStore for CKeyStore {
+    fn key(&self, profile: &str, create: bool) -> navigen::Result<Option<[u8; 32]>> {
+        let name = CString::new(profile)
+            .map_err(|_| navigen::Error::InvalidArgument("profile holds a NUL".into()))?;
+        let mut key = [0u8; 32];
+        // SAFETY: a NUL-terminated name and a 32-byte buffer, both valid for the call.
+        let ok = unsafe {
+            (self.get)(
+                name.as_ptr(),
+                create,
+                key.as_mut_ptr(),
+                self.user as *mut c_void,
+            )
+        };
+        match (ok, create) {
+            (true, _) => Ok(Some(key)),
+            (false, false) => Ok(None),
+            (false, true) => Err(navigen::Error::InvalidArgument(format!(
+                "the key store's get_key made no key for profile {profile:?}"
+            ))),
+        }
+    }
+
+    fn destroy(&self, profile: &str) -> navigen::Result<()> {
+        let name = CString::new(profile)
+            .map_err(|_| navigen::Error::InvalidArgument("profile holds a NUL".into()))?;
+        // SAFETY: a NUL-terminated name valid for the call.
+        if unsafe { (self.destroy)(name.as_ptr(), self.user as *mut c_void) } {
+            Ok(())
+        } else {
+            Err(navigen::Error::InvalidArgument(format!(
+                "the key store's destroy_key failed for profile {profile:?}: nothing was removed"
+            )))
+        }
+    }
+}
+
+/// Opens (creating if needed) a history folder whose logs are encrypted, each profile with its own
+/// key from `keys` (copied; its callbacks must stay callable until navigen_history_free). A plain
+/// log is encrypted when its profile is first opened; navigen_history_forget() destroys the
+/// profile's key before it removes the files, so any copy storage kept is unreadable. An encrypted
+/// profile opened without its key fails with NAVIGEN_ERR_MISMATCH and is left as it is.
+#[no_mangle]
+pub unsafe extern "C" fn navigen_history_open_encrypted(
+    dir: *const c_char,
+    params: *const navigen_history_params,
+    keys: *const navigen_key_store,
+    out: *mut *mut navigen_history,
+) -> navigen_status {
+    guard(|| {
+        let out = out_ptr_arg(out, "out")?;
+        let dir = str_arg(dir, "dir")?;
+        let p = match params.as_ref() {
+            Some(p) => history_params(p)?,
+            None => HistoryParams::default(),
+        };
+        let k = keys.as_ref().ok_or_else(|| invalid("keys is NULL"))?;
+        let (Some(get), Some(destroy)) = (k.get_key, k.destroy_key) else {
+            return Err(invalid("keys: get_key and destroy_key are both required"));
+        };
+        let store = CKeyStore {
+            get,
+            destroy,
+            user: k.user as usize,
+        };
+        let h = History::open_with_keys(Path::new(dir), p, Some(Arc::new(store)))?;
+        *out = handle::into_raw(h);
+        Ok(())
+    })
+}
+
 /// Releases a history and its folder lock (NULL, freed or unknown pointers are ignored). A call in
 /// flight on another thread keeps it alive until it returns.
 #[no_mangle]
@@ -150,8 +258,9 @@ pub unsafe extern "C" fn navigen_history_items(
 
 /// Removes the profile from disk: its log and damaged copies are overwritten with zeros, synced and
 /// removed (versions replaced earlier by compaction were zeroed then). On copy-on-write or flash
-/// storage (APFS, F2FS, most phones) old blocks may persist until reused: rely on the platform's
-/// encryption at rest there.
+/// storage (APFS, F2FS, most phones) old blocks may persist until reused: open the history with
+/// navigen_history_open_encrypted(), whose forget destroys the profile's key first, or rely on the
+/// platform's encryption at rest.
 #[no_mangle]
 pub unsafe extern "C" fn navigen_history_forget(
     history: *const navigen_history,

@@ -253,3 +253,24 @@ fn soak_open_predict_instruct_cancel_free_keeps_memory_and_descriptors_flat() {
         warm.len() - 1
     );
 }
+
+#[test]
+fn an_encrypted_history_from_c_with_the_apps_key_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Plainly and under ASan/UBSan: the key store's callbacks write into navigen's buffers.
+    for (name, flags) in [
+        ("encrypted_history", &[][..]),
+        ("encrypted_history_asan", SANITIZE),
+    ] {
+        let exe = tmp.path().join(name);
+        compile_with("sdk/ffi/tests/c/encrypted_history.c", &exe, false, flags);
+        let dir = tmp.path().join(format!("history-{name}"));
+        let out = run_sanitized(&exe, &[dir.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
