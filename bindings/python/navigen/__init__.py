@@ -23,13 +23,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
 from . import _ffi
 
 __all__ = [
     "Engine",
     "History",
+    "KeyStore",
     "EventKind",
     "Status",
     "NavigenError",
@@ -335,8 +336,52 @@ class InstructionStream(_Closing):
         self._thread.join()
 
 
+class KeyStore(Protocol):
+    """Where an encrypted history's per-profile keys live (the platform's secret store, never the
+    history folder). Called from the thread that calls into the history."""
+
+    def get_key(self, profile: str, create: bool) -> Optional[bytes]:
+        """The profile's 32-byte key; with `create`, a profile without one gets a new random key that
+        the store keeps. None when there is none."""
+        ...
+
+    def destroy_key(self, profile: str) -> None:
+        """Destroys the profile's key (called by `History.forget`, before the files go)."""
+        ...
+
+
+def _c_key_store(store: KeyStore) -> tuple[_ffi.KeyStore, tuple[Any, Any]]:
+    """The C struct for `store`, and the callback objects that must live as long as the history.
+    A Python exception inside a callback is a failed call (navigen reports it), never an unwind
+    through C."""
+
+    def get_key(profile: bytes, create: bool, out: Any, _user: Any) -> bool:
+        try:
+            key = store.get_key(profile.decode(), bool(create))
+            if key is None:
+                return False
+            if len(key) != 32:
+                raise ValueError(f"get_key returned {len(key)} bytes, 32 needed")
+            ctypes.memmove(out, bytes(key), 32)
+            return True
+        except Exception:
+            return False
+
+    def destroy_key(profile: bytes, _user: Any) -> bool:
+        try:
+            store.destroy_key(profile.decode())
+            return True
+        except Exception:
+            return False
+
+    callbacks = (_ffi.GET_KEY(get_key), _ffi.DESTROY_KEY(destroy_key))
+    return _ffi.KeyStore(callbacks[0], callbacks[1], None), callbacks
+
+
 class History(_Handle):
-    """An opened history folder: per-profile event logs, crash-safe, private to this device."""
+    """An opened history folder: per-profile event logs, crash-safe, private to this device. With
+    `key_store`, every profile's log is encrypted with its own key from the store, and `forget`
+    destroys the key first (see docs/hardening.md)."""
 
     _free = staticmethod(lambda h: _lib.navigen_history_free(h))
 
@@ -347,6 +392,7 @@ class History(_Handle):
         sync_every_append: Optional[bool] = None,
         max_items: Optional[int] = None,
         max_age_ms: Optional[int] = None,
+        key_store: Optional[KeyStore] = None,
     ) -> None:
         super().__init__()
         p = _ffi.HistoryParams()
@@ -358,7 +404,15 @@ class History(_Handle):
         if max_age_ms is not None:
             p.max_age_ms = max_age_ms
         out = ctypes.c_void_p()
-        _check(_lib.navigen_history_open(str(folder).encode(), ctypes.byref(p), ctypes.byref(out)))
+        if key_store is None:
+            _check(_lib.navigen_history_open(str(folder).encode(), ctypes.byref(p), ctypes.byref(out)))
+        else:
+            keys, self._key_callbacks = _c_key_store(key_store)
+            _check(
+                _lib.navigen_history_open_encrypted(
+                    str(folder).encode(), ctypes.byref(p), ctypes.byref(keys), ctypes.byref(out)
+                )
+            )
         self._h = out
 
     def append(

@@ -9,7 +9,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from ctypes import POINTER, c_bool, c_char_p, c_float, c_int32, c_int64, c_size_t, c_uint32, c_void_p
+from ctypes import POINTER, c_bool, c_char_p, c_float, c_int32, c_int64, c_size_t, c_uint8, c_uint32, c_void_p
 
 ABI_VERSION = 2
 
@@ -44,6 +44,16 @@ class HistoryParams(ctypes.Structure):
     ]
 
 
+# bool (*get_key)(const char *profile, bool create, uint8_t *key_out, void *user)
+GET_KEY = ctypes.CFUNCTYPE(c_bool, c_char_p, c_bool, POINTER(c_uint8), c_void_p)
+# bool (*destroy_key)(const char *profile, void *user)
+DESTROY_KEY = ctypes.CFUNCTYPE(c_bool, c_char_p, c_void_p)
+
+
+class KeyStore(ctypes.Structure):
+    _fields_ = [("get_key", GET_KEY), ("destroy_key", DESTROY_KEY), ("user", c_void_p)]
+
+
 # bool (*)(const char *piece, size_t len, void *user); the piece is not NUL-terminated, so it is
 # taken as a plain pointer and read with its length.
 TOKEN_CALLBACK = ctypes.CFUNCTYPE(c_bool, c_void_p, c_size_t, c_void_p)
@@ -68,6 +78,9 @@ _SIGNATURES = {
     ),
     "navigen_history_default_params": (c_int32, [POINTER(HistoryParams)]),
     "navigen_history_open": (c_int32, [c_char_p, POINTER(HistoryParams), POINTER(c_void_p)]),
+    "navigen_history_open_encrypted": (
+        c_int32, [c_char_p, POINTER(HistoryParams), POINTER(KeyStore), POINTER(c_void_p)]
+    ),
     "navigen_history_free": (None, [c_void_p]),
     "navigen_history_append": (c_int32, [c_void_p, c_char_p, c_char_p, c_uint32, c_int64]),
     "navigen_history_items": (c_int32, [c_void_p, c_char_p, POINTER(c_void_p)]),

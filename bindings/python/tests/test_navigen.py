@@ -152,5 +152,61 @@ class HistoryTest(unittest.TestCase):
             self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
 
 
+class DictKeyStore:
+    """A key store in memory, as a Keychain/Keystore wrapper of an app would be."""
+
+    def __init__(self):
+        self.keys = {}
+        self.destroyed = []
+
+    def get_key(self, profile, create):
+        if profile not in self.keys and create:
+            self.keys[profile] = os.urandom(32)
+        return self.keys.get(profile)
+
+    def destroy_key(self, profile):
+        self.keys.pop(profile, None)
+        self.destroyed.append(profile)
+
+
+class EncryptedHistoryTest(unittest.TestCase):
+    def test_items_are_sealed_a_wrong_store_is_refused_and_forget_destroys_the_key(self):
+        with tempfile.TemporaryDirectory() as d:
+            store = DictKeyStore()
+            with navigen.History(d, key_store=store) as h:
+                h.append("alice", "secret-film-1")
+                h.append("alice", "secret-film-2")
+                self.assertEqual(h.items("alice"), ["secret-film-1", "secret-film-2"])
+            for name in os.listdir(d):
+                with open(os.path.join(d, name), "rb") as f:
+                    self.assertNotIn(b"secret-film", f.read(), name)
+            # Another store, or none: refused as a mismatch, and the log is kept.
+            for other in (DictKeyStore(), None):
+                with navigen.History(d, key_store=other) as h:
+                    with self.assertRaises(navigen.NavigenError) as cm:
+                        h.items("alice")
+                    self.assertEqual(cm.exception.status, navigen.Status.MISMATCH)
+            with navigen.History(d, key_store=store) as h:
+                self.assertEqual(h.items("alice"), ["secret-film-1", "secret-film-2"])
+                h.forget("alice")
+                self.assertEqual(store.destroyed, ["alice"])
+                self.assertNotIn("alice", store.keys)
+                self.assertEqual(h.items("alice"), [])
+
+    def test_a_failing_key_store_is_an_error_not_a_crash(self):
+        class Broken:
+            def get_key(self, profile, create):
+                raise RuntimeError("keychain locked")
+
+            def destroy_key(self, profile):
+                raise RuntimeError("keychain locked")
+
+        with tempfile.TemporaryDirectory() as d, navigen.History(d, key_store=Broken()) as h:
+            with self.assertRaises(navigen.NavigenError):
+                h.append("alice", "x")
+            with self.assertRaises(navigen.NavigenError):
+                h.forget("alice")
+
+
 if __name__ == "__main__":
     unittest.main()
