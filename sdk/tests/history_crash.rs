@@ -182,12 +182,18 @@ fn recv_until(
     rx: &Receiver<String>,
     mut done: impl FnMut(&str) -> bool,
     what: &str,
+    child_err: &Path,
 ) -> Vec<String> {
     let mut lines = Vec::new();
     loop {
-        let line = rx
-            .recv()
-            .unwrap_or_else(|_| panic!("{what}: the child died before the kill"));
+        let line = rx.recv().unwrap_or_else(|_| {
+            // Its stderr may still be written: give the child a moment to finish dying.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            panic!(
+                "{what}: the child died before the kill after {lines:?}; its stderr:\n{}",
+                std::fs::read_to_string(child_err).unwrap_or_default()
+            )
+        });
         let stop = done(&line);
         lines.push(line);
         if stop {
@@ -206,13 +212,19 @@ fn killed_writers_of_an_encrypted_history_lose_nothing_acknowledged() {
     harness(true);
 }
 
+/// The two harnesses take turns: a child forked by one inherits, until its exec, the folder lock the
+/// other's parent holds while it checks a round, and the other's next child would find it taken.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn harness(sealed: bool) {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let rounds: u64 = std::env::var("NAVIGEN_KILL_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(ROUNDS);
     let dir = tempfile::tempdir().unwrap();
     let key_dir = tempfile::tempdir().unwrap();
+    let err_dir = tempfile::tempdir().unwrap();
     let keys = sealed.then(|| key_dir.path());
     let exe = std::env::current_exe().unwrap();
     // Highest acknowledged index of "p" and "q"; whether the last forget was acknowledged.
@@ -222,6 +234,8 @@ fn harness(sealed: bool) {
     let mut kills_by_mode = [0u64; 3];
     for round in 0..rounds {
         let m = mode(round);
+        // The child's panic message, if it dies before the kill.
+        let child_err = err_dir.path().join(format!("round-{round}.txt"));
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -235,7 +249,7 @@ fn harness(sealed: bool) {
             .envs(keys.map(|k| (CHILD_KEYS, k)))
             .env("NAVIGEN_HISTORY_CHILD_ROUND", round.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&child_err).unwrap()))
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
@@ -247,7 +261,10 @@ fn harness(sealed: bool) {
                 let _ = tx.send(line);
             }
         });
-        let what = format!("round {round} ({m:?})");
+        let what = format!(
+            "round {round} ({m:?}{})",
+            if sealed { ", encrypted" } else { "" }
+        );
         let mut seen = 0;
         let before_kill = match m {
             Mode::Append => recv_until(
@@ -257,8 +274,9 @@ fn harness(sealed: bool) {
                     seen == kill_after(round)
                 },
                 &what,
+                &child_err,
             ),
-            Mode::Open => recv_until(&rx, |l| l == "opening", &what),
+            Mode::Open => recv_until(&rx, |l| l == "opening", &what, &child_err),
             Mode::Forget => {
                 // Every other forget round kills at the forget itself.
                 let at_forget = round % 10 == 4;
@@ -273,6 +291,7 @@ fn harness(sealed: bool) {
                         }
                     },
                     &what,
+                    &child_err,
                 )
             }
         };
