@@ -120,6 +120,26 @@ typedef struct navigen_engine_params {
 } navigen_engine_params;
 
 /*
+ Parameters of navigen_predict() and navigen_predict_for_profile(); fill with
+ navigen_predict_default_params().
+ */
+typedef struct navigen_predict_params {
+  /*
+   Items returned (1..=4096; default 10).
+   */
+  size_t k;
+  /*
+   Beam width at every CID level but the last (1..=256; default 20): wider finds more of the
+   catalog's likely items at more decoding cost. `k` may exceed it.
+   */
+  uint32_t beams;
+  /*
+   Leave out the items already in the history (default false: a re-watch predictor keeps them).
+   */
+  bool exclude_history;
+} navigen_predict_params;
+
+/*
  Parameters of navigen_generate_instruction(); fill with navigen_instruction_default_params().
  */
 typedef struct navigen_instruction_params {
@@ -239,6 +259,31 @@ void navigen_engine_free(struct navigen_engine *engine);
 enum navigen_status navigen_cancel(const struct navigen_engine *engine);
 
 /*
+ Fills `out` with the defaults (k 10, 20 beams, history items kept).
+ */
+enum navigen_status navigen_predict_default_params(struct navigen_predict_params *out);
+
+/*
+ Like navigen_predict_next(), with the beam width and history exclusion of `params` (NULL for the
+ defaults).
+ */
+enum navigen_status navigen_predict(const struct navigen_engine *engine,
+                                    const char *const *history,
+                                    size_t history_len,
+                                    const struct navigen_predict_params *params,
+                                    char **out_json);
+
+/*
+ navigen_predict() on the events of `profile` in an opened history (its item ids, oldest first;
+ the engine uses the last ones its prompt holds). INVALID_ARGUMENT when the profile has none.
+ */
+enum navigen_status navigen_predict_for_profile(const struct navigen_engine *engine,
+                                                const struct navigen_history *history,
+                                                const char *profile,
+                                                const struct navigen_predict_params *params,
+                                                char **out_json);
+
+/*
  Predicts the `k` items most likely next after `history` (`history_len` item ids, oldest first).
  `*out_json` receives `[{"id","title","cid","score"}, ...]`, best first.
  */
@@ -276,6 +321,18 @@ enum navigen_status navigen_generate_instruction(const struct navigen_engine *en
                                                  navigen_token_callback callback,
                                                  void *user,
                                                  char **out_json);
+
+/*
+ navigen_generate_instruction() on the events of `profile` in an opened history.
+ INVALID_ARGUMENT when the profile has none.
+ */
+enum navigen_status navigen_generate_instruction_for_profile(const struct navigen_engine *engine,
+                                                             const struct navigen_history *history,
+                                                             const char *profile,
+                                                             const struct navigen_instruction_params *params,
+                                                             navigen_token_callback callback,
+                                                             void *user,
+                                                             char **out_json);
 
 /*
  Fills `out` with the defaults (fsync on every append, 10,000 events per profile, no age limit).

@@ -73,6 +73,7 @@ printf '#include <vector>\n#include <string>\n#include <thread>\nint main(){std:
 compiles gcc c -std=c99 -fopenmp || need build-essential "gcc cannot compile and link a C99 + OpenMP program"
 compiles g++ cpp -std=c++17 -pthread || need g++ "g++ cannot compile and link a C++17 program"
 command -v make >/dev/null 2>&1 || need make "cmake's Makefile generator runs make"
+command -v pkg-config >/dev/null 2>&1 || need pkg-config "the C ABI tests build a program the way desktop C users do: pkg-config --cflags --libs navigen"
 
 # --- cmake --------------------------------------------------------------------------------------
 cmake_ok() {

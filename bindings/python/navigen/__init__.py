@@ -205,12 +205,51 @@ class Engine(_Handle):
         _check(_lib.navigen_engine_open(str(bundle_dir).encode(), ctypes.byref(p), ctypes.byref(out)))
         self._h = out
 
-    def predict_next(self, history: Sequence[str], k: int = 10) -> list[Prediction]:
-        """The `k` items most likely next after `history` (item ids, oldest first), best first."""
+    def predict_next(
+        self,
+        history: Sequence[str],
+        k: int = 10,
+        *,
+        beams: Optional[int] = None,
+        exclude_history: bool = False,
+    ) -> list[Prediction]:
+        """The `k` items most likely next after `history` (item ids, oldest first), best first.
+        `beams`: the beam width (1..=256, default 20); `exclude_history` leaves out items the
+        history holds."""
         arr, n = _items(history)
         out = ctypes.c_void_p()
-        _check(_lib.navigen_predict_next(self._handle, arr, n, k, ctypes.byref(out)))
-        return [Prediction(p["id"], p["title"], p["cid"], float(p["score"])) for p in json.loads(_take_string(out))]
+        p = self._predict_params(k, beams, exclude_history)
+        _check(_lib.navigen_predict(self._handle, arr, n, ctypes.byref(p), ctypes.byref(out)))
+        return _predictions(out)
+
+    def predict_for_profile(
+        self,
+        history: "History",
+        profile: str,
+        k: int = 10,
+        *,
+        beams: Optional[int] = None,
+        exclude_history: bool = False,
+    ) -> list[Prediction]:
+        """`predict_next` on the events of `profile` in an opened history."""
+        out = ctypes.c_void_p()
+        p = self._predict_params(k, beams, exclude_history)
+        _check(
+            _lib.navigen_predict_for_profile(
+                self._handle, history._handle, profile.encode(), ctypes.byref(p), ctypes.byref(out)
+            )
+        )
+        return _predictions(out)
+
+    @staticmethod
+    def _predict_params(k: int, beams: Optional[int], exclude_history: bool) -> _ffi.PredictParams:
+        p = _ffi.PredictParams()
+        _check(_lib.navigen_predict_default_params(ctypes.byref(p)))
+        p.k = k
+        if beams is not None:
+            p.beams = beams
+        p.exclude_history = exclude_history
+        return p
 
     def register_item(self, text: str) -> dict:
         """A CID for a new item's text (title, description, genres), as the trainer would give it."""
@@ -334,6 +373,10 @@ class InstructionStream(_Closing):
             pass  # unblock the worker; what it still hands over is dropped
         self._finished = True
         self._thread.join()
+
+
+def _predictions(out: ctypes.c_void_p) -> list[Prediction]:
+    return [Prediction(p["id"], p["title"], p["cid"], float(p["score"])) for p in json.loads(_take_string(out))]
 
 
 class KeyStore(Protocol):

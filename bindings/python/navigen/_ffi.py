@@ -36,6 +36,10 @@ class InstructionParams(ctypes.Structure):
     ]
 
 
+class PredictParams(ctypes.Structure):
+    _fields_ = [("k", c_size_t), ("beams", c_uint32), ("exclude_history", c_bool)]
+
+
 class HistoryParams(ctypes.Structure):
     _fields_ = [
         ("sync_every_append", c_bool),
@@ -69,6 +73,9 @@ _SIGNATURES = {
     "navigen_engine_free": (None, [c_void_p]),
     "navigen_cancel": (c_int32, [c_void_p]),
     "navigen_predict_next": (c_int32, [c_void_p, POINTER(c_char_p), c_size_t, c_size_t, POINTER(c_void_p)]),
+    "navigen_predict_default_params": (c_int32, [POINTER(PredictParams)]),
+    "navigen_predict": (c_int32, [c_void_p, POINTER(c_char_p), c_size_t, POINTER(PredictParams), POINTER(c_void_p)]),
+    "navigen_predict_for_profile": (c_int32, [c_void_p, c_void_p, c_char_p, POINTER(PredictParams), POINTER(c_void_p)]),
     "navigen_register_item": (c_int32, [c_void_p, c_char_p, POINTER(c_void_p)]),
     "navigen_instruction_default_params": (c_int32, [POINTER(InstructionParams)]),
     "navigen_generate_instruction": (

@@ -145,6 +145,22 @@ class HistoryTest(unittest.TestCase):
             # Closed: the lock is released.
             navigen.History(d).close()
 
+    def test_predict_from_a_profile_with_beam_width_and_exclusion(self):
+        with tempfile.TemporaryDirectory() as d, navigen.History(d) as h, navigen.Engine(BUNDLE) as e:
+            for i, item in enumerate(HISTORY):
+                h.append("u", item, navigen.EventKind.PLAY, 1700000000000 + i)
+            by_profile = e.predict_for_profile(h, "u", k=6, beams=8, exclude_history=True)
+            by_hand = e.predict_next(HISTORY, k=6, beams=8, exclude_history=True)
+            self.assertEqual(by_profile, by_hand)
+            self.assertEqual(len(by_profile), 6)
+            self.assertFalse({p.id for p in by_profile} & set(HISTORY))
+            with self.assertRaises(navigen.NavigenError) as cm:
+                e.predict_next(HISTORY, beams=0)
+            self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
+            with self.assertRaises(navigen.NavigenError) as cm:
+                e.predict_for_profile(h, "nobody")
+            self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
+
     def test_invalid_profile_names_are_refused(self):
         with tempfile.TemporaryDirectory() as d, navigen.History(d) as h:
             with self.assertRaises(navigen.NavigenError) as cm:

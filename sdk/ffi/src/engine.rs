@@ -4,11 +4,12 @@
 use std::ffi::{c_char, c_void};
 use std::path::Path;
 
-use navigen::engine::{Engine, EngineParams, InstructionOptions};
+use navigen::engine::{Engine, EngineParams, InstructionOptions, PredictOptions};
 
 use crate::boundary::{guard, guard_void, invalid, navigen_status, Fail};
 use crate::convert::{list_arg, out_arg, out_ptr_arg, out_string, str_arg};
 use crate::handle::{self, Handle};
+use crate::history::navigen_history;
 
 /// An opened bundle.
 pub struct navigen_engine {
@@ -170,6 +171,103 @@ pub unsafe extern "C" fn navigen_cancel(engine: *const navigen_engine) -> navige
     })
 }
 
+/// Parameters of navigen_predict() and navigen_predict_for_profile(); fill with
+/// navigen_predict_default_params().
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct navigen_predict_params {
+    /// Items returned (1..=4096; default 10).
+    pub k: usize,
+    /// Beam width at every CID level but the last (1..=256; default 20): wider finds more of the
+    /// catalog's likely items at more decoding cost. `k` may exceed it.
+    pub beams: u32,
+    /// Leave out the items already in the history (default false: a re-watch predictor keeps them).
+    pub exclude_history: bool,
+}
+
+impl From<PredictOptions> for navigen_predict_params {
+    fn from(o: PredictOptions) -> Self {
+        navigen_predict_params {
+            k: o.k,
+            beams: o.beams as u32,
+            exclude_history: o.exclude_history,
+        }
+    }
+}
+
+/// The options a caller's params ask for (`Engine::predict` checks the ranges).
+fn predict_options(p: Option<&navigen_predict_params>) -> PredictOptions {
+    p.map_or_else(PredictOptions::default, |p| PredictOptions {
+        k: p.k,
+        beams: p.beams as usize,
+        exclude_history: p.exclude_history,
+    })
+}
+
+/// Fills `out` with the defaults (k 10, 20 beams, history items kept).
+#[no_mangle]
+pub unsafe extern "C" fn navigen_predict_default_params(
+    out: *mut navigen_predict_params,
+) -> navigen_status {
+    guard(|| {
+        *out_arg(out, "out")? = PredictOptions::default().into();
+        Ok(())
+    })
+}
+
+/// The item ids of `profile` in `history` (oldest first); INVALID_ARGUMENT when it has none.
+unsafe fn profile_items(
+    history: *const navigen_history,
+    profile: *const c_char,
+) -> Result<Vec<String>, Fail> {
+    let h = handle::arg(history)?;
+    let profile = str_arg(profile, "profile")?;
+    let items = h.item_ids(profile)?;
+    if items.is_empty() {
+        return Err(invalid(format!("profile {profile:?} has no events")));
+    }
+    Ok(items)
+}
+
+/// Like navigen_predict_next(), with the beam width and history exclusion of `params` (NULL for the
+/// defaults).
+#[no_mangle]
+pub unsafe extern "C" fn navigen_predict(
+    engine: *const navigen_engine,
+    history: *const *const c_char,
+    history_len: usize,
+    params: *const navigen_predict_params,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
+    guard(|| {
+        let out = out_ptr_arg(out_json, "out_json")?;
+        let e = handle::arg(engine)?;
+        let h = list_arg(history, history_len)?;
+        let (preds, _) = e.predict(&h, &predict_options(params.as_ref()))?;
+        out_string(out, serde_json::to_string(&preds)?)
+    })
+}
+
+/// navigen_predict() on the events of `profile` in an opened history (its item ids, oldest first;
+/// the engine uses the last ones its prompt holds). INVALID_ARGUMENT when the profile has none.
+#[no_mangle]
+pub unsafe extern "C" fn navigen_predict_for_profile(
+    engine: *const navigen_engine,
+    history: *const navigen_history,
+    profile: *const c_char,
+    params: *const navigen_predict_params,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
+    guard(|| {
+        let out = out_ptr_arg(out_json, "out_json")?;
+        let e = handle::arg(engine)?;
+        let items = profile_items(history, profile)?;
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        let (preds, _) = e.predict(&refs, &predict_options(params.as_ref()))?;
+        out_string(out, serde_json::to_string(&preds)?)
+    })
+}
+
 /// Predicts the `k` items most likely next after `history` (`history_len` item ids, oldest first).
 /// `*out_json` receives `[{"id","title","cid","score"}, ...]`, best first.
 #[no_mangle]
@@ -237,18 +335,51 @@ pub unsafe extern "C" fn navigen_generate_instruction(
         let out = out_ptr_arg(out_json, "out_json")?;
         let e = handle::arg(engine)?;
         let h = list_arg(history, history_len)?;
-        let opts = match params.as_ref() {
-            Some(p) => instruction_options(p)?,
-            None => InstructionOptions::default(),
-        };
-        let mut on_piece = |s: &str| -> bool {
-            match callback {
-                // A panic cannot cross the callback either: C code does not unwind.
-                Some(cb) => cb(s.as_ptr() as *const c_char, s.len(), user),
-                None => true,
-            }
-        };
-        let ins = e.generate_instruction(&h, &opts, &mut on_piece)?;
-        out_string(out, serde_json::to_string(&ins)?)
+        instruct(&e, &h, params, callback, user, out)
+    })
+}
+
+/// The instruction for `history` into `out`, streaming to `callback`.
+unsafe fn instruct(
+    e: &Engine,
+    history: &[&str],
+    params: *const navigen_instruction_params,
+    callback: navigen_token_callback,
+    user: *mut c_void,
+    out: &mut *mut c_char,
+) -> Result<(), Fail> {
+    let opts = match params.as_ref() {
+        Some(p) => instruction_options(p)?,
+        None => InstructionOptions::default(),
+    };
+    let mut on_piece = |s: &str| -> bool {
+        match callback {
+            // A panic cannot cross the callback either: C code does not unwind.
+            Some(cb) => cb(s.as_ptr() as *const c_char, s.len(), user),
+            None => true,
+        }
+    };
+    let ins = e.generate_instruction(history, &opts, &mut on_piece)?;
+    out_string(out, serde_json::to_string(&ins)?)
+}
+
+/// navigen_generate_instruction() on the events of `profile` in an opened history.
+/// INVALID_ARGUMENT when the profile has none.
+#[no_mangle]
+pub unsafe extern "C" fn navigen_generate_instruction_for_profile(
+    engine: *const navigen_engine,
+    history: *const navigen_history,
+    profile: *const c_char,
+    params: *const navigen_instruction_params,
+    callback: navigen_token_callback,
+    user: *mut c_void,
+    out_json: *mut *mut c_char,
+) -> navigen_status {
+    guard(|| {
+        let out = out_ptr_arg(out_json, "out_json")?;
+        let e = handle::arg(engine)?;
+        let items = profile_items(history, profile)?;
+        let refs: Vec<&str> = items.iter().map(String::as_str).collect();
+        instruct(&e, &refs, params, callback, user, out)
     })
 }

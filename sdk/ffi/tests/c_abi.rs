@@ -274,3 +274,115 @@ fn an_encrypted_history_from_c_with_the_apps_key_store() {
         );
     }
 }
+
+#[test]
+fn predict_and_instruct_straight_from_a_stored_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = bundle(tmp.path());
+    let items = test_history(tmp.path());
+    let exe = tmp.path().join("for_profile");
+    compile("sdk/ffi/tests/c/for_profile.c", &exe, false);
+    let out = Command::new(&exe)
+        .arg(&b)
+        .arg(tmp.path().join("history"))
+        .args(&items)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let preds = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("predictions: "))
+        .expect("predictions line");
+    let preds: serde_json::Value = serde_json::from_str(preds).unwrap();
+    let preds = preds.as_array().unwrap();
+    assert_eq!(preds.len(), 7, "k from the params");
+    for p in preds {
+        assert!(
+            !items.contains(&p["id"].as_str().unwrap().to_string()),
+            "a history item predicted with exclude_history: {p}"
+        );
+    }
+}
+
+/// A desktop C user's path: `scripts/install.sh` puts the header, both libraries and navigen.pc under
+/// a prefix; the demo builds with `pkg-config` alone (shared) and with the static library and the
+/// runtimes the .pc names, and both run on a real bundle.
+#[test]
+fn installed_with_pkg_config_the_demo_builds_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("prefix");
+    let o = Command::new("bash")
+        .arg(root().join("scripts/install.sh"))
+        .arg("--prefix")
+        .arg(&prefix)
+        .arg("--from")
+        .arg(lib_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pc = |args: &[&str]| -> Vec<String> {
+        let o = Command::new("pkg-config")
+            .args(args)
+            .arg("navigen")
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig"))
+            .output()
+            .expect("pkg-config is needed for this test (scripts/setup.sh installs it)");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let version = pc(&["--modversion"]);
+    assert_eq!(version, vec![env!("CARGO_PKG_VERSION").to_string()]);
+    let b = bundle(tmp.path());
+    let items = test_history(tmp.path());
+    let src = root().join("examples/c/navigen_demo.c");
+    for (name, flags) in [
+        (
+            "shared",
+            [
+                pc(&["--cflags", "--libs"]),
+                vec![format!("-Wl,-rpath,{}", prefix.join("lib").display())],
+            ]
+            .concat(),
+        ),
+        (
+            "static",
+            [
+                pc(&["--cflags"]),
+                vec![prefix.join("lib/libnavigen.a").display().to_string()],
+                pc(&["--variable=static_libs"]),
+            ]
+            .concat(),
+        ),
+    ] {
+        let exe = tmp.path().join(format!("demo_pc_{name}"));
+        let o = Command::new("gcc")
+            .args(["-std=c99", "-Wall", "-Werror", "-O1"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .args(&flags)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = Command::new(&exe).arg(&b).args(&items).output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("predictions: "),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

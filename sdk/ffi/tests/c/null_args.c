@@ -91,6 +91,26 @@ int main(int argc, char **argv) {
     expect("predict(history as engine)", navigen_predict_next((const struct navigen_engine *)history, items, 3, 5, &json), BAD);
     expect("register(history as engine)", navigen_register_item((const struct navigen_engine *)history, "a film", &json), BAD);
     expect("append(engine as history)", navigen_history_append((const struct navigen_history *)engine, "p", "1", 0, 1), BAD);
+    /* The conveniences: predict/instruct straight from a profile, the beam width as a parameter. */
+    {
+        struct navigen_predict_params pp;
+        expect("predict_default_params(NULL)", navigen_predict_default_params(NULL), BAD);
+        navigen_predict_default_params(&pp);
+        if (pp.k != 10 || pp.beams != 20 || pp.exclude_history) { fprintf(stderr, "FAIL predict defaults\n"); failures++; }
+        pp.beams = 0;
+        expect("predict(beams = 0)", navigen_predict(engine, items, 3, &pp, &json), BAD);
+        pp.beams = 257;
+        expect("predict(beams = 257)", navigen_predict(engine, items, 3, &pp, &json), BAD);
+        expect("predict(NULL engine)", navigen_predict(NULL, items, 3, NULL, &json), BAD);
+        expect("predict_for_profile(NULL history)", navigen_predict_for_profile(engine, NULL, "p", NULL, &json), BAD);
+        expect("predict_for_profile(NULL profile)", navigen_predict_for_profile(engine, history, NULL, NULL, &json), BAD);
+        expect("predict_for_profile(no events)", navigen_predict_for_profile(engine, history, "nobody", NULL, &json), BAD);
+        expect("predict_for_profile(NULL out)", navigen_predict_for_profile(engine, history, "p", NULL, NULL), BAD);
+        expect("predict_for_profile(engine as history)", navigen_predict_for_profile(engine, (const struct navigen_history *)engine, "p", NULL, &json), BAD);
+        expect("instruction_for_profile(no events)", navigen_generate_instruction_for_profile(engine, history, "nobody", NULL, NULL, NULL, &json), BAD);
+        expect("instruction_for_profile(NULL history)", navigen_generate_instruction_for_profile(engine, NULL, "p", NULL, NULL, NULL, &json), BAD);
+        expect("instruction_for_profile(callback stops)", navigen_generate_instruction_for_profile(engine, history, "p", NULL, stop_now, NULL, &json), NAVIGEN_ERR_CANCELLED);
+    }
     expect("export", navigen_history_export(history, "p", engine, &json), NAVIGEN_OK);
     if (json == NULL || strstr(json, "\"in_catalog\":false") == NULL) { fprintf(stderr, "FAIL export flags: %s\n", json ? json : "(null)"); failures++; }
     navigen_string_free(json);
