@@ -215,6 +215,17 @@ pub unsafe extern "C" fn navigen_predict_default_params(
     })
 }
 
+/// The predictions for `history` under `params` (NULL: the defaults) into `out`, as JSON.
+unsafe fn predict(
+    e: &Engine,
+    history: &[&str],
+    params: *const navigen_predict_params,
+    out: &mut *mut c_char,
+) -> Result<(), Fail> {
+    let (preds, _) = e.predict(history, &predict_options(params.as_ref()))?;
+    out_string(out, serde_json::to_string(&preds)?)
+}
+
 /// The item ids of `profile` in `history` (oldest first); INVALID_ARGUMENT when it has none.
 unsafe fn profile_items(
     history: *const navigen_history,
@@ -243,8 +254,7 @@ pub unsafe extern "C" fn navigen_predict(
         let out = out_ptr_arg(out_json, "out_json")?;
         let e = handle::arg(engine)?;
         let h = list_arg(history, history_len)?;
-        let (preds, _) = e.predict(&h, &predict_options(params.as_ref()))?;
-        out_string(out, serde_json::to_string(&preds)?)
+        predict(&e, &h, params, out)
     })
 }
 
@@ -263,8 +273,7 @@ pub unsafe extern "C" fn navigen_predict_for_profile(
         let e = handle::arg(engine)?;
         let items = profile_items(history, profile)?;
         let refs: Vec<&str> = items.iter().map(String::as_str).collect();
-        let (preds, _) = e.predict(&refs, &predict_options(params.as_ref()))?;
-        out_string(out, serde_json::to_string(&preds)?)
+        predict(&e, &refs, params, out)
     })
 }
 

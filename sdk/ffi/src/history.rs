@@ -83,17 +83,25 @@ pub unsafe extern "C" fn navigen_history_open(
     params: *const navigen_history_params,
     out: *mut *mut navigen_history,
 ) -> navigen_status {
-    guard(|| {
-        let out = out_ptr_arg(out, "out")?;
-        let dir = str_arg(dir, "dir")?;
-        let p = match params.as_ref() {
-            Some(p) => history_params(p)?,
-            None => HistoryParams::default(),
-        };
-        let h = History::open(Path::new(dir), p)?;
-        *out = handle::into_raw(h);
-        Ok(())
-    })
+    guard(|| open(dir, params, None, out))
+}
+
+/// Both opens: the folder, the parameters (NULL for the defaults), the key store if any.
+unsafe fn open(
+    dir: *const c_char,
+    params: *const navigen_history_params,
+    keys: Option<Arc<dyn KeyStore>>,
+    out: *mut *mut navigen_history,
+) -> Result<(), Fail> {
+    let out = out_ptr_arg(out, "out")?;
+    let dir = str_arg(dir, "dir")?;
+    let p = match params.as_ref() {
+        Some(p) => history_params(p)?,
+        None => HistoryParams::default(),
+    };
+    let h = History::open_with_keys(Path::new(dir), p, keys)?;
+    *out = handle::into_raw(h);
+    Ok(())
 }
 
 /// The app's key store for an encrypted history (navigen_history_open_encrypted()): keys live in the
@@ -182,12 +190,6 @@ pub unsafe extern "C" fn navigen_history_open_encrypted(
     out: *mut *mut navigen_history,
 ) -> navigen_status {
     guard(|| {
-        let out = out_ptr_arg(out, "out")?;
-        let dir = str_arg(dir, "dir")?;
-        let p = match params.as_ref() {
-            Some(p) => history_params(p)?,
-            None => HistoryParams::default(),
-        };
         let k = keys.as_ref().ok_or_else(|| invalid("keys is NULL"))?;
         let (Some(get), Some(destroy)) = (k.get_key, k.destroy_key) else {
             return Err(invalid("keys: get_key and destroy_key are both required"));
@@ -197,9 +199,7 @@ pub unsafe extern "C" fn navigen_history_open_encrypted(
             destroy,
             user: k.user as usize,
         };
-        let h = History::open_with_keys(Path::new(dir), p, Some(Arc::new(store)))?;
-        *out = handle::into_raw(h);
-        Ok(())
+        open(dir, params, Some(Arc::new(store)), out)
     })
 }
 

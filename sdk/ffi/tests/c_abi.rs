@@ -72,6 +72,29 @@ fn compile_with(src: &str, out: &Path, shared: bool, extra: &[&str]) {
     );
 }
 
+/// Builds the C test program `src` against the static library, runs it with `args`, requires
+/// success, and returns its stdout.
+fn run_c(src: &str, dir: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let exe = dir.join(Path::new(src).file_stem().unwrap());
+    compile_with(src, &exe, false, &["-pthread"]);
+    let out = Command::new(&exe).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{src}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The bundle, a history folder and the held-out history as a C program's arguments.
+fn c_args<'a>(b: &'a Path, history: &'a Path, items: &'a [String]) -> Vec<&'a std::ffi::OsStr> {
+    [b.as_os_str(), history.as_os_str()]
+        .into_iter()
+        .chain(items.iter().map(|s| std::ffi::OsStr::new(s.as_str())))
+        .collect()
+}
+
 #[test]
 fn c_programs_predict_and_instruct_through_the_c_abi() {
     assert!(
@@ -175,19 +198,11 @@ fn eight_threads_share_an_engine_while_a_history_is_written() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
     let items = test_history(tmp.path());
-    let exe = tmp.path().join("threads");
-    compile_with("sdk/ffi/tests/c/threads.c", &exe, false, &["-pthread"]);
-    let out = Command::new(&exe)
-        .arg(&b)
-        .arg(tmp.path().join("history"))
-        .args(&items)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let hist = tmp.path().join("history");
+    let stdout = run_c(
+        "sdk/ffi/tests/c/threads.c",
+        tmp.path(),
+        &c_args(&b, &hist, &items),
     );
     assert_eq!(stdout.matches(" failed 0").count(), 8, "{stdout}");
 }
@@ -210,21 +225,11 @@ fn soak_open_predict_instruct_cancel_free_keeps_memory_and_descriptors_flat() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
     let items = test_history(tmp.path());
-    let exe = tmp.path().join("soak");
-    compile("sdk/ffi/tests/c/soak.c", &exe, false);
-    let out = Command::new(&exe)
-        .arg(&b)
-        .arg(tmp.path().join("history"))
-        .arg(CYCLES.to_string())
-        .args(&items)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let hist = tmp.path().join("history");
+    let cycles = CYCLES.to_string();
+    let mut args = c_args(&b, &hist, &items);
+    args.insert(2, std::ffi::OsStr::new(&cycles));
+    let stdout = run_c("sdk/ffi/tests/c/soak.c", tmp.path(), &args);
     let s = soak_samples(&stdout);
     assert_eq!(s.len(), CYCLES, "{stdout}");
     // The first cycles warm up the allocator's arenas and llama.cpp's one-time state; from then on
@@ -280,19 +285,11 @@ fn predict_and_instruct_straight_from_a_stored_profile() {
     let tmp = tempfile::tempdir().unwrap();
     let b = bundle(tmp.path());
     let items = test_history(tmp.path());
-    let exe = tmp.path().join("for_profile");
-    compile("sdk/ffi/tests/c/for_profile.c", &exe, false);
-    let out = Command::new(&exe)
-        .arg(&b)
-        .arg(tmp.path().join("history"))
-        .args(&items)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let hist = tmp.path().join("history");
+    let stdout = run_c(
+        "sdk/ffi/tests/c/for_profile.c",
+        tmp.path(),
+        &c_args(&b, &hist, &items),
     );
     let preds = stdout
         .lines()

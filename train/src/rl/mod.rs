@@ -29,7 +29,6 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tokenizers::Tokenizer;
 
 use crate::data::sequences::{self, Example, TrainSequence};
 use crate::model::batch::{self, CodeConstraint, Row};
@@ -38,7 +37,6 @@ use crate::model::{self, ModelConfig, Rope, Trainable, Weights};
 use crate::run::checkpoint::{self, Resume};
 use crate::run::{
     metrics, optim, recall, save_weights, stage_weights, RunInfo, CHECKPOINTS_DIR, CONFIG_FILE,
-    TOKENIZER_FILE,
 };
 use navigen::format::catalog;
 use navigen::{Catalog, Cid};
@@ -251,12 +249,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     } else {
         None
     };
-    let tok =
-        Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pad = tok
-        .token_to_id(crate::tokenizer::END_OF_TEXT)
-        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
-        .unwrap_or(0);
+    let (tok, pad) = crate::run::run_tokenizer(&opts.run)?;
     let cat = Catalog::open(&opts.data.join(catalog::FILE_NAME))?;
     let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
     let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;

@@ -59,6 +59,17 @@ impl RunInfo {
     }
 }
 
+/// The run's tokenizer and the id that pads its batches (end of text, else the chat end token).
+pub fn run_tokenizer(run: &Path) -> Result<(Tokenizer, u32)> {
+    let tok = Tokenizer::from_file(run.join(TOKENIZER_FILE))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", run.join(TOKENIZER_FILE).display()))?;
+    let pad = tok
+        .token_to_id(crate::tokenizer::END_OF_TEXT)
+        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
+        .unwrap_or(0);
+    Ok((tok, pad))
+}
+
 /// The model the run holds after its latest finished stage (or the base model).
 pub fn load_run_model(
     run: &Path,

@@ -297,12 +297,7 @@ pub fn instruction_content_loss(opts: &SftOptions, weights_file: &str) -> Result
         &opts.device,
         opts.dtype,
     )?;
-    let tok =
-        Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pad = tok
-        .token_to_id(crate::tokenizer::END_OF_TEXT)
-        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
-        .unwrap_or(0);
+    let (tok, pad) = crate::run::run_tokenizer(&opts.run)?;
     let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
     let teacher = instruction_teacher(&opts.data, opts.instructions)?;
     let users = if opts.val_users == 0 {
@@ -372,12 +367,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         &opts.device,
         opts.dtype,
     )?;
-    let tok =
-        Tokenizer::from_file(opts.run.join(TOKENIZER_FILE)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pad = tok
-        .token_to_id(crate::tokenizer::END_OF_TEXT)
-        .or_else(|| tok.token_to_id(navigen::prompt::IM_END))
-        .unwrap_or(0);
+    let (tok, pad) = crate::run::run_tokenizer(&opts.run)?;
 
     // Data.
     let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
