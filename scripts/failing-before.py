@@ -5,7 +5,9 @@ expects it to FAIL, and puts the file back. Prints one JSON line per defect and 
 if a test passed without its fix (a test that cannot fail) or an edit no longer applies (the fix
 moved: update the edit here). docs/hardening.md records the last run.
 
-    scripts/failing-before.py [--list] [DEFECT...]      (defect numbers as in docs/hardening.md)
+    scripts/failing-before.py [--list | --check] [DEFECT...]   (defect numbers as in docs/hardening.md)
+
+--check only says whether every undo still applies (run it after changing a fixed place).
 
 Runs `cargo test` per defect (one build at a time; the engine-level ones train a small bundle).
 """
@@ -56,10 +58,10 @@ UNDO = [
      H + ["history::tests::an_event_at_i64_min_under_an_age_limit"]),
     (8, "an append whose record was written reported its compaction's failure",
      "sdk/src/history.rs",
-     """            if self.rewrite(&path, &events).is_ok() {
+     """            if self.rewrite(&path, &events, sealer.as_deref()).is_ok() {
                 state.file_records = events.len();
             }""",
-     """            self.rewrite(&path, &events)?;
+     """            self.rewrite(&path, &events, sealer.as_deref())?;
             state.file_records = events.len();""",
      H + ["history::tests::a_failed_compaction_does_not_fail_the_append"]),
     (9, "valid profile names could make file names over 255 bytes",
@@ -69,19 +71,19 @@ UNDO = [
     (10, "a damaged header locked a profile for good",
      "sdk/src/history.rs",
      """                    Err(_) => {
-                        let mut fixed = header();""",
+                        let mut fixed = header_for(s);""",
      """                    Err(e) => return Err(Error::format(&path, e)),
                     #[allow(unreachable_patterns)]
                     Err(_) => {
-                        let mut fixed = header();""",
+                        let mut fixed = header_for(s);""",
      H + ["history::tests::a_damaged_header_is_recovered"]),
     (11, "recovery renamed the log away before rewriting it",
      "sdk/src/history.rs",
      """        crate::format::write_atomic(&copy, bytes)?;
-        self.rewrite(path, good)?;""",
+        self.rewrite(path, good, sealer)?;""",
      """        let _ = bytes;
         std::fs::rename(path, &copy).map_err(|e| Error::io(path, e))?;
-        self.rewrite(path, good)?;""",
+        self.rewrite(path, good, sealer)?;""",
      H + ["history::tests::a_failed_recovery_keeps_the_log"]),
     (12, "at the cap every append rewrote and synced the whole log",
      "sdk/src/history.rs", "if state.file_records > state.events.len() + slack {",
@@ -158,6 +160,11 @@ def run(defect, what, rel, fix, old, cmd):
 
 def main():
     args = sys.argv[1:]
+    if "--check" in args:
+        # Whether every undo still applies (the fix's text once in its file), without running.
+        stale = [d for d, _, rel, fix, *_ in UNDO if (ROOT / rel).read_text().count(fix) != 1]
+        print(json.dumps({"stale": stale}))
+        return 1 if stale else 0
     if "--list" in args:
         for d, what, rel, *_ , cmd in UNDO:
             print(f"{d:>4}  {what}  ({rel}; {cmd[-1]})")
