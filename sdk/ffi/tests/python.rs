@@ -7,9 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{bundle, lib_dir, root, test_history};
+use common::{bundle, check, lib_dir, root, test_history};
 
 fn python() -> String {
     std::env::var("NAVIGEN_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
@@ -22,16 +22,6 @@ fn shared_lib() -> std::path::PathBuf {
         "libnavigen.so"
     };
     lib_dir().join(name)
-}
-
-fn check(what: &str, o: &Output) {
-    assert!(
-        o.status.success(),
-        "{what} failed ({}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 fn bundle_and_history(dir: &Path) -> (std::path::PathBuf, String) {

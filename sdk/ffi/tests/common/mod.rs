@@ -2,7 +2,7 @@
 //! folder (built once per test binary) and a real bundle trained and exported in the test run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use navigen_train::export::{export, ExportOptions};
 use navigen_train::gguf::ExportDtype;
@@ -79,4 +79,16 @@ pub fn test_history(dir: &Path) -> Vec<String> {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
+}
+
+/// Fails the test with the program's output unless it succeeded.
+#[allow(dead_code)] // c_abi.rs checks its programs its own way
+pub fn check(what: &str, o: &Output) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
