@@ -6,7 +6,7 @@
 #   sudo scripts/swift-check.sh --lib DIR --bundle DIR --history JSON [--root DIR]
 #
 #   --lib      the folder holding libnavigen.so (target/<profile>)
-#   --bundle   a bundle folder (the test `cargo test -p navigen-ffi --test swift -- --ignored`
+#   --bundle   a bundle folder (the test `cargo test -p navigen-ffi --test bindings -- --ignored swift`
 #              trains one and calls this script)
 #   --history  a JSON array of item ids of that bundle's catalog
 #   --root     where the trixie root is kept (default ~/.cache/navigen/swift/root)

@@ -17,7 +17,13 @@ var targets: [Target] = [
     .target(
         name: "Navigen",
         dependencies: ["CNavigen"],
-        linkerSettings: [.linkedLibrary("c++", .when(platforms: [.iOS, .macOS]))]),
+        // What llama.cpp needs on Apple platforms (C++, its Metal backend and BLAS).
+        linkerSettings: [
+            .linkedLibrary("c++", .when(platforms: [.iOS, .macOS])),
+            .linkedFramework("Metal", .when(platforms: [.iOS, .macOS])),
+            .linkedFramework("MetalKit", .when(platforms: [.iOS, .macOS])),
+            .linkedFramework("Accelerate", .when(platforms: [.iOS, .macOS])),
+        ]),
     .testTarget(name: "NavigenTests", dependencies: ["Navigen"]),
 ]
 #if os(Linux)

@@ -1,5 +1,5 @@
 """The ComfyUI node loaded as ComfyUI loads a custom node (the folder as a package) and run headless
-on a real bundle (sdk/ffi/tests/python.rs sets NAVIGEN_TEST_BUNDLE, NAVIGEN_TEST_HISTORY)."""
+on a real bundle (sdk/ffi/tests/bindings.rs sets NAVIGEN_TEST_BUNDLE, NAVIGEN_TEST_HISTORY)."""
 import importlib.util
 import json
 import os

@@ -1,4 +1,4 @@
-"""The Python package on a real bundle (trained and exported by the test run: sdk/ffi/tests/python.rs
+"""The Python package on a real bundle (trained and exported by the test run: sdk/ffi/tests/bindings.rs
 sets NAVIGEN_TEST_BUNDLE, NAVIGEN_TEST_HISTORY and NAVIGEN_LIB). Plain unittest: pytest collects it
 too, and it runs where pytest is not installed."""
 import json

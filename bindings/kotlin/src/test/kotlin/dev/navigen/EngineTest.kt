@@ -25,7 +25,7 @@ import org.junit.Test
 
 /**
  * The Kotlin binding on a real bundle, trained and exported by the test run
- * (sdk/ffi/tests/kotlin.rs passes NAVIGEN_TEST_BUNDLE and NAVIGEN_TEST_HISTORY, a JSON array of ids).
+ * (sdk/ffi/tests/bindings.rs passes NAVIGEN_TEST_BUNDLE and NAVIGEN_TEST_HISTORY, a JSON array of ids).
  */
 class EngineTest {
     companion object {
