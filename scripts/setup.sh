@@ -15,6 +15,7 @@
 #   python3      with pip (asset downloads: `pip download`) and venv (benchmark references: faiss, torch)
 #   npm          asset downloads (`npm pack`), the Kotlin compiler among them
 #   JDK, JUnit 4 javac with jni.h, java, /usr/share/java/junit4.jar: the Kotlin binding's tests
+#   abi-compliance-checker  the header's ABI against the released one (scripts/abi-check.sh)
 #   CA bundle    /etc/ssl/certs/ca-certificates.crt for cargo, pip and npm over https
 # On a system without apt-get it prints what is missing and how to get it, and fails.
 #
@@ -139,6 +140,10 @@ jdk_ok() {
 jdk_ok || need default-jdk-headless "the Kotlin binding's JNI shim builds against jni.h; kotlinc and its tests run on a JVM"
 [ -n "${NAVIGEN_JUNIT:-}" ] || { [ -e /usr/share/java/junit4.jar ] && [ -e /usr/share/java/hamcrest-core.jar ]; } ||
   need junit4 "the Kotlin binding's tests are JUnit 4 tests"
+
+# --- abi-compliance-checker (scripts/abi-check.sh: the header against the released ABI) -----------
+command -v abi-compliance-checker >/dev/null 2>&1 ||
+  need abi-compliance-checker "the header test compares include/navigen.h with the released ABI's dump"
 
 # --- CA certificates ----------------------------------------------------------------------------
 [ -s /etc/ssl/certs/ca-certificates.crt ] || need ca-certificates "cargo, pip and npm check https certificates"

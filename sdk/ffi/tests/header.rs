@@ -71,3 +71,54 @@ fn header_compiles_as_strict_c99_and_cpp() {
         );
     }
 }
+
+/// scripts/abi-check.sh on `header`: whether it passes, and what it printed.
+fn abi_check(header: &std::path::Path) -> (bool, String) {
+    let o = Command::new("bash")
+        .arg(root().join("scripts/abi-check.sh"))
+        .arg("--header")
+        .arg(header)
+        .output()
+        .expect("bash");
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), text)
+}
+
+/// The header keeps the ABI released under its NAVIGEN_ABI_VERSION (abi/navigen-<version>.dump,
+/// compared by abi-compliance-checker); and the check does catch a break: each planted change below
+/// keeps the version number but changes what a compiled C caller relies on.
+#[test]
+fn header_keeps_the_released_abi() {
+    let header = root().join("include/navigen.h");
+    let (ok, text) = abi_check(&header);
+    assert!(ok, "scripts/abi-check.sh: {text}");
+
+    let h = std::fs::read_to_string(&header).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let breaks = [
+        ("a field's type", "  size_t k;", "  uint32_t k;"),
+        ("an enum value", "NAVIGEN_ERR_CANCELLED = 5,", "NAVIGEN_ERR_CANCELLED = 9,"),
+        (
+            "a parameter's type",
+            "enum navigen_status navigen_history_append(const struct navigen_history *history,\n                                           const char *profile,\n                                           const char *item_id,\n                                           uint32_t kind,",
+            "enum navigen_status navigen_history_append(const struct navigen_history *history,\n                                           const char *profile,\n                                           const char *item_id,\n                                           uint8_t kind,",
+        ),
+        (
+            "a removed function",
+            "void navigen_string_free(char *s);",
+            "",
+        ),
+    ];
+    for (what, from, to) in breaks {
+        assert!(
+            h.contains(from),
+            "the planted change ({what}) no longer applies: {from}"
+        );
+        let p = tmp.path().join("navigen.h");
+        std::fs::write(&p, h.replacen(from, to, 1)).unwrap();
+        let (ok, text) = abi_check(&p);
+        assert!(!ok, "abi-check.sh accepted {what}: {text}");
+        assert!(text.contains("breaks ABI"), "{text}");
+    }
+}
