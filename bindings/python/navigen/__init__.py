@@ -274,15 +274,40 @@ class Engine(_Handle):
     ) -> Instruction:
         """Writes a creation instruction for what `history` points to. `on_text` receives the text as
         it is generated (on this thread); returning False stops it (raises `Cancelled`)."""
+        arr, n = _items(history)
+        return self._instruct(
+            lambda p, cb, out: _lib.navigen_generate_instruction(self._handle, arr, n, p, cb, None, out),
+            on_text,
+            (max_think_tokens, max_answer_tokens, temperature, top_p, no_repeat_ngram),
+        )
+
+    def instruct_for_profile(
+        self,
+        history: "History",
+        profile: str,
+        *,
+        on_text: Optional[Callable[[str], Optional[bool]]] = None,
+        max_think_tokens: Optional[int] = None,
+        max_answer_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        no_repeat_ngram: Optional[int] = None,
+    ) -> Instruction:
+        """`generate_instruction` on the events of `profile` in an opened history."""
+        name = profile.encode("utf-8")
+        return self._instruct(
+            lambda p, cb, out: _lib.navigen_generate_instruction_for_profile(
+                self._handle, history._handle, name, p, cb, None, out
+            ),
+            on_text,
+            (max_think_tokens, max_answer_tokens, temperature, top_p, no_repeat_ngram),
+        )
+
+    def _instruct(self, call: Callable[..., int], on_text: Optional[Callable[[str], Optional[bool]]], values: tuple) -> Instruction:
         p = _ffi.InstructionParams()
         _check(_lib.navigen_instruction_default_params(ctypes.byref(p)))
-        for name, v in (
-            ("max_think_tokens", max_think_tokens),
-            ("max_answer_tokens", max_answer_tokens),
-            ("temperature", temperature),
-            ("top_p", top_p),
-            ("no_repeat_ngram", no_repeat_ngram),
-        ):
+        names = ("max_think_tokens", "max_answer_tokens", "temperature", "top_p", "no_repeat_ngram")
+        for name, v in zip(names, values):
             if v is not None:
                 setattr(p, name, v)
         failure: list[BaseException] = []
@@ -297,9 +322,8 @@ class Engine(_Handle):
                 return False
 
         cb = _ffi.TOKEN_CALLBACK(piece)
-        arr, n = _items(history)
         out = ctypes.c_void_p()
-        status = _lib.navigen_generate_instruction(self._handle, arr, n, ctypes.byref(p), cb, None, ctypes.byref(out))
+        status = call(ctypes.byref(p), cb, ctypes.byref(out))
         if failure:
             raise failure[0]
         _check(status)

@@ -83,6 +83,10 @@ _SIGNATURES = {
         [c_void_p, POINTER(c_char_p), c_size_t, POINTER(InstructionParams), TOKEN_CALLBACK, c_void_p,
          POINTER(c_void_p)],
     ),
+    "navigen_generate_instruction_for_profile": (
+        c_int32,
+        [c_void_p, c_void_p, c_char_p, POINTER(InstructionParams), TOKEN_CALLBACK, c_void_p, POINTER(c_void_p)],
+    ),
     "navigen_history_default_params": (c_int32, [POINTER(HistoryParams)]),
     "navigen_history_open": (c_int32, [c_char_p, POINTER(HistoryParams), POINTER(c_void_p)]),
     "navigen_history_open_encrypted": (

@@ -161,6 +161,18 @@ class HistoryTest(unittest.TestCase):
                 e.predict_for_profile(h, "nobody")
             self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
 
+    def test_instruct_from_a_profile_is_the_instruction_for_its_items(self):
+        with tempfile.TemporaryDirectory() as d, navigen.History(d) as h, navigen.Engine(BUNDLE) as e:
+            for i, item in enumerate(HISTORY):
+                h.append("u", item, navigen.EventKind.PLAY, 1700000000000 + i)
+            pieces = []
+            by_profile = e.instruct_for_profile(h, "u", on_text=pieces.append, max_answer_tokens=32)
+            self.assertEqual(by_profile.raw, e.generate_instruction(HISTORY, max_answer_tokens=32).raw)
+            self.assertEqual("".join(pieces), by_profile.raw)
+            with self.assertRaises(navigen.NavigenError) as cm:
+                e.instruct_for_profile(h, "nobody")
+            self.assertEqual(cm.exception.status, navigen.Status.INVALID_ARGUMENT)
+
     def test_invalid_profile_names_are_refused(self):
         with tempfile.TemporaryDirectory() as d, navigen.History(d) as h:
             with self.assertRaises(navigen.NavigenError) as cm:

@@ -77,7 +77,7 @@ fn python_package_and_comfyui_node_on_a_real_bundle() {
     let (b, history) = shared_bundle();
     // Every test ran (none skipped or lost to a collection error).
     let report = unittest(&root().join("bindings/python"), b, history);
-    assert!(report.contains("Ran 14 tests"), "{report}");
+    assert!(report.contains("Ran 15 tests"), "{report}");
     let report = unittest(&root().join("bindings/comfyui"), b, history);
     assert!(report.contains("Ran 3 tests"), "{report}");
 }
