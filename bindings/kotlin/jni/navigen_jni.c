@@ -299,16 +299,26 @@ static JNIEnv *env_of(struct keys *k) {
   return (*env)->ExceptionCheck(env) ? NULL : env;
 }
 
+/* Looks up the bridge's method `name` and passes the profile as a byte[]; the caller makes the call.
+ * 0 with nothing to release when the store cannot be called. */
+static int bridge_call(struct keys *k, const char *name, const char *sig, const char *profile,
+                       JNIEnv **env, jmethodID *m, jbyteArray *p) {
+  *env = env_of(k);
+  if (!*env) return 0;
+  jclass c = (**env)->GetObjectClass(*env, k->bridge);
+  *m = (**env)->GetMethodID(*env, c, name, sig);
+  (**env)->DeleteLocalRef(*env, c);
+  if (!*m) return 0;
+  *p = to_bytes(*env, profile, strlen(profile));
+  return *p != NULL;
+}
+
 static bool get_key(const char *profile, bool create, uint8_t *key_out, void *user) {
+  JNIEnv *env;
+  jmethodID m;
+  jbyteArray p;
+  if (!bridge_call(user, "getKey", "([BZ)[B", profile, &env, &m, &p)) return false;
   struct keys *k = user;
-  JNIEnv *env = env_of(k);
-  if (!env) return false;
-  jclass c = (*env)->GetObjectClass(env, k->bridge);
-  jmethodID m = (*env)->GetMethodID(env, c, "getKey", "([BZ)[B");
-  (*env)->DeleteLocalRef(env, c);
-  if (!m) return false;
-  jbyteArray p = to_bytes(env, profile, strlen(profile));
-  if (!p) return false;
   jbyteArray key = (jbyteArray)(*env)->CallObjectMethod(env, k->bridge, m, p, (jboolean)create);
   (*env)->DeleteLocalRef(env, p);
   bool ok = false;
@@ -321,15 +331,11 @@ static bool get_key(const char *profile, bool create, uint8_t *key_out, void *us
 }
 
 static bool destroy_key(const char *profile, void *user) {
+  JNIEnv *env;
+  jmethodID m;
+  jbyteArray p;
+  if (!bridge_call(user, "destroyKey", "([B)Z", profile, &env, &m, &p)) return false;
   struct keys *k = user;
-  JNIEnv *env = env_of(k);
-  if (!env) return false;
-  jclass c = (*env)->GetObjectClass(env, k->bridge);
-  jmethodID m = (*env)->GetMethodID(env, c, "destroyKey", "([B)Z");
-  (*env)->DeleteLocalRef(env, c);
-  if (!m) return false;
-  jbyteArray p = to_bytes(env, profile, strlen(profile));
-  if (!p) return false;
   jboolean ok = (*env)->CallBooleanMethod(env, k->bridge, m, p);
   (*env)->DeleteLocalRef(env, p);
   return !(*env)->ExceptionCheck(env) && ok == JNI_TRUE;
