@@ -67,9 +67,14 @@ final class EngineTests: XCTestCase {
         let long = InstructionOptions(maxThinkTokens: 256, maxAnswerTokens: 256)
         let got = Counter()
         let third = AsyncStream<Void>.makeStream()
+        // The consumer stops reading after its third piece and waits to be cancelled, so the count is
+        // what it read before the cancel, however slow this machine is.
         let consumer = Task {
             for try await _ in engine.generateInstruction(history, options: long) {
-                if got.add() == 3 { third.continuation.yield() }
+                if got.add() == 3 {
+                    third.continuation.yield()
+                    try await Task.sleep(nanoseconds: 120_000_000_000)
+                }
             }
         }
         for await _ in third.stream { break }
@@ -95,15 +100,21 @@ final class EngineTests: XCTestCase {
 
     func testCancelFromAnotherTaskThrowsCancelled() async throws {
         let started = AsyncStream<Void>.makeStream()
+        let cancelSent = DispatchSemaphore(value: 0)
         let count = Counter()
         let e = engine
         let call = Task {
             try await e.instruct(history, options: InstructionOptions(maxThinkTokens: 256, maxAnswerTokens: 256)) { _ in
-                if count.add() == 3 { started.continuation.yield() }
+                if count.add() == 3 {
+                    started.continuation.yield()
+                    // The call waits here (on the engine's queue) until the cancel was sent.
+                    _ = cancelSent.wait(timeout: .now() + 60)
+                }
             }
         }
         for await _ in started.stream { break }
         engine.cancel()
+        cancelSent.signal()
         do {
             _ = try await call.value
             XCTFail("the call was not cancelled")

@@ -4,11 +4,15 @@ import java.io.File
 import java.io.RandomAccessFile
 import java.nio.file.Files
 import java.util.concurrent.CopyOnWriteArrayList
+import java.util.concurrent.CountDownLatch
+import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicInteger
 import kotlinx.coroutines.CancellationException
 import kotlinx.coroutines.CompletableDeferred
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
+import kotlinx.coroutines.awaitCancellation
+import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.collect
 import kotlinx.coroutines.flow.take
 import kotlinx.coroutines.flow.toList
@@ -17,7 +21,6 @@ import kotlinx.coroutines.runBlocking
 import org.junit.AfterClass
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertFalse
-import org.junit.Assert.assertNotEquals
 import org.junit.Assert.assertTrue
 import org.junit.Assert.fail
 import org.junit.BeforeClass
@@ -83,10 +86,15 @@ class EngineTest {
         val third = CompletableDeferred<Unit>()
         val ended = CompletableDeferred<Result<*>>()
         engine.onCallEnd = { ended.complete(it) }
+        // No buffer, and the collector waits after its third piece: the generation cannot run ahead
+        // and finish before the cancel, however slow this machine is.
         val collector = launch(Dispatchers.Default) {
-            engine.generateInstruction(history, long).collect {
+            engine.generateInstruction(history, long).buffer(0).collect {
                 got.add(it)
-                if (got.size == 3) third.complete(Unit)
+                if (got.size == 3) {
+                    third.complete(Unit)
+                    awaitCancellation()
+                }
             }
         }
         third.await()
@@ -109,15 +117,21 @@ class EngineTest {
     fun cancelFromAnotherCoroutineEndsTheCallWithCancelled() = runBlocking {
         val pieces = AtomicInteger()
         val started = CompletableDeferred<Unit>()
+        val cancelled = CountDownLatch(1)
         val call = async(Dispatchers.Default) {
             runCatching {
                 engine.instruct(history, InstructionOptions(maxThinkTokens = 256, maxAnswerTokens = 256)) {
-                    if (pieces.incrementAndGet() == 3) started.complete(Unit)
+                    if (pieces.incrementAndGet() == 3) {
+                        started.complete(Unit)
+                        // The call waits here until the cancel was sent: it cannot finish first.
+                        cancelled.await(60, TimeUnit.SECONDS)
+                    }
                 }
             }
         }
         started.await()
         engine.cancel()
+        cancelled.countDown()
         val e = call.await().exceptionOrNull()
         assertTrue("expected NavigenException, got $e", e is NavigenException)
         assertEquals(Status.CANCELLED, (e as NavigenException).status)
@@ -218,14 +232,19 @@ class EngineTest {
     fun closingStopsACallInFlight() = runBlocking {
         val e = Engine(bundle)
         val first = CompletableDeferred<Unit>()
+        val closed = CountDownLatch(1)
         val call = async(Dispatchers.Default) {
-            runCatching { e.instruct(history, InstructionOptions(maxThinkTokens = 256)) { first.complete(Unit) } }
+            runCatching {
+                e.instruct(history, InstructionOptions(maxThinkTokens = 256)) {
+                    if (first.complete(Unit)) closed.await(60, TimeUnit.SECONDS)
+                }
+            }
         }
         first.await()
         e.close()
+        closed.countDown()
         val x = call.await().exceptionOrNull()
         assertTrue("$x", x is NavigenException && x.status == Status.CANCELLED)
-        assertNotEquals(null, x)
     }
 }
 
