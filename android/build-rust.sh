@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds libnavigen.so (navigen-ffi's cdylib) for Android ABIs with cargo-ndk, into OUT/<abi>/, with
-# the NDK's libc++_shared.so beside it (llama.cpp is C++; the NDK's default STL is the shared one).
-# Gradle's :navigen:cargoNdk task runs it before every build; run it by hand to check a toolchain.
+# Builds libnavigen.so (navigen-ffi's cdylib) for Android ABIs with cargo-ndk, into OUT/<abi>/.
+# llama.cpp inside it is C++ on the NDK's shared STL (libc++_shared.so), which the Gradle module
+# packages (ANDROID_STL=c++_shared). Gradle's :navigen:cargoNdk task runs it before every build; run
+# it by hand to check a toolchain.
 #
 #   android/build-rust.sh --out DIR [--abi arm64-v8a] [--abi x86_64] [--api 24] [--debug]
 #
@@ -55,12 +56,6 @@ flags=()
 say "cargo ndk ${targets[*]} --platform $api build -p navigen-ffi ${flags[*]}"
 (cd "$repo" && cargo ndk "${targets[@]}" --platform "$api" -o "$out" build -p navigen-ffi "${flags[@]}")
 
-# libc++_shared.so of each ABI, which libnavigen.so needs at run time.
-host=$(ls "$ndk/toolchains/llvm/prebuilt" | head -n1)
-sysroot="$ndk/toolchains/llvm/prebuilt/$host/sysroot/usr/lib"
 for abi in "${abis[@]}"; do
-  t=$(triple_of "$abi")
-  [ "$t" = armv7-linux-androideabi ] && t=arm-linux-androideabi
-  cp "$sysroot/$t/libc++_shared.so" "$out/$abi/"
   say "$out/$abi: $(ls "$out/$abi" | tr '\n' ' ')"
 done
