@@ -319,9 +319,16 @@ pub struct GrpoArgs {
     /// Prompts per step.
     #[arg(long, default_value_t = 8)]
     prompts: usize,
-    /// Peak learning rate (full-parameter updates; the reference's 3e-4 is LoRA's).
-    #[arg(long, default_value_t = 1e-5)]
-    lr: f64,
+    /// Peak learning rate (default 1e-5 for full-parameter updates, the reference's 3e-4 with LoRA).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// LoRA rank: adapters on q, k, v, o, gate, up and down instead of full-parameter updates
+    /// (0 = full-parameter; the reference trains r 16), merged into the exported weights.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// LoRA alpha (scale alpha / rank).
+    #[arg(long, default_value_t = 32.0)]
+    lora_alpha: f64,
     /// KL weight to the frozen stage-2 model (0: no reference is loaded).
     #[arg(long, default_value_t = 0.01)]
     beta: f64,
@@ -379,7 +386,11 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
     o.steps = a.steps;
     o.group = a.group;
     o.prompts = a.prompts;
-    o.lr = a.lr;
+    o.lora = (a.lora_rank > 0).then_some(crate::model::weights::Lora {
+        rank: a.lora_rank,
+        alpha: a.lora_alpha,
+    });
+    o.lr = a.lr.unwrap_or(if o.lora.is_some() { 3e-4 } else { o.lr });
     o.objective.beta = a.beta;
     o.objective.eps_low = a.eps;
     o.objective.eps_high = a.eps_high.unwrap_or(a.eps);

@@ -471,3 +471,78 @@ fn grpo_resume_reproduces_the_following_steps() {
     assert_eq!(resumed.len(), 6);
     assert_eq!(&resumed[3..], &full[3..], "steps after resume differ");
 }
+
+/// GRPO with LoRA adapters: only the factors train (the embedding and every projection in the
+/// checkpoint are stage 2's, the factors moved), the weights the stage keeps carry no factors (they
+/// are merged), and a run resumed from a checkpoint continues from the same factors: the following
+/// steps are identical.
+#[test]
+fn grpo_lora_trains_adapters_merges_them_and_resumes() {
+    let dir = copy_of_tiny_run("navigen-grpo-lora-");
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = GrpoOptions::new(data(), &dir);
+    o.steps = 4;
+    o.group = 4;
+    o.prompts = 3;
+    o.val_every = 100;
+    o.val_users = 8;
+    o.save_every = 2;
+    o.lr = 1e-2;
+    o.lora = Some(navigen_train::model::weights::Lora {
+        rank: 4,
+        alpha: 8.0,
+    });
+    let watch = |d: &Path| -> Vec<(f64, f64, f64)> {
+        metrics::read(d)
+            .unwrap()
+            .iter()
+            .filter(|r| r.stage == rl::STAGE)
+            .filter_map(|r| Some((r.reward_mean?, r.kl?, r.grad_norm?)))
+            .collect()
+    };
+    rl::run(&o).unwrap();
+    let full = watch(&dir);
+    assert_eq!(full.len(), 4);
+    assert!(
+        full[2..].iter().any(|x| x.1 > 0.0),
+        "the adapters never moved the policy"
+    );
+
+    let ck = dir.join("checkpoints/step-00000004/weights.safetensors");
+    let ck = candle_core::safetensors::load(&ck, &Device::Cpu).unwrap();
+    let start = candle_core::safetensors::load(dir.join(stage_weights(2)), &Device::Cpu).unwrap();
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    for (k, t) in &start {
+        assert_eq!(diff(t, &ck[k]), 0.0, "{k} is frozen under LoRA");
+    }
+    let b_moved = ck
+        .iter()
+        .filter(|(k, _)| k.ends_with(".lora_b"))
+        .map(|(_, t)| diff(t, &t.zeros_like().unwrap()))
+        .fold(0f32, f32::max);
+    assert!(b_moved > 0.0, "no LoRA B factor left zero");
+    let kept =
+        candle_core::safetensors::load(dir.join(stage_weights(rl::STAGE)), &Device::Cpu).unwrap();
+    assert!(
+        kept.keys().all(|k| !k.contains("lora")),
+        "the kept weights are merged"
+    );
+    assert_eq!(kept.len(), start.len());
+
+    let mut again = o.clone();
+    again.resume = navigen_train::run::checkpoint::Resume::Step(2);
+    let s = rl::run(&again).unwrap();
+    assert_eq!(s.resumed_from, Some(2));
+    assert_eq!(&watch(&dir)[2..], &full[2..], "steps after resume differ");
+}

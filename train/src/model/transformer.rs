@@ -137,13 +137,16 @@ fn attention(
     let heads = |y: Tensor, n: usize| -> Result<Tensor> {
         Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?)
     };
-    let mut q = heads(linear(x, w.get(&layer(i, "self_attn.q_proj.weight"))?)?, nh)?;
+    let mut q = heads(
+        linear(x, &w.weight(&layer(i, "self_attn.q_proj.weight"))?)?,
+        nh,
+    )?;
     let mut k = heads(
-        linear(x, w.get(&layer(i, "self_attn.k_proj.weight"))?)?,
+        linear(x, &w.weight(&layer(i, "self_attn.k_proj.weight"))?)?,
         nkv,
     )?;
     let v = heads(
-        linear(x, w.get(&layer(i, "self_attn.v_proj.weight"))?)?,
+        linear(x, &w.weight(&layer(i, "self_attn.v_proj.weight"))?)?,
         nkv,
     )?;
     if c.arch.qk_norm() {
@@ -184,21 +187,21 @@ fn attention(
         .transpose(1, 2)?
         .reshape((b, t, nh * hd))?;
     Ok(AttnOut {
-        out: linear(&ctx, w.get(&layer(i, "self_attn.o_proj.weight"))?)?,
+        out: linear(&ctx, &w.weight(&layer(i, "self_attn.o_proj.weight"))?)?,
         k: k_all,
         v: v_all,
     })
 }
 
 fn mlp(w: &Weights, i: usize, x: &Tensor) -> Result<Tensor> {
-    let gate = linear(x, w.get(&layer(i, "mlp.gate_proj.weight"))?)?;
-    let up = linear(x, w.get(&layer(i, "mlp.up_proj.weight"))?)?;
+    let gate = linear(x, &w.weight(&layer(i, "mlp.gate_proj.weight"))?)?;
+    let up = linear(x, &w.weight(&layer(i, "mlp.up_proj.weight"))?)?;
     let act = if ops::fused_applies(&gate) {
         ops::silu_mul(&gate, &up)?
     } else {
         (gate.silu()? * up)?
     };
-    linear(&act, w.get(&layer(i, "mlp.down_proj.weight"))?)
+    linear(&act, &w.weight(&layer(i, "mlp.down_proj.weight"))?)
 }
 
 /// Rows of the embedding matrix for (B, T) token ids: (B, T, H).

@@ -12,8 +12,8 @@
 //! `recall_drop` under the best while the reward rises (reward hacking), the policy rolls back to the
 //! best model; after `max_rollbacks` the run stops. Either way the kept model is the best one.
 //!
-//! Full-parameter updates; LoRA and cid2ins rollouts (two-phase decoding, the judge's reward) are not
-//! built yet (issue 13).
+//! Full-parameter updates, or LoRA adapters (`lora`) merged into the weights the stage writes; the
+//! cid2ins rollouts (two-phase decoding, the judge's reward) are not built yet (issue 13).
 //!
 //! Uses the run, checkpoint, metrics and optimiser code of [`crate::run`]; no SFT internals.
 
@@ -33,6 +33,7 @@ use serde::Serialize;
 use crate::data::sequences::{self, Example, TrainSequence};
 use crate::model::batch::{self, CodeConstraint, Row};
 use crate::model::beam::NextItemDecoder;
+use crate::model::weights::Lora;
 use crate::model::{self, ModelConfig, Rope, Trainable, Weights};
 use crate::run::checkpoint::{self, Resume};
 use crate::run::{
@@ -83,6 +84,9 @@ pub struct GrpoOptions {
     #[serde(skip)]
     pub resume: Resume,
     pub seed: u64,
+    /// LoRA adapters (the reference's r 16 / alpha 32 on q, k, v, o, gate, up, down) instead of
+    /// full-parameter updates; merged into the weights the stage writes.
+    pub lora: Option<Lora>,
     #[serde(skip)]
     pub device: Device,
     #[serde(skip)]
@@ -90,6 +94,14 @@ pub struct GrpoOptions {
 }
 
 impl GrpoOptions {
+    /// What the updates train: LoRA factors or every weight.
+    pub fn trainable(&self) -> Trainable {
+        match self.lora {
+            Some(l) => Trainable::Lora(l),
+            None => Trainable::All,
+        }
+    }
+
     /// The method's defaults (G = 8, eps 0.2, beta 0.01, 600 steps); the learning rate is for
     /// full-parameter updates (the reference's 3e-4 is LoRA's).
     pub fn new(data: &Path, run: &Path) -> Self {
@@ -118,6 +130,7 @@ impl GrpoOptions {
             stop_after: None,
             resume: Resume::Latest,
             seed: 42,
+            lora: None,
             device: Device::Cpu,
             dtype: DType::F32,
         }
@@ -243,7 +256,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     anyhow::ensure!(opts.group >= 2, "a group needs at least 2 completions");
     let start_file = stage_weights(2);
     let mut w = load(&opts.run, &start_file, opts)?;
-    w.set_trainable(Trainable::All)?;
+    w.set_trainable(opts.trainable())?;
     let reference = if opts.objective.beta > 0.0 {
         Some(load(&opts.run, &start_file, opts)?)
     } else {
@@ -296,7 +309,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     let mut resumed = None;
     if let Some(s) = wanted {
         let mut trial = load(&opts.run, &start_file, opts)?;
-        trial.set_trainable(Trainable::All)?;
+        trial.set_trainable(opts.trainable())?;
         let mut trial_opt = new_opt();
         let st = checkpoint::load(
             &ckpt_dir,
@@ -518,7 +531,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 // The watch, part 2: the reward rises while what it stands for falls.
                 watch.rollbacks += 1;
                 w = load(&opts.run, &stage_weights(STAGE), opts)?;
-                w.set_trainable(Trainable::All)?;
+                w.set_trainable(opts.trainable())?;
                 opt = new_opt();
                 let reward = match watch.reward_at_best {
                     Some(rb) => format!("while the reward rose from {rb:.3} to {reward_now:.3}"),

@@ -51,7 +51,8 @@ pub fn save(dir: &Path, state: &State, w: &Weights, opt: &AdamW, keep: usize) ->
     let tmp = dir.join(format!(".tmp-step-{:08}", state.step));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    w.save(&tmp.join("weights.safetensors"))?;
+    // LoRA factors unmerged, so a resumed run continues from the same factors.
+    w.save_raw(&tmp.join("weights.safetensors"))?;
     let mut moments: HashMap<String, Tensor> = HashMap::new();
     for (k, t) in &opt.m {
         moments.insert(format!("m.{k}"), t.to_device(&Device::Cpu)?);
@@ -135,26 +136,29 @@ pub fn load(
         &std::fs::read(d.join("state.json"))
             .with_context(|| format!("no checkpoint at {}", d.display()))?,
     )?;
-    let trainable_names: Vec<String> = w.trainable().keys().cloned().collect();
+    let was = w.trainable_mode();
     let loaded = candle_core::safetensors::load(d.join("weights.safetensors"), device)?;
     let mut merged = w.merged()?;
+    let mut factors = std::collections::BTreeMap::new();
     for (k, t) in loaded {
-        merged.insert(k, t.to_dtype(dtype)?);
-    }
-    let was = if trainable_names
-        .iter()
-        .any(|n| n == crate::model::weights::NEW_ROWS)
-    {
-        crate::model::Trainable::NewRowsAndHead {
-            first_new_row: w.get(crate::model::weights::EMBED)?.dim(0)?,
+        let t = t.to_dtype(dtype)?;
+        if k.ends_with(crate::model::weights::LORA_A) || k.ends_with(crate::model::weights::LORA_B)
+        {
+            factors.insert(k, t);
+        } else {
+            merged.insert(k, t);
         }
-    } else if trainable_names.is_empty() {
-        crate::model::Trainable::None
-    } else {
-        crate::model::Trainable::All
-    };
+    }
     *w = Weights::from_map(w.config.clone(), merged, device, dtype)?;
     w.set_trainable(was)?;
+    if w.lora().is_some() {
+        w.load_lora_factors(&factors)?;
+    } else if !factors.is_empty() {
+        anyhow::bail!(
+            "the checkpoint at {} holds LoRA factors but this run trains without LoRA",
+            d.display()
+        );
+    }
     let moments = candle_core::safetensors::load(d.join("optimizer.safetensors"), device)?;
     opt.m.clear();
     opt.v.clear();
