@@ -316,9 +316,23 @@ pub struct GrpoArgs {
     /// Completions per prompt (G).
     #[arg(long, default_value_t = 8)]
     group: usize,
-    /// Prompts per step.
+    /// Next-item prompts per step.
     #[arg(long, default_value_t = 8)]
     prompts: usize,
+    /// Instruction (cid2ins) prompts per step, rolled out by the device's engine on the policy
+    /// exported after each update (0: next-item only).
+    #[arg(long, default_value_t = 2)]
+    ins_prompts: usize,
+    /// Most thinking tokens of an instruction rollout (the method's: 768).
+    #[arg(long, default_value_t = 128)]
+    ins_think_tokens: u32,
+    /// Most answer tokens of an instruction rollout (the method's: 192).
+    #[arg(long, default_value_t = 96)]
+    ins_answer_tokens: u32,
+    /// A judge whose quality scores join the instruction reward (none: the embedding similarities
+    /// alone). Endpoint keys come from NAVIGEN_TEACHER_KEY.
+    #[command(flatten)]
+    judge: JudgeArgs,
     /// Peak learning rate (default 1e-5 for full-parameter updates, the reference's 3e-4 with LoRA).
     #[arg(long)]
     lr: Option<f64>,
@@ -409,7 +423,13 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
         o.resume = crate::run::checkpoint::Resume::Never;
     }
     o.seed = a.seed;
-    let s = crate::rl::run(&o)?;
+    o.ins_prompts = a.ins_prompts;
+    o.ins_budget.max_think_tokens = a.ins_think_tokens;
+    o.ins_budget.max_answer_tokens = a.ins_answer_tokens;
+    let judge = a.judge.open(0, |u: &str, m: &str| {
+        crate::teach::backend::EndpointConfig::new(u, m)
+    })?;
+    let s = crate::rl::run_with_judge(&o, judge.as_deref())?;
     println!("{}", serde_json::to_string_pretty(&s)?);
     Ok(())
 }

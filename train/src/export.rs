@@ -95,51 +95,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             opts.run.display()
         );
     }
-    std::fs::create_dir_all(&opts.out)?;
-    let mut extra =
-        crate::tokenizer::gguf_metadata(&tok, &info.gguf_pre, info.original_types.as_deref())?;
-    extra.push((
-        "navigen.prompt_version".into(),
-        Value::U32(prompt::PROMPT_VERSION),
-    ));
-    extra.push(("navigen.stage".into(), Value::U32(stage as u32)));
-    let tensors = w.merged()?;
-    gguf::export(
-        &opts.out.join(MODEL_FILE),
-        &w.config,
-        &tensors,
-        opts.dtype,
-        &info.name,
-        extra,
-    )?;
-    // The catalog and codebooks the model was trained with travel with it.
-    copy_atomic(
-        &info.data.join(catalog::FILE_NAME),
-        &opts.out.join(catalog::FILE_NAME),
-    )?;
-    copy_atomic(
-        &info.data.join(codebooks::FILE_NAME),
-        &opts.out.join(codebooks::FILE_NAME),
-    )?;
-    let embedder = copy_embedder(&info.data, &opts.out)?;
-    let cat = Catalog::open(&opts.out.join(catalog::FILE_NAME))?;
+    let cat = write_bundle(&w, &tok, &info, stage, &opts.out, opts.dtype)?;
     let dtype_name = format!("{:?}", opts.dtype).to_lowercase();
-    Manifest {
-        bundle_version: BUNDLE_VERSION,
-        prompt_version: prompt::PROMPT_VERSION,
-        kind: Kind::Finetuned,
-        max_history: crate::prepare::max_history(&info.data)?,
-        model: entry(&opts.out, MODEL_FILE)?,
-        catalog: Some(entry(&opts.out, catalog::FILE_NAME)?),
-        codebooks: Some(entry(&opts.out, codebooks::FILE_NAME)?),
-        embedder,
-        info: serde_json::json!({
-            "architecture": w.config.arch.gguf_name(), "stage": stage, "dtype": dtype_name, "name": info.name,
-            "preset": info.preset, "teacher": info.teacher,
-            "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION")),
-        }),
-    }
-    .write(&opts.out)?;
     let checks = if opts.verify_prompts > 0 {
         verify(&opts.out, &w, &tok, &cat, &info, opts)?
     } else {
@@ -152,6 +109,64 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         stage,
         checks,
     })
+}
+
+/// Writes `w` as a bundle in `out`: the GGUF (with the tokenizer and navigen's keys), the catalog,
+/// codebooks and embedder the run was trained with, and the manifest. Returns the catalog.
+/// `export` and GRPO's instruction rollouts (the policy after each update) both write bundles here.
+pub fn write_bundle(
+    w: &Weights,
+    tok: &tokenizers::Tokenizer,
+    info: &RunInfo,
+    stage: u8,
+    out: &Path,
+    dtype: ExportDtype,
+) -> Result<Catalog> {
+    std::fs::create_dir_all(out)?;
+    let mut extra =
+        crate::tokenizer::gguf_metadata(&tok, &info.gguf_pre, info.original_types.as_deref())?;
+    extra.push((
+        "navigen.prompt_version".into(),
+        Value::U32(prompt::PROMPT_VERSION),
+    ));
+    extra.push(("navigen.stage".into(), Value::U32(stage as u32)));
+    let tensors = w.merged()?;
+    gguf::export(
+        &out.join(MODEL_FILE),
+        &w.config,
+        &tensors,
+        dtype,
+        &info.name,
+        extra,
+    )?;
+    // The catalog and codebooks the model was trained with travel with it.
+    copy_atomic(
+        &info.data.join(catalog::FILE_NAME),
+        &out.join(catalog::FILE_NAME),
+    )?;
+    copy_atomic(
+        &info.data.join(codebooks::FILE_NAME),
+        &out.join(codebooks::FILE_NAME),
+    )?;
+    let embedder = copy_embedder(&info.data, out)?;
+    let dtype_name = format!("{:?}", dtype).to_lowercase();
+    Manifest {
+        bundle_version: BUNDLE_VERSION,
+        prompt_version: prompt::PROMPT_VERSION,
+        kind: Kind::Finetuned,
+        max_history: crate::prepare::max_history(&info.data)?,
+        model: entry(out, MODEL_FILE)?,
+        catalog: Some(entry(out, catalog::FILE_NAME)?),
+        codebooks: Some(entry(out, codebooks::FILE_NAME)?),
+        embedder,
+        info: serde_json::json!({
+            "architecture": w.config.arch.gguf_name(), "stage": stage, "dtype": dtype_name, "name": info.name,
+            "preset": info.preset, "teacher": info.teacher,
+            "created_by": concat!("navigen-train ", env!("CARGO_PKG_VERSION")),
+        }),
+    }
+    .write(out)?;
+    Catalog::open(&out.join(catalog::FILE_NAME)).map_err(Into::into)
 }
 
 /// Real prompts of every task, from the validation split and the catalog.

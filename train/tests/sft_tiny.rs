@@ -546,3 +546,61 @@ fn grpo_lora_trains_adapters_merges_them_and_resumes() {
     assert_eq!(s.resumed_from, Some(2));
     assert_eq!(&watch(&dir)[2..], &full[2..], "steps after resume differ");
 }
+
+/// Instruction rollouts: the policy is written as a bundle the device's engine opens, each step's
+/// instruction completions are scored with every part of the method's reward (logged on its own, in
+/// [0, 1]), and they join the update (the policy moves with the next-item task off).
+#[test]
+fn grpo_instruction_rollouts_log_each_reward_part() {
+    let dir = copy_of_tiny_run("navigen-grpo-ins-");
+    let _g = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut o = GrpoOptions::new(data(), &dir);
+    o.steps = 3;
+    o.group = 4;
+    o.prompts = 0;
+    o.ins_prompts = 2;
+    o.val_every = 100;
+    o.val_users = 8;
+    o.lr = 1e-3;
+    let s = rl::run(&o).expect("grpo");
+    assert_eq!(s.steps, 3);
+    let steps: Vec<_> = metrics::read(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.stage == rl::STAGE && r.reward_mean.is_some())
+        .collect();
+    assert_eq!(steps.len(), 3);
+    for r in &steps {
+        let parts = r.reward_parts.as_ref().expect("reward parts");
+        for k in [
+            "cid2ins",
+            "sim_ins_target",
+            "sim_ins_pred",
+            "sim_pred_target",
+            "gate",
+            "pen",
+            "fmt",
+        ] {
+            let v = parts.get(k).copied().unwrap_or(f64::NAN);
+            assert!((0.0..=1.0).contains(&v), "{k} = {v} in {parts:?}");
+        }
+        assert!(
+            !parts.contains_key("cid"),
+            "no next-item prompts: {parts:?}"
+        );
+        assert!((parts["cid2ins"] - r.reward_mean.unwrap()).abs() < 1e-9);
+        // A think block opens the gate partly at least: gate is 0.2 without one.
+        assert!(parts["gate"] >= 0.2 && parts["pen"] >= 0.3, "{parts:?}");
+    }
+    // The engine wrote completions that differ, so the update had something to learn from.
+    assert!(
+        steps.iter().any(|r| r.zero_std_share.unwrap() < 1.0),
+        "{steps:?}"
+    );
+    assert!(
+        steps[1..].iter().any(|r| r.kl.unwrap() > 0.0),
+        "the policy never moved"
+    );
+    let policy = dir.join("grpo-policy");
+    navigen::engine::Engine::open(&policy, navigen::engine::EngineParams::default()).unwrap();
+}

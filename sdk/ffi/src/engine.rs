@@ -123,6 +123,8 @@ fn instruction_options(p: &navigen_instruction_params) -> Result<InstructionOpti
         temperature: p.temperature,
         top_p: p.top_p,
         no_repeat_ngram: p.no_repeat_ngram,
+        // The C ABI samples with the engine's seed (navigen_engine_params.seed).
+        seed: None,
     })
 }
 

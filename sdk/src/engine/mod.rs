@@ -138,6 +138,10 @@ pub struct InstructionOptions {
     /// Greedy decoding never repeats an n-gram of this many tokens within the JSON answer (0 or 1:
     /// off). Supervised answers never repeat a term, so a repeat there is degeneration.
     pub no_repeat_ngram: u32,
+    /// Seed of this call's sampling (`None`: the engine's [`EngineParams::seed`]); several samples of
+    /// one history need different seeds (the trainer's GRPO rollouts).
+    #[serde(default)]
+    pub seed: Option<u32>,
 }
 
 /// Default of [`InstructionOptions::no_repeat_ngram`].
@@ -151,6 +155,7 @@ impl Default for InstructionOptions {
             temperature: 0.0,
             top_p: 0.95,
             no_repeat_ngram: DEFAULT_NO_REPEAT_NGRAM,
+            seed: None,
         }
     }
 }

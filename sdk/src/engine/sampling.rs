@@ -25,7 +25,7 @@ impl Engine {
         let mut chain: Vec<LlamaSampler> = grammar.into_iter().collect();
         chain.push(LlamaSampler::top_p(opts.top_p.clamp(0.0, 1.0), 1));
         chain.push(LlamaSampler::temp(opts.temperature));
-        chain.push(LlamaSampler::dist(self.params.seed));
+        chain.push(LlamaSampler::dist(opts.seed.unwrap_or(self.params.seed)));
         Ok(Chooser::Chain(LlamaSampler::chain_simple(chain)))
     }
 }

@@ -100,3 +100,18 @@ pub fn code_log_probs(
     let lp = candle_nn::ops::log_softmax(&(logits / temperature)?, candle_core::D::Minus1)?;
     Ok(lp.gather(&tgt.unsqueeze(1)?, 1)?.squeeze(1)?)
 }
+
+/// Log-probabilities (f32, with gradient) of the batch's text targets under the full-vocabulary
+/// softmax at `temperature` (the distribution sampling draws from), in the batch's order: row by row,
+/// position by position. Build the batch without a code constraint so that every target is here.
+pub fn token_log_probs(w: &Weights, rope: &Rope, b: &Batch, temperature: f64) -> Result<Tensor> {
+    let h = transformer::hidden_states(w, rope, &b.ids, &b.positions, &b.mask, None)?;
+    let (bsz, t, d) = h.dims3()?;
+    let logits = h
+        .reshape((bsz * t, d))?
+        .index_select(&b.target_index, 0)?
+        .matmul(&w.head()?.t()?)?
+        .to_dtype(DType::F32)?;
+    let lp = candle_nn::ops::log_softmax(&(logits / temperature)?, candle_core::D::Minus1)?;
+    Ok(lp.gather(&b.targets.unsqueeze(1)?, 1)?.squeeze(1)?)
+}

@@ -12,11 +12,15 @@
 //! `recall_drop` under the best while the reward rises (reward hacking), the policy rolls back to the
 //! best model; after `max_rollbacks` the run stops. Either way the kept model is the best one.
 //!
-//! Full-parameter updates, or LoRA adapters (`lora`) merged into the weights the stage writes; the
-//! cid2ins rollouts (two-phase decoding, the judge's reward) are not built yet (issue 13).
+//! Two tasks: next-item (`prompts` a step, rolled out in candle under the trie) and instructions
+//! (`ins_prompts` a step, rolled out by the device's own engine on the policy exported after each
+//! update, [`instruct`]; rewarded with the judge's quality when one is given and the embedding
+//! similarities). Full-parameter updates, or LoRA adapters (`lora`) merged into the weights the stage
+//! writes.
 //!
 //! Uses the run, checkpoint, metrics and optimiser code of [`crate::run`]; no SFT internals.
 
+pub mod instruct;
 pub mod objective;
 pub mod reward;
 pub mod rollout;
@@ -54,8 +58,12 @@ pub struct GrpoOptions {
     pub steps: usize,
     /// Completions per prompt (G).
     pub group: usize,
-    /// Prompts per step.
+    /// Next-item prompts per step.
     pub prompts: usize,
+    /// Instruction (cid2ins) prompts per step (0: next-item only).
+    pub ins_prompts: usize,
+    /// Budgets of the instruction rollouts (the method's are 768 thinking and 192 answer tokens).
+    pub ins_budget: instruct::InsBudget,
     pub lr: f64,
     pub warmup_frac: f64,
     pub weight_decay: f64,
@@ -111,6 +119,11 @@ impl GrpoOptions {
             steps: 600,
             group: 8,
             prompts: 8,
+            ins_prompts: 2,
+            ins_budget: instruct::InsBudget {
+                max_think_tokens: 128,
+                max_answer_tokens: 96,
+            },
             lr: 1e-5,
             warmup_frac: 0.03,
             weight_decay: 0.01,
@@ -240,20 +253,71 @@ pub fn completion_log_probs(
     Ok(lp.reshape((n, per))?)
 }
 
+/// The model's log-probabilities of instruction completions, (completions, longest) with a mask of
+/// their scored tokens.
+fn ins_log_probs(
+    w: &Weights,
+    rope: &Rope,
+    rows: &[Row],
+    pad: u32,
+    temperature: f64,
+) -> Result<(Tensor, Tensor)> {
+    let b = batch::make_batch(rows, pad, &w.device, w.dtype, None)?;
+    let flat = model::token_log_probs(w, rope, &b, temperature)?;
+    let lens: Vec<usize> = rows.iter().map(Row::loss_tokens).collect();
+    let longest = lens.iter().copied().max().unwrap_or(0).max(1);
+    let total = flat.dim(0)?;
+    // Padding reads one extra zero past the end.
+    let ext = Tensor::cat(&[&flat, &Tensor::zeros(1, DType::F32, &w.device)?], 0)?;
+    let (mut idx, mut mask) = (Vec::new(), Vec::new());
+    let mut off = 0usize;
+    for &l in &lens {
+        for j in 0..longest {
+            idx.push(if j < l {
+                (off + j) as u32
+            } else {
+                total as u32
+            });
+            mask.push(if j < l { 1f32 } else { 0.0 });
+        }
+        off += l;
+    }
+    anyhow::ensure!(off == total, "scored tokens {total} but rows hold {off}");
+    let n = rows.len();
+    let idx = Tensor::from_vec(idx, n * longest, &w.device)?;
+    Ok((
+        ext.index_select(&idx, 0)?.reshape((n, longest))?,
+        Tensor::from_vec(mask, (n, longest), &w.device)?,
+    ))
+}
+
 fn load(run: &Path, file: &str, opts: &GrpoOptions) -> Result<Weights> {
     let config: ModelConfig = serde_json::from_slice(&std::fs::read(run.join(CONFIG_FILE))?)?;
     Weights::from_safetensors(config, &[run.join(file)], &opts.device, opts.dtype)
 }
 
 /// Runs GRPO from the run's stage-2 model (or resumes it); writes `stage3.safetensors` (the best by
-/// validation recall).
+/// validation recall). The instruction reward has no judge part (see [`run_with_judge`]).
 pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
+    run_with_judge(opts, None)
+}
+
+/// [`run`] with a judge whose quality scores join the instruction reward (answers cached in
+/// `RUN/grpo-judge.jsonl`, so a resumed run does not ask again).
+pub fn run_with_judge(
+    opts: &GrpoOptions,
+    judge: Option<&dyn crate::teach::backend::Teacher>,
+) -> Result<GrpoSummary> {
     let t0 = Instant::now();
     let mut info = RunInfo::read(&opts.run)?;
     if !info.stages_done.contains(&2) {
         bail!("GRPO starts from stage 2's model: run `navigen-train sft --stage 2` first");
     }
     anyhow::ensure!(opts.group >= 2, "a group needs at least 2 completions");
+    anyhow::ensure!(
+        opts.prompts + opts.ins_prompts > 0,
+        "no prompts a step: set prompts or ins_prompts"
+    );
     let start_file = stage_weights(2);
     let mut w = load(&opts.run, &start_file, opts)?;
     w.set_trainable(opts.trainable())?;
@@ -267,6 +331,22 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
     let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
     let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
     let pool = prompts(&cat, &train);
+    let ins_pool = instruct::prompts(&cat, &train);
+    let judge = match judge {
+        Some(j) => Some(crate::teach::ask::Asker::open(
+            j,
+            &opts.run.join("grpo-judge.jsonl"),
+        )?),
+        None => None,
+    };
+    let mut ins = instruct::InsRollouts::new(
+        &opts.run.join("grpo-policy"),
+        opts.ins_budget,
+        opts.temperature,
+    );
+    // Instruction completions are scored up to the rollout's budget (and the answer's fixed text).
+    let ins_max_tokens =
+        (opts.ins_budget.max_think_tokens + opts.ins_budget.max_answer_tokens) as usize + 64;
     anyhow::ensure!(
         !pool.is_empty(),
         "no training prompts in {}",
@@ -386,7 +466,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
         let mut rows = Vec::new();
         let mut rewards = Vec::new();
         let (mut entropy, mut groups, mut redraws) = (0f64, 0usize, 0usize);
-        while groups < opts.prompts.max(1) {
+        while groups < opts.prompts {
             let p = &pool[rng.gen_range(0..pool.len())];
             let g = rollout::sample_group(
                 &decoder,
@@ -414,6 +494,52 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                     .map(|c| completion_row(&decoder, &p.history, c)),
             );
         }
+        let next_groups = rewards.len();
+        let mut parts = BTreeMap::<String, f64>::new();
+        if next_groups > 0 {
+            let cid_mean = rewards
+                .iter()
+                .map(|&r| ((r - 0.1) / 0.9) as f64)
+                .sum::<f64>()
+                / next_groups as f64;
+            parts.insert("cid".into(), cid_mean);
+            parts.insert(
+                "cid2cid".into(),
+                rewards.iter().map(|&r| r as f64).sum::<f64>() / next_groups as f64,
+            );
+        }
+        // Instruction rollouts on the device's engine, with the current policy.
+        let mut ins_rows = Vec::new();
+        if opts.ins_prompts > 0 && !ins_pool.is_empty() {
+            ins.refresh(&w, &tok, &info)?;
+            let mut done: Vec<instruct::InsCompletion> = Vec::new();
+            for _ in 0..opts.ins_prompts {
+                let p = &ins_pool[rng.gen_range(0..ins_pool.len())];
+                let seed = rng.gen::<u32>();
+                let group = ins.sample_group(&cat, p, opts.group, seed, judge.as_ref())?;
+                for c in &group {
+                    ins_rows.push(instruct::completion_row(&tok, p, &c.text, ins_max_tokens)?);
+                    rewards.push(c.reward);
+                }
+                done.extend(group);
+            }
+            let n = done.len().max(1) as f64;
+            let mean =
+                |f: &dyn Fn(&instruct::InsCompletion) -> f64| done.iter().map(f).sum::<f64>() / n;
+            parts.insert("cid2ins".into(), mean(&|c| c.reward as f64));
+            parts.insert("sim_ins_target".into(), mean(&|c| c.sim_ins_target as f64));
+            parts.insert("sim_ins_pred".into(), mean(&|c| c.sim_ins_pred as f64));
+            parts.insert(
+                "sim_pred_target".into(),
+                mean(&|c| c.sim_pred_target as f64),
+            );
+            parts.insert("gate".into(), mean(&|c| c.gate as f64));
+            parts.insert("pen".into(), mean(&|c| c.pen as f64));
+            parts.insert("fmt".into(), mean(&|c| c.fmt as u8 as f64));
+            if judge.is_some() {
+                parts.insert("quality".into(), mean(&|c| c.quality.unwrap_or(0.0) as f64));
+            }
+        }
         let (adv, stds) = group_advantages(&rewards, opts.group);
         let zero_share = stds.iter().filter(|&&s| s < 1e-6).count() as f64 / stds.len() as f64;
         let reward_mean = rewards.iter().map(|&r| r as f64).sum::<f64>() / rewards.len() as f64;
@@ -421,47 +547,95 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
         watch.first_reward.get_or_insert(reward_mean);
         watch.last_reward = Some(reward_mean);
         let t = opts.temperature as f64;
+        let n_next = rows.len();
+        let n_ins = ins_rows.len();
+        // The log-probabilities of both tasks' completions under a model: next-item codes under the
+        // trie, instruction tokens under the full vocabulary; (rows, tokens) with a mask.
+        let score = |m: &Weights| -> Result<Vec<(Tensor, Tensor)>> {
+            let mut out = Vec::new();
+            if n_next > 0 {
+                let lp = completion_log_probs(m, &rope, &rows, pad, &codes, &columns, t)?;
+                let mask = lp.ones_like()?.detach();
+                out.push((lp, mask));
+            }
+            if n_ins > 0 {
+                out.push(ins_log_probs(m, &rope, &ins_rows, pad, t)?);
+            }
+            Ok(out)
+        };
         // One forward gives the behaviour policy's log-probabilities (detached) and the first
         // update's (with gradient): before that update the policy is the behaviour policy.
-        let mut first = Some(completion_log_probs(
-            &w, &rope, &rows, pad, &codes, &columns, t,
-        )?);
-        let old = first.as_ref().expect("just set").detach();
-        let reference_lp = match &reference {
-            Some(r) => {
-                Some(completion_log_probs(r, &rope, &rows, pad, &codes, &columns, t)?.detach())
-            }
+        let mut first = Some(score(&w)?);
+        let old: Vec<Tensor> = first
+            .as_ref()
+            .expect("just set")
+            .iter()
+            .map(|(lp, _)| lp.detach())
+            .collect();
+        let masks: Vec<Tensor> = first
+            .as_ref()
+            .expect("just set")
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect();
+        let reference_lp: Option<Vec<Tensor>> = match &reference {
+            Some(r) => Some(score(r)?.into_iter().map(|(lp, _)| lp.detach()).collect()),
             None => None,
         };
         // The policy's k3 KL to the reference before this step's update (logged also when the
-        // update is skipped).
+        // update is skipped), over every scored token of both tasks.
         let kl = match &reference_lp {
             Some(r) => {
-                let d = (r - &old)?;
-                ((d.exp()? - &d)? - 1.0)?.mean_all()?.to_scalar::<f32>()? as f64
+                let (mut sum, mut count) = (0f64, 0f64);
+                for ((r, o), m) in r.iter().zip(&old).zip(&masks) {
+                    let d = (r - o)?;
+                    let k3 = (((d.exp()? - &d)? - 1.0)? * m)?;
+                    sum += k3.sum_all()?.to_scalar::<f32>()? as f64;
+                    count += m.sum_all()?.to_scalar::<f32>()? as f64;
+                }
+                sum / count.max(1.0)
             }
             None => 0.0,
         };
-        let adv_t = Tensor::from_slice(&adv, adv.len(), &opts.device)?;
-        let mask = old.ones_like()?;
+        // Advantages of each task's completions (the next-item groups come first).
+        let mut adv_t = Vec::new();
+        if n_next > 0 {
+            adv_t.push(Tensor::from_slice(&adv[..n_next], n_next, &opts.device)?);
+        }
+        if n_ins > 0 {
+            adv_t.push(Tensor::from_slice(&adv[n_next..], n_ins, &opts.device)?);
+        }
         let lr = optim::lr_at(step - 1, opts.steps, warmup, opts.lr, 0.1);
         let (mut clip_frac, mut norm) = (0.0, 0.0);
         // Groups whose rewards are all equal have zero advantage: nothing to learn, skip the update.
         if zero_share < 1.0 {
             for _ in 0..opts.updates.max(1) {
-                let lp = match first.take() {
-                    Some(lp) => lp,
-                    None => completion_log_probs(&w, &rope, &rows, pad, &codes, &columns, t)?,
+                let lps = match first.take() {
+                    Some(lps) => lps,
+                    None => score(&w)?,
                 };
-                let parts = grpo_loss(
-                    &lp,
-                    &old,
-                    reference_lp.as_ref(),
-                    &adv_t,
-                    &mask,
-                    &opts.objective,
-                )?;
-                let g = parts.loss.backward()?;
+                // Each task's loss weighted by its number of completions.
+                let (mut loss, mut clipped) = (None::<Tensor>, 0.0);
+                let total = (n_next + n_ins) as f64;
+                for (i, (lp, _)) in lps.iter().enumerate() {
+                    let share = lp.dim(0)? as f64 / total;
+                    let parts = grpo_loss(
+                        lp,
+                        &old[i],
+                        reference_lp.as_ref().map(|r| &r[i]),
+                        &adv_t[i],
+                        &masks[i],
+                        &opts.objective,
+                    )?;
+                    clipped += parts.clip_frac * share;
+                    let l = (parts.loss * share)?;
+                    loss = Some(match loss {
+                        Some(x) => (x + l)?,
+                        None => l,
+                    });
+                }
+                let loss = loss.ok_or_else(|| anyhow::anyhow!("no completions this step"))?;
+                let g = loss.backward()?;
                 let mut grads = BTreeMap::new();
                 for (name, var) in w.trainable() {
                     if let Some(gt) = g.get(var.as_tensor()) {
@@ -470,7 +644,7 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 }
                 norm = optim::clip(&mut grads, opts.clip)?;
                 opt.update(w.trainable(), &grads, lr)?;
-                clip_frac = parts.clip_frac;
+                clip_frac = clipped;
             }
         }
         // The watch, part 1: a collapse of the reward's spread within groups.
@@ -499,9 +673,10 @@ pub fn run(opts: &GrpoOptions) -> Result<GrpoSummary> {
                 reward_mean: Some(reward_mean),
                 reward_std: Some(reward_std),
                 zero_std_share: Some(zero_share),
-                entropy: Some(entropy / groups.max(1) as f64),
+                entropy: (groups > 0).then(|| entropy / groups as f64),
                 kl: Some(kl),
                 clip_frac: Some(clip_frac),
+                reward_parts: Some(parts),
                 elapsed_s: Some(t0.elapsed().as_secs_f64()),
                 // Completion tokens (three per completion) per second of rollout and update.
                 tokens_per_s: Some(rows.len() as f64 * 3.0 / ts.elapsed().as_secs_f64().max(1e-9)),

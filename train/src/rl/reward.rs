@@ -178,10 +178,16 @@ pub fn cid2cid_codes(predicted: &Cid, target: &Cid) -> CidReward {
 }
 
 /// cid2ins: S is the mean of the judge's quality and the three embedding similarities (instruction
-/// vs target TID, instruction vs predicted TID, predicted TID vs target TID); fmt needs a non-empty
-/// TID and instruction besides the clean single JSON object.
-pub fn cid2ins(checks: &TextChecks, s_parts: [f32; 4]) -> f32 {
-    let s = s_parts.iter().sum::<f32>() / 4.0;
+/// vs target TID, instruction vs predicted TID, predicted TID vs target TID), `s_parts` in that order
+/// (without a judge, the three similarities); fmt needs a non-empty TID and instruction besides the
+/// clean single JSON object.
+pub fn cid2ins(checks: &TextChecks, s_parts: &[f32]) -> f32 {
+    let s = s_parts.iter().sum::<f32>() / s_parts.len().max(1) as f32;
+    combine(s, checks.gate(), cid2ins_format(checks), checks.pen())
+}
+
+/// cid2ins's format reward: one clean JSON object with a non-empty TID and instruction.
+pub fn cid2ins_format(checks: &TextChecks) -> bool {
     let content = checks.json.as_ref().is_some_and(|j| {
         let tid = j
             .get("target_tid")
@@ -193,12 +199,7 @@ pub fn cid2ins(checks: &TextChecks, s_parts: [f32; 4]) -> f32 {
             .is_some_and(|s| !s.trim().is_empty());
         tid && ins
     });
-    combine(
-        s,
-        checks.gate(),
-        checks.one_clean_json && content,
-        checks.pen(),
-    )
+    checks.one_clean_json && content
 }
 
 #[cfg(test)]
@@ -232,7 +233,7 @@ mod tests {
         assert!(c.think_ok && c.one_clean_json, "{c:?}");
         assert_eq!(c.violations, 0.0);
         assert_eq!((c.gate(), c.pen()), (1.0, 1.0));
-        assert!((cid2ins(&c, [1.0; 4]) - 1.0).abs() < 1e-6);
+        assert!((cid2ins(&c, &[1.0; 4]) - 1.0).abs() < 1e-6);
 
         // Text after the JSON (0.45) and before it (0.2).
         let c = text_checks("<think>long enough reasoning here</think> ok {\"a\":1} trailing");
@@ -273,6 +274,6 @@ mod tests {
         let c = text_checks(
             "<think>long enough reasoning</think>{\"target_tid\":[\"a\"],\"target_ins\":\" \"}",
         );
-        assert!((cid2ins(&c, [1.0; 4]) - 0.9).abs() < 1e-6);
+        assert!((cid2ins(&c, &[1.0; 4]) - 0.9).abs() < 1e-6);
     }
 }

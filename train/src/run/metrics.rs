@@ -43,6 +43,11 @@ pub struct Record {
     pub kl: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub clip_frac: Option<f64>,
+    /// GRPO: the reward's parts, each averaged over the step's completions of its task (`cid`,
+    /// `cid2cid`, `cid2ins`, and the instruction reward's `quality`, `sim_ins_target`, `sim_ins_pred`,
+    /// `sim_pred_target`, `gate`, `pen`, `fmt`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_parts: Option<std::collections::BTreeMap<String, f64>>,
     /// What the watch did at this step (a stop, a rollback), in words.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub event: Option<String>,
