@@ -275,8 +275,13 @@ pub fn plot_grpo(run: &Path, stage: u8) -> Result<()> {
         }
         mesh.draw()?;
         type Pick = fn(&Record) -> Option<f64>;
-        let series: [(&str, Pick, RGBColor); 4] = [
+        fn part(r: &Record, k: &str) -> Option<f64> {
+            r.reward_parts.as_ref().and_then(|p| p.get(k).copied())
+        }
+        let series: [(&str, Pick, RGBColor); 6] = [
             ("reward mean", |r| r.reward_mean, BLUE),
+            ("next-item reward", |r| part(r, "cid2cid"), CYAN),
+            ("instruction reward", |r| part(r, "cid2ins"), BLACK),
             ("reward std in groups", |r| r.reward_std, RED),
             ("groups with zero std", |r| r.zero_std_share, MAGENTA),
             ("val Recall@10", |r| r.val_recall10, GREEN),
