@@ -698,6 +698,10 @@ pub struct BenchQualityArgs {
     /// Evaluate this bundle (trained on OUT/data) instead of training one.
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// More bundles trained on OUT/data, each a row of the table: NAME=BUNDLE (repeatable; e.g.
+    /// `--also SFT=B1 --also SFT+GRPO=B2`).
+    #[arg(long, value_parser = parse_named_path)]
+    also: Vec<(String, PathBuf)>,
     /// The measured configuration (docs/benchmarks.md); `small` is defined but not measured yet.
     #[arg(long, default_value = "tiny")]
     preset: Preset,
@@ -760,6 +764,7 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         dataset: a.dataset,
         out,
         bundle: a.bundle,
+        also: a.also,
         preset: a.preset,
         epochs: a.epochs,
         max_steps: a.max_steps,
@@ -779,6 +784,13 @@ pub fn bench_quality(a: BenchQualityArgs) -> Result<()> {
         sasrec_time_cap_s: (a.sasrec_time_cap_min > 0).then_some(a.sasrec_time_cap_min * 60),
     })?;
     Ok(())
+}
+
+fn parse_named_path(s: &str) -> std::result::Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), PathBuf::from(p))),
+        _ => Err(format!("{s}: expected NAME=PATH")),
+    }
 }
 
 type BoxedTeacher = Box<dyn crate::teach::backend::Teacher>;

@@ -27,6 +27,8 @@ pub struct QualityOptions {
     pub out: PathBuf,
     /// Evaluate this bundle instead of training one (it must come from `OUT/data`).
     pub bundle: Option<PathBuf>,
+    /// More bundles trained on the same data, each a row of the table (e.g. SFT and SFT+GRPO).
+    pub also: Vec<(String, PathBuf)>,
     pub preset: Preset,
     pub epochs: f64,
     /// navigen's training steps (overrides `epochs`; the schedule ends there).
@@ -185,8 +187,26 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
         json!({"model": format!("navigen ({})", e.manifest().info["name"].as_str().unwrap_or("bundle")),
                "metrics": rank_json(&ranks.model), "train_seconds": train_s, "eval_seconds": ranks.seconds,
                "threads": navigen_threads}),
-        json!({"model": "most-popular (navigen's)", "metrics": rank_json(&ranks.popular), "train_seconds": 0.0, "eval_seconds": 0.0}),
     ];
+    // Further bundles on the same users, with the same decoding budget.
+    let catalog = std::fs::read(data.join(navigen::format::catalog::FILE_NAME))?;
+    for (name, b) in &o.also {
+        let theirs = std::fs::read(b.join(navigen::format::catalog::FILE_NAME))
+            .with_context(|| format!("{}: not a bundle", b.display()))?;
+        anyhow::ensure!(
+            theirs == catalog,
+            "{} was trained on other data than {} (the catalogs differ)",
+            b.display(),
+            data.display()
+        );
+        let e = Engine::open(b, EngineParams::default())?;
+        let r = eval::next_item_ranks(&e, &test, &full, o.beams)?;
+        rows.push(
+            json!({"model": format!("navigen {name}"), "metrics": rank_json(&r.model),
+            "eval_seconds": r.seconds, "bundle": b}),
+        );
+    }
+    rows.push(json!({"model": "most-popular (navigen's)", "metrics": rank_json(&ranks.popular), "train_seconds": 0.0, "eval_seconds": 0.0}));
     let mut recbole_json = Value::Null;
     if let Some((pending, result, users)) = recbole_run {
         if matches!(pending, recbole::Pending::Running { .. }) {
@@ -254,10 +274,12 @@ fn markdown(rows: &[Value], users: usize, beams: usize) -> String {
             .map(|c| m[*c].as_f64().map_or("-".into(), |v| format!("{v:.4}")))
             .collect();
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} |\n",
+            "| {} | {} | {} | {:.0} |\n",
             r["model"].as_str().unwrap_or("?"),
             cells.join(" | "),
-            r["train_seconds"].as_f64().unwrap_or(0.0),
+            r["train_seconds"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.0}")),
             r["eval_seconds"].as_f64().unwrap_or(0.0)
         ));
     }
