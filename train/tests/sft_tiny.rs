@@ -107,6 +107,16 @@ fn both_stages_train_and_log() {
             .is_some_and(|v| (0.0..=1.0).contains(&v)));
     }
     assert!(recs.iter().any(|x| x.val_recall10.is_some()));
+    // Each stage keeps its own resume points (stage 2's steps restart at 1: sharing one folder, its
+    // pruning removed stage 1's newer-numbered points or the other way round).
+    for stage in [1u8, 2] {
+        let d = navigen_train::run::checkpoints_dir(&r.dir, stage);
+        let latest = navigen_train::run::checkpoint::latest(&d)
+            .unwrap()
+            .expect("a latest point");
+        let st = navigen_train::run::checkpoint::read_state(&d, latest).unwrap();
+        assert_eq!(st.stage, stage);
+    }
     let png = std::fs::read(r.dir.join(metrics::PLOT)).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
@@ -508,7 +518,8 @@ fn grpo_lora_trains_adapters_merges_them_and_resumes() {
         "the adapters never moved the policy"
     );
 
-    let ck = dir.join("checkpoints/step-00000004/weights.safetensors");
+    let ck = navigen_train::run::checkpoints_dir(&dir, rl::STAGE)
+        .join("step-00000004/weights.safetensors");
     let ck = candle_core::safetensors::load(&ck, &Device::Cpu).unwrap();
     let start = candle_core::safetensors::load(dir.join(stage_weights(2)), &Device::Cpu).unwrap();
     let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {

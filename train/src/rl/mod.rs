@@ -40,9 +40,7 @@ use crate::model::beam::NextItemDecoder;
 use crate::model::weights::Lora;
 use crate::model::{self, ModelConfig, Rope, Trainable, Weights};
 use crate::run::checkpoint::{self, Resume};
-use crate::run::{
-    metrics, optim, recall, save_weights, stage_weights, RunInfo, CHECKPOINTS_DIR, CONFIG_FILE,
-};
+use crate::run::{metrics, optim, recall, save_weights, stage_weights, RunInfo, CONFIG_FILE};
 use navigen::format::catalog;
 use navigen::{Catalog, Cid};
 use objective::{group_advantages, grpo_loss, Objective};
@@ -371,7 +369,7 @@ pub fn run_with_judge(
     let mut opt = new_opt();
     let warmup = ((opts.warmup_frac * opts.steps as f64).ceil() as usize).max(1);
     let kept = opts.run.join(stage_weights(STAGE));
-    let ckpt_dir = opts.run.join(CHECKPOINTS_DIR);
+    let ckpt_dir = crate::run::checkpoints_dir(&opts.run, STAGE);
     let measure = |w: &Weights| -> Result<(f64, f64)> {
         if val.is_empty() {
             return Ok((0.0, 0.0));

@@ -122,6 +122,15 @@ pub fn latest(dir: &Path) -> Result<Option<usize>> {
     }
 }
 
+/// The training state of the checkpoint at `step`, without loading its tensors.
+pub fn read_state(dir: &Path, step: usize) -> Result<State> {
+    let d = step_dir(dir, step);
+    Ok(serde_json::from_slice(
+        &std::fs::read(d.join("state.json"))
+            .with_context(|| format!("no checkpoint at {}", d.display()))?,
+    )?)
+}
+
 /// Restores weights (trainable set kept as configured) and optimiser state; returns the training state.
 pub fn load(
     dir: &Path,

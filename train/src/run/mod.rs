@@ -3,7 +3,9 @@
 //!
 //! Run folder: `run.json` (what the run is), `tokenizer.json`, `config.json`, `base.safetensors` (the base
 //! model after vocabulary expansion), `stage1.safetensors`, `stage2.safetensors` (best validation loss of
-//! each stage), `checkpoints/` (resume points of the stage in progress), `metrics.jsonl`, `loss.png`.
+//! each stage), `checkpoints/stage-N/` (resume points of each stage: one folder per stage, because step
+//! numbers restart at every stage and a later stage's pruning must never remove, or its step overwrite,
+//! another's), `metrics.jsonl`, `loss.png`.
 
 pub mod checkpoint;
 pub mod metrics;
@@ -24,8 +26,13 @@ pub const RUN_FILE: &str = "run.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const CONFIG_FILE: &str = "config.json";
 pub const BASE_WEIGHTS: &str = "base.safetensors";
-/// The folder of the resume points of the stage in progress.
+/// The folder of the resume points, one sub-folder per stage ([`checkpoints_dir`]).
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
+
+/// Where `stage` keeps its resume points in `run`.
+pub fn checkpoints_dir(run: &Path, stage: u8) -> PathBuf {
+    run.join(CHECKPOINTS_DIR).join(format!("stage-{stage}"))
+}
 
 pub fn stage_weights(stage: u8) -> String {
     format!("stage{stage}.safetensors")

@@ -24,7 +24,7 @@ use crate::model::batch::{self, CodeConstraint, Row, Tokenized};
 use crate::model::{self, preset, ModelConfig, Rope, Trainable, Weights};
 use crate::run::{
     checkpoint, metrics, optim, recall, save_weights, stage_weights, RunInfo, BASE_WEIGHTS,
-    CHECKPOINTS_DIR, CONFIG_FILE, RUN_FILE, TOKENIZER_FILE,
+    CONFIG_FILE, RUN_FILE, TOKENIZER_FILE,
 };
 use crate::tasks::{self, InstructionTeacher, MixOptions, OfflineTeacher, SftExample};
 use crate::tokenizer::encode;
@@ -448,7 +448,7 @@ pub fn run_stage(opts: &SftOptions) -> Result<SftSummary> {
         ema_decay: opts.ema,
         ..Default::default()
     });
-    let ckpt_dir = opts.run.join(CHECKPOINTS_DIR);
+    let ckpt_dir = crate::run::checkpoints_dir(&opts.run, opts.stage);
     let mut step = 0usize;
     let mut best_val: Option<f64> = None;
     let mut best_recall: Option<f64> = None;
