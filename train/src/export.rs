@@ -124,7 +124,7 @@ pub fn write_bundle(
 ) -> Result<Catalog> {
     std::fs::create_dir_all(out)?;
     let mut extra =
-        crate::tokenizer::gguf_metadata(&tok, &info.gguf_pre, info.original_types.as_deref())?;
+        crate::tokenizer::gguf_metadata(tok, &info.gguf_pre, info.original_types.as_deref())?;
     extra.push((
         "navigen.prompt_version".into(),
         Value::U32(prompt::PROMPT_VERSION),

@@ -1,9 +1,10 @@
 //! GRPO, the third stage (docs/method.md section 5), on the next-item task: from the run's stage-2
 //! model, G completions per prompt decoded as the device decodes ([`rollout`]), rewarded with the
 //! method's hierarchical CID reward ([`reward`]), and the clipped, KL-regularised, group-relative
-//! objective ([`objective`]). The kept model (`stage3.safetensors`) is the one with the best
-//! validation Recall@10 through the device's beam search, the starting model included, so GRPO never
-//! ships a model that recommends worse than the one it started from.
+//! objective ([`objective`]). The kept model (`stage3.safetensors`) is the newest whose validation
+//! Recall@10 through the device's beam search is within one standard error of the best so far, the
+//! starting model included: never measurably worse at next items than the model GRPO started from, and
+//! among tied models the one with the most instruction training.
 //!
 //! The watch (the "Generate, Not Recommend" collapse: rewards within groups become all equal): every
 //! step logs the reward mean, the within-group std, the share of groups with zero std, the entropy, the
@@ -154,6 +155,9 @@ pub struct GrpoSummary {
     pub start_val_recall10: f64,
     pub best_val_recall10: f64,
     pub best_step: usize,
+    /// The step of the kept model (`stage3.safetensors`): the best by validation Recall@10, or a
+    /// later one within one standard error of it.
+    pub kept_step: usize,
     pub first_reward: Option<f64>,
     pub last_reward: Option<f64>,
     pub rollbacks: usize,
@@ -168,6 +172,9 @@ pub struct GrpoSummary {
 struct Watch {
     best: f64,
     best_step: usize,
+    /// The step of the kept model: the best, or a later one within a standard error of it.
+    #[serde(default)]
+    kept_step: usize,
     reward_at_best: Option<f64>,
     start: f64,
     first_reward: Option<f64>,
@@ -693,10 +700,18 @@ pub fn run_with_judge(
             let reward_now = watch.recent.iter().sum::<f64>() / watch.recent.len().max(1) as f64;
             watch.recent.clear();
             let mut event = None;
+            // One standard error of the best recall over the validation users: a model within it is
+            // tied with the best on next items, and the later one has had more of both tasks (the
+            // instruction task is not in this validation), so it is the one kept.
+            let se = (watch.best * (1.0 - watch.best) / val_users.max(1) as f64).sqrt();
             if r > watch.best {
                 watch.best = r;
                 watch.best_step = step;
+                watch.kept_step = step;
                 watch.reward_at_best = Some(reward_now);
+                save_weights(&w, &kept)?;
+            } else if r >= watch.best - se {
+                watch.kept_step = step;
                 save_weights(&w, &kept)?;
             } else if r < watch.best - opts.recall_drop
                 && watch.reward_at_best.is_none_or(|rb| reward_now > rb)
@@ -760,7 +775,7 @@ pub fn run_with_judge(
     if let Some(s) = &stopped {
         eprintln!(
             "grpo: stopped at step {step}: {s}; kept the model of step {}",
-            watch.best_step
+            watch.kept_step
         );
     }
     if !info.stages_done.contains(&STAGE) {
@@ -773,6 +788,7 @@ pub fn run_with_judge(
         start_val_recall10: watch.start,
         best_val_recall10: watch.best,
         best_step: watch.best_step,
+        kept_step: watch.kept_step,
         first_reward: watch.first_reward,
         last_reward: watch.last_reward,
         rollbacks: watch.rollbacks,
