@@ -214,25 +214,53 @@ pub fn completion_row(
     })
 }
 
-/// Every (history, next item) of the training prefixes with the target's TID: at most the device's
-/// history length before the target.
-pub fn prompts(cat: &Catalog, train: &[crate::data::sequences::TrainSequence]) -> Vec<InsPrompt> {
-    let mut out = Vec::new();
-    for t in train {
-        let items: Vec<(String, Cid, Vec<String>)> = t
-            .items
-            .iter()
-            .filter_map(|id| cat.find_id(id).and_then(|i| cat.item(i)))
-            .map(|it| (it.id.to_string(), it.cid, it.tid_vec()))
-            .collect();
-        for end in 1..items.len() {
-            let start = end.saturating_sub(prompt::MAX_HISTORY);
-            out.push(InsPrompt {
-                history: items[start..end].iter().map(|x| x.0.clone()).collect(),
-                history_cids: items[start..end].iter().map(|x| x.1).collect(),
-                target_tid: items[end].2.clone(),
-            });
+/// Every (history, next item) of the training prefixes, as catalog indices: the prompts are built
+/// when drawn ([`InsPool::get`]), so the pool costs 8 bytes a training item, not a history of strings.
+pub struct InsPool {
+    seqs: Vec<Vec<u32>>,
+    /// (sequence, position of the target)
+    at: Vec<(u32, u32)>,
+}
+
+impl InsPool {
+    pub fn new(cat: &Catalog, train: &[crate::data::sequences::TrainSequence]) -> Self {
+        let mut seqs = Vec::with_capacity(train.len());
+        let mut at = Vec::new();
+        for t in train {
+            let items: Vec<u32> = t.items.iter().filter_map(|id| cat.find_id(id)).collect();
+            for end in 1..items.len() {
+                at.push((seqs.len() as u32, end as u32));
+            }
+            seqs.push(items);
         }
+        InsPool { seqs, at }
     }
-    out
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    /// Prompt `i`: at most the device's history length before the target.
+    pub fn get(&self, cat: &Catalog, i: usize) -> Result<InsPrompt> {
+        let (s, end) = self.at[i];
+        let items = &self.seqs[s as usize];
+        let end = end as usize;
+        let start = end.saturating_sub(prompt::MAX_HISTORY);
+        let item = |k: u32| cat.item(k).context("catalog item");
+        let mut p = InsPrompt {
+            history: Vec::with_capacity(end - start),
+            history_cids: Vec::with_capacity(end - start),
+            target_tid: item(items[end])?.tid_vec(),
+        };
+        for &k in &items[start..end] {
+            let it = item(k)?;
+            p.history.push(it.id.to_string());
+            p.history_cids.push(it.cid);
+        }
+        Ok(p)
+    }
 }

@@ -336,7 +336,7 @@ pub fn run_with_judge(
     let train: Vec<TrainSequence> = sequences::read_jsonl(&opts.data.join(sequences::TRAIN_FILE))?;
     let valid: Vec<Example> = sequences::read_jsonl(&opts.data.join(sequences::VALID_FILE))?;
     let pool = prompts(&cat, &train);
-    let ins_pool = instruct::prompts(&cat, &train);
+    let ins_pool = instruct::InsPool::new(&cat, &train);
     let judge = match judge {
         Some(j) => Some(crate::teach::ask::Asker::open(
             j,
@@ -519,11 +519,11 @@ pub fn run_with_judge(
             ins.refresh(&w, &tok, &info)?;
             let mut done: Vec<instruct::InsCompletion> = Vec::new();
             for _ in 0..opts.ins_prompts {
-                let p = &ins_pool[rng.gen_range(0..ins_pool.len())];
+                let p = ins_pool.get(&cat, rng.gen_range(0..ins_pool.len()))?;
                 let seed = rng.gen::<u32>();
-                let group = ins.sample_group(&cat, p, opts.group, seed, judge.as_ref())?;
+                let group = ins.sample_group(&cat, &p, opts.group, seed, judge.as_ref())?;
                 for c in &group {
-                    ins_rows.push(instruct::completion_row(&tok, p, &c.text, ins_max_tokens)?);
+                    ins_rows.push(instruct::completion_row(&tok, &p, &c.text, ins_max_tokens)?);
                     rewards.push(c.reward);
                 }
                 done.extend(group);
