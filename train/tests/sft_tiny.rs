@@ -331,6 +331,16 @@ fn copy_of_tiny_run(prefix: &str) -> PathBuf {
     dir
 }
 
+/// The watch's figures of each GRPO step: (mean reward, KL, gradient norm).
+fn watch(d: &Path) -> Vec<(f64, f64, f64)> {
+    metrics::read(d)
+        .unwrap()
+        .iter()
+        .filter(|r| r.stage == rl::STAGE)
+        .filter_map(|r| Some((r.reward_mean?, r.kl?, r.grad_norm?)))
+        .collect()
+}
+
 /// GRPO from stage 2: rollouts, rewards and updates happen, the watch's figures are logged every
 /// step, and the kept model is the best by validation recall, the starting model included.
 #[test]
@@ -460,14 +470,6 @@ fn grpo_resume_reproduces_the_following_steps() {
     o.save_every = 3;
     o.lr = 1e-4;
     o.resample_zero_std = 2;
-    let watch = |d: &Path| -> Vec<(f64, f64, f64)> {
-        metrics::read(d)
-            .unwrap()
-            .iter()
-            .filter(|r| r.stage == rl::STAGE)
-            .filter_map(|r| Some((r.reward_mean?, r.kl?, r.grad_norm?)))
-            .collect()
-    };
     rl::run(&o).unwrap();
     let full = watch(&dir);
     assert_eq!(full.len(), 6);
@@ -502,14 +504,6 @@ fn grpo_lora_trains_adapters_merges_them_and_resumes() {
         rank: 4,
         alpha: 8.0,
     });
-    let watch = |d: &Path| -> Vec<(f64, f64, f64)> {
-        metrics::read(d)
-            .unwrap()
-            .iter()
-            .filter(|r| r.stage == rl::STAGE)
-            .filter_map(|r| Some((r.reward_mean?, r.kl?, r.grad_norm?)))
-            .collect()
-    };
     rl::run(&o).unwrap();
     let full = watch(&dir);
     assert_eq!(full.len(), 4);
