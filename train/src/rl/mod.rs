@@ -571,18 +571,12 @@ pub fn run_with_judge(
         // One forward gives the behaviour policy's log-probabilities (detached) and the first
         // update's (with gradient): before that update the policy is the behaviour policy.
         let mut first = Some(score(&w)?);
-        let old: Vec<Tensor> = first
+        let (old, masks): (Vec<Tensor>, Vec<Tensor>) = first
             .as_ref()
             .expect("just set")
             .iter()
-            .map(|(lp, _)| lp.detach())
-            .collect();
-        let masks: Vec<Tensor> = first
-            .as_ref()
-            .expect("just set")
-            .iter()
-            .map(|(_, m)| m.clone())
-            .collect();
+            .map(|(lp, m)| (lp.detach(), m.clone()))
+            .unzip();
         let reference_lp: Option<Vec<Tensor>> = match &reference {
             Some(r) => Some(score(r)?.into_iter().map(|(lp, _)| lp.detach()).collect()),
             None => None,
