@@ -226,6 +226,17 @@ impl Asset {
         let downloads = cache_dir().join("downloads");
         std::fs::create_dir_all(&downloads)
             .with_context(|| format!("creating {}", downloads.display()))?;
+        // One fetch of an asset at a time, across threads and processes: tests run in parallel on an
+        // empty cache (and two commands started together) otherwise download into one folder and
+        // unpack over each other. The lock goes with the file handle.
+        let lock_path = downloads.join(format!(".lock-{}", self.name));
+        let lock = std::fs::File::create(&lock_path)
+            .with_context(|| format!("creating {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("locking {}", lock_path.display()))?;
+        if self.is_ready() {
+            return Ok(self.dir());
+        }
         let archive = downloads.join(self.file);
         if !(archive.is_file() && sha256_file(&archive)? == self.sha256) {
             eprintln!("navigen: fetching {} ({})", self.what, self.command_line());
