@@ -426,7 +426,7 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
     o.ins_prompts = a.ins_prompts;
     o.ins_budget.max_think_tokens = a.ins_think_tokens;
     o.ins_budget.max_answer_tokens = a.ins_answer_tokens;
-    let judge = a.judge.open(0, |u: &str, m: &str| {
+    let judge = a.judge.open(crate::thread_count(), |u: &str, m: &str| {
         crate::teach::backend::EndpointConfig::new(u, m)
     })?;
     let s = crate::rl::run_with_judge(&o, judge.as_deref())?;
@@ -543,7 +543,7 @@ pub struct EvalArgs {
 /// `eval`: quality through the shipped runtime; writes eval.json and prints the headline numbers.
 pub fn eval(a: EvalArgs) -> Result<()> {
     let out = a.out;
-    let judge = a.judge.open(0, |u: &str, m: &str| {
+    let judge = a.judge.open(crate::thread_count(), |u: &str, m: &str| {
         crate::teach::backend::EndpointConfig::new(u, m)
     })?;
     let r = eval::eval(

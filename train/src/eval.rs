@@ -22,7 +22,7 @@ use crate::teach::backend::Teacher;
 use crate::teach::{self, ask::Asker, search, search::SearchConfig};
 use navigen::bundle::Manifest;
 use navigen::embedding::TextEmbedder;
-use navigen::engine::{Engine, EngineParams, InstructionOptions, PredictOptions};
+use navigen::engine::{Engine, InstructionOptions, PredictOptions};
 
 pub const KS: [usize; 5] = [1, 5, 10, 20, 40];
 
@@ -273,7 +273,7 @@ pub fn eval(o: &EvalOptions, judge: Option<&dyn Teacher>) -> Result<Value> {
     } else {
         test.iter().take(o.users).cloned().collect()
     };
-    let e = Engine::open(&o.bundle, EngineParams::default())?;
+    let e = Engine::open(&o.bundle, crate::engine_params())?;
     let full = full_histories(&o.data)?;
     let ranks = next_item_ranks(&e, &users, &full, o.beams)?;
     let predict_s = ranks.seconds;
@@ -283,7 +283,7 @@ pub fn eval(o: &EvalOptions, judge: Option<&dyn Teacher>) -> Result<Value> {
         .embedder
         .as_ref()
         .context("the bundle has no embedder.gguf (re-export it with this trainer)")?;
-    let embedder = TextEmbedder::open(&Manifest::path(e.dir(), emb_entry), 0)?;
+    let embedder = TextEmbedder::open(&Manifest::path(e.dir(), emb_entry), crate::thread_count())?;
     let ins_users: Vec<Example> = test.iter().take(o.instruction_users).cloned().collect();
     let opts = InstructionOptions {
         no_repeat_ngram: o.no_repeat_ngram,
@@ -303,7 +303,7 @@ pub fn eval(o: &EvalOptions, judge: Option<&dyn Teacher>) -> Result<Value> {
     // The same users, budgets, guard and judge as the bundle.
     let zero_shot = match &o.zero_shot {
         Some(z) => {
-            let ze = Engine::open(z, EngineParams::default())?;
+            let ze = Engine::open(z, crate::engine_params())?;
             instruction_metrics(&ze, &ins_users, &embedder, &opts, judge.as_ref())?
         }
         None => Value::Null,

@@ -40,6 +40,25 @@ pub fn pin_thread_count() {
     }
 }
 
+/// The CPU threads the trainer may use (`RAYON_NUM_THREADS`, which `pin_thread_count` sets; 0 = all),
+/// for the llama.cpp engines, embedders and judges it opens as well as candle: an engine left at the
+/// machine's core count spins its OpenMP threads against the trainer's and any job beside it (a GRPO
+/// step with one thread asked for took minutes instead of seconds beside an eval).
+pub fn thread_count() -> u32 {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Engine parameters for an engine the trainer opens: the device's defaults on `thread_count()` threads.
+pub fn engine_params() -> navigen::engine::EngineParams {
+    navigen::engine::EngineParams {
+        threads: thread_count(),
+        ..Default::default()
+    }
+}
+
 // Plumbing.
 pub mod assets;
 pub mod device;

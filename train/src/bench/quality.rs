@@ -20,7 +20,7 @@ use crate::gguf::ExportDtype;
 use crate::model::preset::Preset;
 use crate::prepare::{self, PrepareOptions};
 use crate::sft::{self, SftOptions};
-use navigen::engine::{Engine, EngineParams};
+use navigen::engine::Engine;
 
 pub struct QualityOptions {
     pub dataset: String,
@@ -181,7 +181,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
     };
     let test: Vec<Example> = sequences::read_jsonl(&data.join(sequences::TEST_FILE))?;
     let full = eval::full_histories(&data)?;
-    let e = Engine::open(&bundle, EngineParams::default())?;
+    let e = Engine::open(&bundle, crate::engine_params())?;
     let ranks = eval::next_item_ranks(&e, &test, &full, o.beams)?;
     let mut rows = vec![
         json!({"model": format!("navigen ({})", e.manifest().info["name"].as_str().unwrap_or("bundle")),
@@ -199,7 +199,7 @@ pub fn bench_quality(o: &QualityOptions) -> Result<Value> {
             b.display(),
             data.display()
         );
-        let e = Engine::open(b, EngineParams::default())?;
+        let e = Engine::open(b, crate::engine_params())?;
         let r = eval::next_item_ranks(&e, &test, &full, o.beams)?;
         rows.push(
             json!({"model": format!("navigen {name}"), "metrics": rank_json(&r.model),

@@ -164,7 +164,7 @@ fn cache_path(model_key: &str, texts: &[String]) -> PathBuf {
 pub fn embed_on_device(gguf: &Path, texts: &[String]) -> Result<(Vec<Vec<f32>>, bool, String)> {
     let sha = navigen::bundle::sha256_file(gguf)?;
     let path = cache_path(&sha, texts);
-    let e = navigen::embedding::TextEmbedder::open(gguf, 0)?;
+    let e = navigen::embedding::TextEmbedder::open(gguf, crate::thread_count())?;
     if let Ok(v) = load_matrix(&path, texts.len(), e.dim()) {
         return Ok((v, true, sha));
     }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use navigen::embedding::TextEmbedder;
-use navigen::engine::{Engine, EngineParams, InstructionOptions};
+use navigen::engine::{Engine, InstructionOptions};
 use navigen::prompt::{self, Mode};
 use navigen::{Catalog, Cid};
 use tokenizers::Tokenizer;
@@ -92,7 +92,7 @@ impl InsRollouts {
     pub fn refresh(&mut self, w: &Weights, tok: &Tokenizer, info: &RunInfo) -> Result<()> {
         self.engine = None;
         crate::export::write_bundle(w, tok, info, super::STAGE, &self.dir, ExportDtype::F32)?;
-        let e = Engine::open(&self.dir, EngineParams::default())?;
+        let e = Engine::open(&self.dir, crate::engine_params())?;
         if self.embedder.is_none() {
             let entry =
                 e.manifest().embedder.as_ref().context(
@@ -100,7 +100,7 @@ impl InsRollouts {
                 )?;
             self.embedder = Some(TextEmbedder::open(
                 &navigen::bundle::Manifest::path(e.dir(), entry),
-                0,
+                crate::thread_count(),
             )?);
         }
         self.engine = Some(e);
