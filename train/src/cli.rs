@@ -822,7 +822,7 @@ pub struct TeacherArgs {
     teacher_concurrency: usize,
     #[command(flatten)]
     judge: JudgeArgs,
-    /// CPU threads of a local teacher (0 = all).
+    /// CPU threads of a local teacher and judge (0 = the trainer's: RAYON_NUM_THREADS, else all).
     #[arg(long, default_value_t = 0)]
     threads: u32,
 }
@@ -871,6 +871,10 @@ impl TeacherArgs {
 
     /// The teacher and the judge (`None`: the teacher judges).
     pub fn open(&self) -> Result<(BoxedTeacher, Option<BoxedTeacher>)> {
+        let threads = match self.threads {
+            0 => crate::thread_count(),
+            n => n,
+        };
         let teacher: BoxedTeacher = match &self.teacher_url {
             Some(u) => Box::new(crate::teach::backend::EndpointTeacher::new(
                 self.endpoint(u, &self.teacher_model),
@@ -880,15 +884,12 @@ impl TeacherArgs {
                     Some(p) => p.clone(),
                     None => assets::SMOLLM2.ensure()?.join(assets::SMOLLM2.members[0].1),
                 };
-                Box::new(crate::teach::backend::LocalTeacher::open(
-                    &path,
-                    self.threads,
-                )?)
+                Box::new(crate::teach::backend::LocalTeacher::open(&path, threads)?)
             }
         };
         let judge = self
             .judge
-            .open(self.threads, |u: &str, m: &str| self.endpoint(u, m))?;
+            .open(threads, |u: &str, m: &str| self.endpoint(u, m))?;
         Ok((teacher, judge))
     }
 }
