@@ -113,6 +113,9 @@ fn parse(body: &Value, limit: u32) -> std::result::Result<(Vec<Message>, ChatOpt
             seed: body["seed"].as_u64().unwrap_or(0) as u32,
             threads: 0,
             json_schema,
+            // The API has no way to say which part of a prompt is shared: each request is decoded
+            // whole (a reused prefix would change answers: navigen::chat::ChatSession).
+            shared_prefix: 0,
         },
     ))
 }

@@ -29,6 +29,10 @@ pub struct TeacherPrompt {
     pub system: String,
     pub user: String,
     pub schema: String,
+    /// Bytes at the start of `user` that the other prompts of one window share (the history and the
+    /// target's terms, [`context`] and a blank line): a local teacher decodes them apart and keeps them
+    /// between requests (`ChatOptions::shared_prefix`). 0: nothing shared.
+    pub shared: usize,
 }
 
 /// The founders' temperaments: name and what the instruction should do.
@@ -100,6 +104,11 @@ fn context(history: &[ItemText], target_tid: &[String]) -> String {
     )
 }
 
+/// The length of what every prompt about one window starts with: [`context`] and the blank line after it.
+fn shared(history: &[ItemText], target_tid: &[String]) -> usize {
+    context(history, target_tid).len() + 1
+}
+
 /// How a written answer is described. No worked example: SmolLM2-135M copied one verbatim in 45 of 50
 /// answers (prompt version 2, docs/benchmarks.md), and no placeholder text it could copy either.
 const WRITTEN: &str = "Answer with JSON: \"prompt\" holds the instruction itself, what the picture or clip shows \
@@ -111,6 +120,7 @@ const NO_LEAK: &str = "Point at what these terms mean without quoting any of the
 pub fn reason(history: &[ItemText], target_tid: &[String]) -> TeacherPrompt {
     TeacherPrompt {
         role: "reason",
+        shared: shared(history, target_tid),
         system: SYSTEM.into(),
         user: format!(
             "{}\nIn two or three sentences, explain from the history what this person is likely to want next. \
@@ -130,6 +140,7 @@ pub fn founder(
 ) -> TeacherPrompt {
     TeacherPrompt {
         role: "founder",
+        shared: shared(history, target_tid),
         system: SYSTEM.into(),
         user: format!(
             "{}\nWhy: {reasoning}\n\nWrite one creation instruction (one or two sentences: subject, scene, style) for an \
@@ -147,6 +158,7 @@ pub fn judge(history: &[ItemText], target_tid: &[String], instruction: &str) -> 
     let score = r#"{"type":"integer","minimum":0,"maximum":10}"#;
     TeacherPrompt {
         role: "judge",
+        shared: shared(history, target_tid),
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction to judge: {}\n\nScore it from 0 to 10 on: consistency (it shows what the terms describe \
@@ -173,6 +185,7 @@ pub fn crossover(
 ) -> TeacherPrompt {
     TeacherPrompt {
         role: "crossover",
+        shared: shared(history, target_tid),
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction A: {elite}\nInstruction B: {mate}\n\nWrite one new instruction that keeps what A shows \
@@ -187,6 +200,7 @@ pub fn crossover(
 pub fn mutation(history: &[ItemText], target_tid: &[String], elite: &str) -> TeacherPrompt {
     TeacherPrompt {
         role: "mutation",
+        shared: shared(history, target_tid),
         system: SYSTEM.into(),
         user: format!(
             "{}\nInstruction: {elite}\n\nChange one thing (the setting, the light, the camera or the medium) and keep \
@@ -212,6 +226,7 @@ pub fn distil(
         .collect();
     TeacherPrompt {
         role: "distil",
+        shared: shared(history, target_tid),
         system: SYSTEM.into(),
         user: format!(
             "{}\nWhy: {reasoning}\nIdeas considered, the chosen one last:\n{tried}\nWrite one short paragraph in the \
@@ -228,6 +243,7 @@ pub fn distil(
 pub fn compress_tid(caption: &str) -> TeacherPrompt {
     TeacherPrompt {
         role: "tid",
+        shared: 0,
         system: SYSTEM.into(),
         user: format!(
             "Item: {caption}\n\nDescribe it with at most {MAX_TID_TERMS} short English terms, most important first: \
@@ -271,6 +287,14 @@ mod tests {
             .contains("1. The Aristocats (1970) (cats, animation)"));
         assert!(ps[0].user.contains(r#"["cats","family"]"#));
         assert!(ps[2].user.contains(r#""Paint a \"cat\".""#));
+        // The window's prompts start with the same shared part, and it ends where a line does.
+        let shared = &ps[0].user[..ps[0].shared];
+        assert!(shared.ends_with("\n\n") && shared.contains("The Aristocats"));
+        for p in &ps[..6] {
+            assert_eq!(&p.user[..p.shared], shared, "{}", p.role);
+            assert!(p.user.len() > p.shared, "{}", p.role);
+        }
+        assert_eq!(ps[6].shared, 0);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! locally, `response_format` on an endpoint); [`super::ask`] validates, retries and caches.
 
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use navigen::chat::{ChatOptions, Message};
+use navigen::chat::{ChatOptions, ChatSession, Message};
 use navigen::prompt::teacher::TeacherPrompt;
 
 /// A raw answer and what it cost.
@@ -35,13 +36,20 @@ pub trait Teacher: Send + Sync {
     fn complete(&self, p: &TeacherPrompt, s: Sampling) -> Result<Raw>;
 }
 
-/// An instruct GGUF by path, on navigen's llama.cpp runtime.
+/// An instruct GGUF by path, on navigen's llama.cpp runtime. One thread owns the model and a
+/// [`ChatSession`], so that consecutive prompts of one window (the founders, the judge's eight
+/// scorings of a group) reuse the KV cache of the system prompt and history they share.
 pub struct LocalTeacher {
     path: PathBuf,
     fingerprint: String,
-    model: navigen::llm::Model,
-    threads: u32,
+    jobs: Mutex<mpsc::Sender<Job>>,
 }
+
+type Job = (
+    Vec<Message>,
+    ChatOptions,
+    mpsc::Sender<navigen::Result<navigen::chat::Reply>>,
+);
 
 impl LocalTeacher {
     pub fn open(path: &Path, threads: u32) -> Result<Self> {
@@ -54,11 +62,21 @@ impl LocalTeacher {
         use std::io::Read;
         std::fs::File::open(path)?.read_exact(&mut head)?;
         let fingerprint = format!("{}:{}", meta.len(), super::ask::sha256_hex(&head));
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("navigen-teacher".into())
+            .spawn(move || {
+                let mut session = ChatSession::new(&model);
+                // Ends when the teacher (the only sender) is dropped.
+                for (messages, mut opts, answer) in rx {
+                    opts.threads = threads;
+                    let _ = answer.send(session.chat(&messages, &opts));
+                }
+            })?;
         Ok(LocalTeacher {
             path: path.to_path_buf(),
             fingerprint,
-            model,
-            threads,
+            jobs: Mutex::new(tx),
         })
     }
 }
@@ -75,20 +93,29 @@ impl Teacher for LocalTeacher {
         1
     }
     fn complete(&self, p: &TeacherPrompt, s: Sampling) -> Result<Raw> {
-        let reply = self.model.chat(
-            &[
+        let (tx, rx) = mpsc::channel();
+        let job = (
+            vec![
                 Message::new("system", p.system.clone()),
                 Message::new("user", p.user.clone()),
             ],
-            &ChatOptions {
+            ChatOptions {
                 max_tokens: s.max_tokens,
                 temperature: s.temperature,
                 seed: s.seed as u32,
-                threads: self.threads,
                 json_schema: Some(p.schema.clone()),
+                shared_prefix: p.shared,
                 ..Default::default()
             },
-        )?;
+            tx,
+        );
+        let gone = || anyhow::anyhow!("the local teacher's thread has stopped");
+        self.jobs
+            .lock()
+            .map_err(|_| gone())?
+            .send(job)
+            .map_err(|_| gone())?;
+        let reply = rx.recv().map_err(|_| gone())??;
         Ok(Raw {
             text: reply.text,
             tokens_in: reply.prompt_tokens as u64,
