@@ -48,40 +48,21 @@ fn a_session_reuses_the_shared_part_and_answers_as_a_fresh_context() {
     // sampled without it; then another history with a budget that needs a larger context, twice;
     // then the first history again.
     let requests = [
-        (
-            judge(&one, "A watercolour of a kitten asleep in a barn."),
-            0.0,
-            48,
-        ),
-        (
-            judge(&one, "A pig on a farm at dawn, shot on film."),
-            0.0,
-            48,
-        ),
-        (
-            judge(&one, "A pig on a farm at dawn, shot on film."),
-            0.8,
-            48,
-        ),
-        (
-            judge(&two, "A family of cats in a sunlit kitchen."),
-            0.0,
-            560,
-        ),
-        (judge(&two, "Cats in a kitchen, clay animation."), 0.8, 560),
-        (
-            judge(&one, "A kitten and a pig, in clay animation."),
-            0.0,
-            48,
-        ),
+        (&one, "A watercolour of a kitten asleep in a barn.", 0.0, 48),
+        (&one, "A pig on a farm at dawn, shot on film.", 0.0, 48),
+        (&one, "A pig on a farm at dawn, shot on film.", 0.8, 48),
+        (&two, "A family of cats in a sunlit kitchen.", 0.0, 560),
+        (&two, "Cats in a kitchen, clay animation.", 0.8, 560),
+        (&one, "A kitten and a pig, in clay animation.", 0.0, 48),
     ];
     let mut session = ChatSession::new(&model);
     let mut cached = Vec::new();
-    for ((m, shared, schema), temperature, max_tokens) in &requests {
-        let o = opts(*shared, schema, *temperature, *max_tokens);
-        let fresh = model.chat(m, &o).unwrap();
+    for &(h, ins, temperature, max_tokens) in &requests {
+        let (m, shared, schema) = judge(h, ins);
+        let o = opts(shared, &schema, temperature, max_tokens);
+        let fresh = model.chat(&m, &o).unwrap();
         assert_eq!(fresh.cached_tokens, 0);
-        let kept = session.chat(m, &o).unwrap();
+        let kept = session.chat(&m, &o).unwrap();
         assert_eq!(kept.text, fresh.text, "{m:?}");
         assert_eq!(kept.completion_tokens, fresh.completion_tokens);
         assert_eq!(kept.prompt_tokens, fresh.prompt_tokens);
@@ -100,9 +81,8 @@ fn a_session_reuses_the_shared_part_and_answers_as_a_fresh_context() {
     assert_eq!(cached[3].0, 0, "{cached:?}");
     assert_eq!(cached[5].0, 0, "{cached:?}");
     // Without a shared part nothing is split or kept.
-    let (m, _, schema) = &requests[1].0;
-    let plain = opts(0, schema, 0.0, 48);
-    assert_eq!(session.chat(m, &plain).unwrap().cached_tokens, 0);
-    assert_eq!(session.chat(m, &plain).unwrap().cached_tokens, 0);
+    let (m, _, schema) = judge(&one, requests[1].1);
+    let plain = opts(0, &schema, 0.0, 48);
+    assert_eq!(session.chat(&m, &plain).unwrap().cached_tokens, 0);
+    assert_eq!(session.chat(&m, &plain).unwrap().cached_tokens, 0);
 }
-
